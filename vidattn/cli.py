@@ -1,0 +1,162 @@
+"""The ``vidattn`` command line.  Each command parses options into a config dataclass and
+calls one ``pipeline.*.run(cfg)``; heavy imports happen inside commands so ``--help`` is
+instant."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+def _fail(e: BaseException) -> None:
+    """One clear line on stderr and exit 1 (tracebacks only with VIDATTN_DEBUG=1)."""
+    import os
+
+    if os.environ.get("VIDATTN_DEBUG"):
+        raise e
+    click.echo(f"error: {' '.join(str(e).split()) or type(e).__name__}", err=True)
+    sys.exit(1)
+
+
+def _options(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep:
+            raise click.BadParameter(f"expected KEY=VALUE, got {p!r}", param_hint="--option")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vidattn")
+def main() -> None:
+    """Action recognition in video with attention: extract I3D maps once, train heads fast."""
+
+
+@main.command()
+@click.option("--dataset", default="sample", show_default=True, help="Dataset adapter name.")
+@click.option("--root", default=None, help="Dataset root (default: the dataset's own place).")
+@click.option("--store", default=None, help="Store path or fsspec URL [default: stores/DATASET].")
+@click.option("--i3d-rgb", default=None,
+              help="RGB I3D checkpoint, or 'random' [default: packaged Kinetics-400 weights].")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--fps", type=float, default=None, help="Resample rate [default: 25].")
+@click.option("--short-side", type=int, default=None, help="Resize short side [default: 256].")
+@click.option("--crop", default=None, help="Centre crop size or 'full' [default: 224].")
+@click.option("--part-size", type=int, default=16, show_default=True,
+              help="Videos per store part (one writer, one shard each).")
+@click.option("--retry-failed", is_flag=True, help="Redo parts that hold failed videos.")
+@click.option("--limit", type=int, default=None, help="Only the first N manifest rows.")
+def extract(**kw) -> None:
+    """Decode videos and store frozen I3D Mixed_5c maps (resumable)."""
+    from vidattn.pipeline import extract as pipeline
+
+    try:
+        res = pipeline.run(pipeline.ExtractConfig(**kw))
+    except Exception as e:
+        _fail(e)
+    click.echo(f"store: {res.store}")
+    click.echo(f"videos: {res.n_videos} planned, {res.n_extracted} extracted now, "
+               f"{res.n_skipped} already done, {len(res.failures)} failed ({res.seconds:.1f} s)")
+    for vid, err in res.failures[:20]:
+        click.echo(f"  failed {vid}: {err}", err=True)
+    if res.failures:
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("video", type=click.Path(dir_okay=False))
+@click.option("--i3d-rgb", default=None, help="Checkpoint [default: packaged Kinetics-400].")
+@click.option("--start", type=float, default=None, help="Segment start (s).")
+@click.option("--end", type=float, default=None, help="Segment end (s).")
+@click.option("--top", type=int, default=5, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def classify(video, i3d_rgb, start, end, top, device) -> None:
+    """Kinetics-400 top-k of a video with I3D's original logits head."""
+    from vidattn.pipeline import classify as pipeline
+
+    try:
+        res = pipeline.run(pipeline.ClassifyConfig(video, i3d_rgb, start, end, top, device))
+    except Exception as e:
+        _fail(e)
+    for name, p in res:
+        click.echo(f"{p:6.3f}  {name}")
+
+
+@main.command("train-head")
+@click.argument("head", required=False)
+@click.option("--list", "list_heads", is_flag=True, help="List the heads and exit.")
+@click.option("--store", default="stores/sample", show_default=True)
+@click.option("--out", default=None, help="Run directory [default: runs/HEAD].")
+@click.option("--stream", default="rgb", show_default=True)
+@click.option("--epochs", type=int, default=40, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--crop-t", type=int, default=4, show_default=True,
+              help="Temporal crop of training maps, in feature steps (8 frames each).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Head option, e.g. -o rho=30 -o gamma=10 (see the head's Config).")
+def train_head(head, list_heads, out, options, **kw) -> None:
+    """Train a head (actx, avgpool, ...) on a store's cached maps."""
+    from vidattn.registry import HEADS
+
+    if list_heads or not head:
+        import importlib
+
+        for name, spec in HEADS.items():
+            mod = importlib.import_module(spec.partition(":")[0])
+            click.echo(f"{name:14s} {(mod.__doc__ or '').strip().splitlines()[0]}")
+        return
+    from vidattn.pipeline import train as pipeline
+
+    try:
+        cfg = pipeline.TrainConfig(head=head, out=out or f"runs/{head}",
+                                   options=_options(options), **kw)
+        metrics = pipeline.run(cfg)
+    except Exception as e:
+        _fail(e)
+    click.echo(f"run: {cfg.out}  (selected epoch {metrics['selected_epoch']})")
+    if "test" in metrics:
+        click.echo(f"test mAP: {100 * metrics['test']['mAP']:.1f}")
+    click.echo(f"curves: {cfg.out}/curves.png")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--split", default="test", show_default=True)
+@click.option("--store", default=None, help="Score another store [default: the run's].")
+@click.option("--device", default="auto", show_default=True)
+def evaluate(run_dir, split, store, device) -> None:
+    """mAP and per-class AP of a trained head."""
+    from vidattn.pipeline import evaluate as pipeline
+
+    try:
+        res = pipeline.run(pipeline.EvaluateConfig(run_dir, split, store, device))
+    except Exception as e:
+        _fail(e)
+    click.echo(pipeline.format_table(res))
+    click.echo(f"{split} mAP: {100 * res['mAP']:.1f}  ({res['n']} clips; {res['path']})")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("video_id")
+@click.option("--out", default=None, help="PNG path [default: RUN_DIR/explain-VIDEO_ID.png].")
+@click.option("--device", default="auto", show_default=True)
+def explain(run_dir, video_id, out, device) -> None:
+    """Draw a head's attention maps (ActX: S and C) over the decoded frames."""
+    from vidattn.pipeline import explain as pipeline
+
+    try:
+        path = pipeline.run(pipeline.ExplainConfig(run_dir, video_id, out, device))
+    except Exception as e:
+        _fail(e)
+    click.echo(f"attention: {path}")
+
+
+if __name__ == "__main__":
+    main()

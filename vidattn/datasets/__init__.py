@@ -1,0 +1,41 @@
+"""Dataset registry: names map to lazy ``"module:function"`` loaders.
+
+Nothing is imported until a dataset is asked for, so optional heavy dependencies of one
+dataset never slow down or break the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+DATASETS: dict[str, str] = {"sample": "vidattn.datasets.sample:load"}
+
+
+# eq=False: comparing DataFrames with == is elementwise, so a generated __eq__ would break.
+@dataclass(frozen=True, eq=False)
+class DatasetTables:
+    """A dataset's tables, as read from its root.
+
+    manifest: MANIFEST_SCHEMA rows; pairs: PAIRS_SCHEMA rows; boxes: BOXES_SCHEMA rows
+    or None when the dataset has no ground-truth boxes; classes[i] names label i.
+    """
+
+    name: str
+    root: Path
+    classes: list[str]
+    manifest: pd.DataFrame
+    pairs: pd.DataFrame
+    boxes: pd.DataFrame | None
+
+
+def load_dataset(name: str, root: str | Path | None = None) -> DatasetTables:
+    """Load dataset ``name`` (a key of DATASETS) from ``root`` (None = its default place)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
+    module_name, _, func_name = DATASETS[name].partition(":")
+    loader = getattr(importlib.import_module(module_name), func_name)
+    return loader(root=root)

@@ -1,0 +1,1 @@
+"""Frozen feature extractors; see vidattn.registry.EXTRACTORS."""

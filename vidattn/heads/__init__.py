@@ -1,0 +1,1 @@
+"""Attention heads trained on cached feature maps; see vidattn.registry.HEADS."""

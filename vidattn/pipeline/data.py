@@ -1,0 +1,107 @@
+"""Reading cached maps for training and evaluation.
+
+Maps are read once, top to bottom, into memory as float16 (T, H, W, D) arrays; batches
+are random temporal crops of a fixed length (the paper's "temporal cropping", e.g. 10
+steps for ActionThread, 6 for Hollywood2).  At test time whole maps are used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vidattn.stores import FeatureStore
+
+
+@dataclass
+class Split:
+    """One split of action clips with their targets and conjugates.
+
+    maps[i]: (T, H, W, D) float16; targets: (N,) int64 class index (single-label) or
+    (N, K) float32 multi-hot; conjugates[i]: indices into ``conj_maps`` for sample i.
+    """
+
+    ids: list[str]
+    maps: list[np.ndarray]
+    targets: np.ndarray
+    conjugates: list[list[int]] = field(default_factory=list)
+    conj_maps: list[np.ndarray] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def is_multilabel(manifest) -> bool:
+    actions = manifest[manifest.role == "action"]
+    return bool(actions.labels.map(len).gt(1).any())
+
+
+def targets_for(labels, num_classes: int, multilabel: bool) -> np.ndarray:
+    if multilabel:
+        t = np.zeros((len(labels), num_classes), np.float32)
+        for i, lab in enumerate(labels):
+            t[i, list(lab)] = 1.0
+        return t
+    return np.array([int(lab[0]) for lab in labels], np.int64)
+
+
+def one_hot(targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """(N,) indices or (N, K) multi-hot -> (N, K) bool."""
+    if targets.ndim == 2:
+        return targets > 0.5
+    return np.eye(num_classes, dtype=bool)[targets]
+
+
+def load_split(store: FeatureStore, ids: list[str], stream: str, multilabel: bool,
+               with_conjugates: bool, desc: str = "read") -> Split:
+    """Read the maps (and conjugate maps) of ``ids`` from the store."""
+    man = store.manifest().set_index("video_id")
+    done = set(store.video_ids(stream))
+    ids = [v for v in ids if v in done]
+    maps = [store.read(v, stream).astype(np.float16) for v in tqdm(ids, desc=desc, leave=False)]
+    labels = [man.at[v, "labels"] for v in ids]
+    split = Split(ids, maps, targets_for(labels, len(store.classes), multilabel))
+    if with_conjugates:
+        pairs = store.pairs()
+        pairs = pairs[pairs.conjugate_id.isin(done)]
+        by_action = pairs.groupby("video_id").conjugate_id.apply(list).to_dict()
+        cid: dict[str, int] = {}
+        for v in ids:
+            row = []
+            for c in by_action.get(v, []):
+                if c not in cid:
+                    cid[c] = len(split.conj_maps)
+                    split.conj_maps.append(store.read(c, stream).astype(np.float16))
+                row.append(cid[c])
+            split.conjugates.append(row)
+    return split
+
+
+def crop(m: np.ndarray, length: int, hw: tuple[int, int], rng: np.random.Generator | None):
+    """(T, H, W, D) -> (length, h, w, D): random (or centred, rng=None) temporal window;
+    maps shorter than ``length`` are looped; spatially centre-cropped to ``hw`` so maps of
+    different aspect ratios can share a batch."""
+    t = m.shape[0]
+    if t >= length:
+        start = int(rng.integers(0, t - length + 1)) if rng is not None else (t - length) // 2
+        idx = np.arange(start, start + length)
+    else:
+        idx = np.arange(length) % t
+    h, w = hw
+    y0, x0 = (m.shape[1] - h) // 2, (m.shape[2] - w) // 2
+    return m[idx, y0 : y0 + h, x0 : x0 + w]
+
+
+def to_tensor(maps: list[np.ndarray], device: str) -> torch.Tensor:
+    """list of (T, H, W, D) -> (B, D, T, H, W) float32 on ``device``."""
+    x = torch.from_numpy(np.stack(maps).astype(np.float32))
+    return x.permute(0, 4, 1, 2, 3).contiguous().to(device)
+
+
+def common_hw(*splits: Split) -> tuple[int, int]:
+    """Smallest (H, W) over all maps: the spatial size training batches are cropped to."""
+    ms = [m for s in splits for m in (s.maps + s.conj_maps)]
+    return min(m.shape[1] for m in ms), min(m.shape[2] for m in ms)

@@ -1,0 +1,127 @@
+"""``vidattn explain RUN_DIR VIDEO_ID``: a head's attention maps over the decoded frames.
+
+The video is decoded with the preprocessing recorded in the store's provenance, so pixels
+and feature cells line up: feature step t covers frames 8t .. 8t+7 (the centre frame is
+shown) and cell (h, w) covers a 32x32 patch.  Each map is upsampled bilinearly to the
+frame.  Ground-truth boxes, where the dataset has them, are drawn in green.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vidattn.pipeline.data import to_tensor
+from vidattn.pipeline.runs import load_run, pick_device
+from vidattn.stores import open_store
+
+MAX_COLUMNS = 8
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    run_dir: str
+    video_id: str
+    out: str | None = None
+    device: str = "auto"
+
+
+def attention_maps(head, fmap: np.ndarray, device: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """fmap (T, H, W, D) -> ({name: (T, H, W) map}, (K,) logits)."""
+    with torch.no_grad():
+        out = head(to_tensor([fmap], device))
+    maps = {k: out[k][0].float().cpu().numpy() for k in getattr(head, "map_names", ())}
+    return maps, out["logits"][0].cpu().numpy()
+
+
+def upsample(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) map -> ``size``, bilinear (cell centres at patch centres)."""
+    t = torch.from_numpy(m)[None, None]
+    return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def run(cfg: ExplainConfig) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vidattn.video import DecodeConfig, load_clip
+
+    device = pick_device(cfg.device)
+    head, config = load_run(cfg.run_dir, device)
+    if not getattr(head, "map_names", ()):
+        raise ValueError(f"head {config['head']!r} has no attention maps to explain")
+    store = open_store(config["store"])
+    fmap = store.read(cfg.video_id, config["stream"])
+    maps, logits = attention_maps(head, fmap, device)
+
+    man = store.manifest().set_index("video_id")
+    if cfg.video_id not in man.index:
+        raise KeyError(f"{store.url}: video {cfg.video_id!r} is not in the manifest")
+    row = man.loc[cfg.video_id]
+    prep = store.provenance(config["stream"])["preprocessing"]
+    root = Path(store.group.attrs.get("dataset", {}).get("root", "."))
+    path = Path(row.path) if Path(row.path).is_absolute() else root / row.path
+    start = None if row.start_sec != row.start_sec else row.start_sec
+    end = None if row.end_sec != row.end_sec else row.end_sec
+    clip = load_clip(path, DecodeConfig(prep["fps"], prep["short_side"], prep["crop"]), start, end)
+    frames = clip.frames
+    boxes = store.boxes()
+    boxes = boxes[boxes.video_id == cfg.video_id] if boxes is not None else None
+
+    steps = np.linspace(0, fmap.shape[0] - 1, min(MAX_COLUMNS, fmap.shape[0])).round().astype(int)
+    names = list(maps)
+    fig, axes = plt.subplots(1 + len(names), len(steps), squeeze=False,
+                             figsize=(1.8 * len(steps), 1.9 * (1 + len(names))))
+    peak = {n: max(float(maps[n].max()), 1e-12) for n in names}
+    for col, t in enumerate(steps):
+        fi = min(8 * t + 4, len(frames) - 1)
+        img = frames[fi]
+        for r in range(1 + len(names)):
+            ax = axes[r, col]
+            ax.imshow(img)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r:
+                heat = upsample(maps[names[r - 1]][t] / peak[names[r - 1]], img.shape[:2])
+                ax.imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+            _draw_box(ax, boxes, fi, clip, img.shape[:2])
+        axes[0, col].set_title(f"t={t} (frame {fi})", fontsize=8)
+    for r, name in enumerate(["frames", *names]):
+        axes[r, 0].set_ylabel(name, fontsize=9)
+    classes = config["classes"]
+    pred = classes[int(np.argmax(logits))]
+    truth = ", ".join(classes[i] for i in row.labels) or "none"
+    fig.suptitle(f"{cfg.video_id}: predicted {pred} (label: {truth}) - {config['head']}",
+                 fontsize=10)
+    fig.tight_layout()
+    out = Path(cfg.out) if cfg.out else Path(cfg.run_dir) / f"explain-{cfg.video_id}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return str(out)
+
+
+def _draw_box(ax, boxes, frame_index: int, clip, size: tuple[int, int]) -> None:
+    """Ground-truth box (normalised to the source frame) mapped into the cropped frame."""
+    from matplotlib.patches import Rectangle
+
+    if boxes is None or not len(boxes):
+        return
+    # boxes are indexed at the source rate; frame_index is at the resampled rate
+    src = int(round(frame_index * clip.src_fps / clip.fps))
+    hit = boxes[boxes.frame == src]
+    if not len(hit):
+        return
+    b = hit.iloc[0]
+    x1, y1, x2, y2 = clip.crop_box
+    h, w = size
+    bx = [((b.x1 - x1) / (x2 - x1)) * w, ((b.x2 - x1) / (x2 - x1)) * w]
+    by = [((b.y1 - y1) / (y2 - y1)) * h, ((b.y2 - y1) / (y2 - y1)) * h]
+    ax.add_patch(Rectangle((bx[0], by[0]), bx[1] - bx[0], by[1] - by[0], fill=False,
+                           edgecolor="lime", lw=1))

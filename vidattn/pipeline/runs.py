@@ -1,0 +1,96 @@
+"""A run directory: what training writes and what evaluate/explain read back.
+
+RUN_DIR/
+  config.json       head name, head config, training config, store URL, classes, stream
+  model.safetensors the selected (best validation) head weights
+  metrics.json      per-epoch history, selected epoch, test metrics
+  curves.png        training loss and validation mAP per epoch
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidattn.registry import HEADS, head_config_class, resolve
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA device is available")
+    return device
+
+
+def parse_options(config_cls, options: dict[str, str] | None, **fixed):
+    """Build a head Config from ``--option key=value`` strings (typed by the dataclass)."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    hints = typing.get_type_hints(config_cls)
+    values = dict(fixed)
+    for key, raw in (options or {}).items():
+        if key not in fields:
+            raise ValueError(
+                f"unknown option {key!r} for {config_cls.__module__}; "
+                f"known: {', '.join(k for k in fields if k not in fixed)}"
+            )
+        kind = hints[key]
+        if kind is bool:
+            values[key] = raw.lower() in ("1", "true", "yes", "on")
+        else:
+            values[key] = kind(raw)
+    return config_cls(**{k: v for k, v in values.items() if k in fields})
+
+
+def build_head(name: str, cfg) -> torch.nn.Module:
+    return resolve(HEADS, name, "head")(cfg)
+
+
+def save_run(run_dir: Path, head: torch.nn.Module, config: dict, metrics: dict,
+             state: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state = state if state is not None else head.state_dict()
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
+              str(run_dir / "model.safetensors"))
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def load_run(run_dir: str | Path, device: str = "cpu"):
+    """-> (head in eval mode, config dict).  Weights via safetensors only."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path}: not a vidattn run directory (no config.json)")
+    config = json.loads(cfg_path.read_text())
+    head_cfg = head_config_class(config["head"])(**config["head_config"])
+    head = build_head(config["head"], head_cfg)
+    head.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    return head.to(device).eval(), config
+
+
+@torch.no_grad()
+def predict(head: torch.nn.Module, maps: list[np.ndarray], multilabel: bool,
+            device: str) -> np.ndarray:
+    """Whole maps, one video at a time (lengths differ) -> (N, K) class scores."""
+    from vidattn.pipeline.data import to_tensor
+
+    head.eval()
+    out = []
+    for m in maps:
+        logits = head(to_tensor([m], device))["logits"]
+        out.append((logits.sigmoid() if multilabel else logits.softmax(-1)).cpu().numpy()[0])
+    return np.stack(out) if out else np.zeros((0, 0), np.float32)
+
+
+def config_dict(obj) -> dict:
+    return dataclasses.asdict(obj)

@@ -1,0 +1,188 @@
+"""``vidattn train-head``: train a head on cached maps in a plain loop.
+
+Reads the store's train split (and conjugates, for heads that use them) into memory,
+trains on random temporal crops, keeps the epoch with the best validation mAP, and
+evaluates it on the test split with whole maps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vidattn.metrics import mean_ap
+from vidattn.pipeline import data
+from vidattn.pipeline.runs import build_head, parse_options, pick_device, predict, save_run
+from vidattn.registry import head_config_class
+from vidattn.stores import open_store
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    head: str = "actx"
+    store: str = "stores/sample"
+    out: str = "runs/actx"
+    stream: str = "rgb"
+    epochs: int = 40
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    crop_t: int = 4  # temporal crop length in feature steps (x8 frames)
+    val_fraction: float = 0.25  # held out of train when the manifest has no val split
+    seed: int = 0
+    device: str = "auto"
+    options: dict = field(default_factory=dict)  # head Config overrides, key -> str
+
+
+def split_ids(manifest, val_fraction: float, seed: int) -> dict[str, list[str]]:
+    """Action ids per split; a val split is carved out of train (stratified) if absent."""
+    actions = manifest[manifest.role == "action"]
+    ids = {s: actions.loc[actions.split == s, "video_id"].tolist() for s in ("train", "val", "test")}
+    if not ids["val"] and val_fraction > 0:
+        rng = np.random.default_rng(seed)
+        train = actions[actions.split == "train"]
+        first = train.labels.map(lambda x: int(x[0]) if len(x) else -1)
+        val = []
+        for _, group in train.groupby(first):
+            g = group.video_id.tolist()
+            n = int(round(len(g) * val_fraction))
+            val += [g[i] for i in sorted(rng.permutation(len(g))[:n])]
+        ids["val"] = [v for v in ids["train"] if v in set(val)]
+        ids["train"] = [v for v in ids["train"] if v not in set(val)]
+    return ids
+
+
+def _subset(out: dict, mask: torch.Tensor) -> dict:
+    return {k: v[mask] for k, v in out.items()}
+
+
+def train_step(head, batch, targets, conj, has_conj, opt) -> dict[str, float]:
+    """One optimisation step; samples without a conjugate get the classification loss only."""
+    head.train()
+    out = head(batch)
+    parts: dict[str, float] = {}
+    if conj is not None and has_conj.all():
+        loss, parts = head.loss(out, batch, targets, conj)
+    elif conj is not None and has_conj.any():
+        m = has_conj
+        l1, p1 = head.loss(_subset(out, m), batch[m], targets[m], conj)
+        l2, _ = head.loss(_subset(out, ~m), batch[~m], targets[~m])
+        frac = m.float().mean()
+        loss, parts = frac * l1 + (1 - frac) * l2, p1
+    else:
+        loss, parts = head.loss(out, batch, targets)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return {"loss": loss.item(), **parts}
+
+
+def evaluate_split(head, split: data.Split, multilabel: bool, num_classes: int, device: str):
+    scores = predict(head, split.maps, multilabel, device)
+    return scores, mean_ap(scores, data.one_hot(split.targets, num_classes))
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train, select, test; write the run directory; return the metrics dict."""
+    t0 = time.time()
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    store = open_store(cfg.store)
+    manifest = store.manifest()
+    classes = store.classes
+    multilabel = data.is_multilabel(manifest)
+    head_cfg = parse_options(
+        head_config_class(cfg.head), cfg.options, num_classes=len(classes), multilabel=multilabel
+    )
+    head = build_head(cfg.head, head_cfg).to(device)
+    uses_conj = bool(getattr(head, "uses_conjugates", False))
+    ids = split_ids(manifest, cfg.val_fraction, cfg.seed)
+    train = data.load_split(store, ids["train"], cfg.stream, multilabel, uses_conj, "read train")
+    val = data.load_split(store, ids["val"], cfg.stream, multilabel, False, "read val")
+    test = data.load_split(store, ids["test"], cfg.stream, multilabel, False, "read test")
+    if len(train) == 0:
+        raise RuntimeError(f"{cfg.store}: no extracted {cfg.stream} maps in the train split")
+    hw = data.common_hw(train)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    history, best, best_state = [], None, None
+    bar = tqdm(range(cfg.epochs), desc=f"train {cfg.head}", unit="epoch")
+    for epoch in bar:
+        perm = rng.permutation(len(train))
+        sums: dict[str, float] = {}
+        for i in range(0, len(perm), cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            batch = data.to_tensor([data.crop(train.maps[j], cfg.crop_t, hw, rng) for j in idx],
+                                   device)
+            targets = torch.from_numpy(train.targets[idx]).to(device)
+            conj, has_conj = None, torch.zeros(len(idx), dtype=torch.bool)
+            if uses_conj:
+                has_conj = torch.tensor([bool(train.conjugates[j]) for j in idx])
+                picks = [train.conj_maps[int(rng.choice(train.conjugates[j]))]
+                         for j in idx if train.conjugates[j]]
+                if picks:
+                    conj = data.to_tensor([data.crop(c, cfg.crop_t, hw, rng) for c in picks],
+                                          device)
+            step = train_step(head, batch, targets, conj, has_conj.to(device), opt)
+            for k, v in step.items():
+                sums[k] = sums.get(k, 0.0) + v * len(idx)
+        record = {"epoch": epoch + 1, **{k: v / len(perm) for k, v in sums.items()}}
+        if len(val):
+            _, record["val_mAP"] = evaluate_split(head, val, multilabel, len(classes), device)
+        history.append(record)
+        key = (record.get("val_mAP", 0.0), -record["loss"])
+        if best is None or key > best[0]:
+            best = (key, epoch + 1)
+            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+        bar.set_postfix(loss=f"{record['loss']:.3f}", val_mAP=f"{record.get('val_mAP', 0):.3f}")
+
+    head.load_state_dict(best_state)
+    metrics: dict = {"history": history, "selected_epoch": best[1], "n_train": len(train),
+                     "n_val": len(val), "n_test": len(test),
+                     "n_params": sum(p.numel() for p in head.parameters())}
+    if len(test):
+        from vidattn.pipeline.evaluate import summarize
+
+        scores = predict(head, test.maps, multilabel, device)
+        metrics["test"] = summarize(scores, test.targets, classes, multilabel)
+    metrics["seconds"] = round(time.time() - t0, 2)
+    out = Path(cfg.out)
+    config = {"head": cfg.head, "head_config": dataclasses.asdict(head_cfg),
+              "train": dataclasses.asdict(cfg), "store": str(cfg.store), "classes": classes,
+              "stream": cfg.stream, "multilabel": multilabel, "spatial": list(hw),
+              "splits": {k: len(v) for k, v in ids.items()}}
+    save_run(out, head, config, metrics, best_state)
+    plot_curves(history, out / "curves.png", cfg.head)
+    return metrics
+
+
+def plot_curves(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in [k for k in history[0] if k.startswith("L_") or k == "loss"]:
+        ax.plot(epochs, [h[key] for h in history], label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    if "val_mAP" in history[0]:
+        ax2 = ax.twinx()
+        ax2.plot(epochs, [h["val_mAP"] for h in history], "k--", label="val mAP")
+        ax2.set_ylabel("val mAP")
+        ax2.set_ylim(0, 1.02)
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper center")
+    ax.set_title(f"{title}: training curves")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,157 @@
+"""The store schema, defined once.
+
+A vidattn store is a Zarr (format 3) group plus parquet tables beside it::
+
+    STORE/
+      zarr.json                      group attributes: schema_version, provenance, classes
+      features/<stream>/part-00000   float16 array, dims (voxel, channel), one shard per part
+      manifest.parquet               MANIFEST_SCHEMA: one row per video or segment
+      pairs.parquet                  PAIRS_SCHEMA: action clip -> conjugate clip
+      boxes.parquet                  BOXES_SCHEMA: per-frame ground-truth acting region (optional)
+      plan.parquet                   PLAN_SCHEMA: video -> part, fixed before any part is written
+      index/<stream>/part-00000.parquet   INDEX_SCHEMA: written last; its presence marks a part done
+
+Feature maps are stored flattened: a video's (T, H, W, D) map occupies rows
+``offset : offset + T*H*W`` of its part array, in (t, h, w) order.  Flattening lets
+videos of any aspect ratio share one part array and keeps one writer per shard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+# Bump when an array layout or a table's columns change; a store written with another
+# version is refused on open rather than read wrongly.
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One feature array family: ``features/<name>/part-NNNNN``.
+
+    dims are (voxel, channel); ``channels`` is D; rows are chunked ``chunk_rows`` at a time
+    (a chunk of 1024 x 1024 float16 is 2 MiB, a good unit for reading one video).
+    """
+
+    name: str
+    channels: int
+    dtype: str = "float16"
+    dims: tuple[str, str] = ("voxel", "channel")
+    chunk_rows: int = 1024
+    codec: str = "zstd"
+    codec_level: int = 3
+    description: str = ""
+
+    def check(self, values: np.ndarray) -> None:
+        """Refuse a write that does not match this spec (shape, dtype, finite values)."""
+        if values.ndim != 4:
+            raise ValueError(
+                f"store: {self.name} expects a (T, H, W, {self.channels}) map, "
+                f"got shape {tuple(values.shape)}"
+            )
+        if values.shape[-1] != self.channels:
+            raise ValueError(
+                f"store: {self.name} expects {self.channels} channels, got {values.shape[-1]}"
+            )
+        if min(values.shape[:3]) < 1:
+            raise ValueError(f"store: {self.name} got an empty map {tuple(values.shape)}")
+        if values.dtype.kind != "f":
+            raise ValueError(f"store: {self.name} expects floating point, got {values.dtype}")
+        if not np.isfinite(values).all():
+            raise ValueError(f"store: {self.name} map holds NaN or Inf; refusing to store it")
+        if np.abs(values).max() > float(np.finfo(self.dtype).max):
+            raise ValueError(f"store: {self.name} map exceeds the range of {self.dtype}")
+
+
+# Every array the store may hold.  Extractors declare which of these they write.
+ARRAYS: dict[str, ArraySpec] = {
+    "rgb": ArraySpec("rgb", 1024, description="I3D RGB stream, Mixed_5c"),
+    "flow": ArraySpec("flow", 1024, description="I3D optical-flow stream, Mixed_5c"),
+}
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),  # unique within the store
+        ("path", pa.string()),  # video file, relative to the dataset root or absolute
+        ("split", pa.string()),  # train | val | test
+        ("labels", pa.list_(pa.int32())),  # class indices; multi-hot datasets list several
+        ("role", pa.string()),  # action | conjugate | background
+        ("group", pa.string()),  # context id shared by an action clip and its conjugates
+        ("start_sec", pa.float64()),  # segment bounds inside the file; null = whole file
+        ("end_sec", pa.float64()),
+        ("dataset", pa.string()),
+    ]
+)
+
+PAIRS_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),  # the action clip
+        ("conjugate_id", pa.string()),  # a clip with the same context, without the action
+        ("rule", pa.string()),  # how it was mined, e.g. "sample:same-background-idle"
+        ("distance", pa.float32()),  # rule-specific distance (0 where not applicable)
+    ]
+)
+
+BOXES_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("frame", pa.int32()),  # frame index at the dataset's native fps
+        ("x1", pa.float32()),  # normalised [0, 1] to the full (uncropped) frame
+        ("y1", pa.float32()),
+        ("x2", pa.float32()),
+        ("y2", pa.float32()),
+    ]
+)
+
+PLAN_SCHEMA = pa.schema([("video_id", pa.string()), ("part", pa.int32())])
+
+INDEX_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("stream", pa.string()),
+        ("part", pa.int32()),
+        ("offset", pa.int64()),  # first row in features/<stream>/part-NNNNN
+        ("t", pa.int32()),
+        ("h", pa.int32()),
+        ("w", pa.int32()),
+        ("status", pa.string()),  # done | failed
+        ("error", pa.string()),  # one line, null when done
+        ("checksum", pa.string()),  # sha256 of the stored float16 bytes
+        ("n_frames", pa.int32()),  # frames fed to the extractor after resampling
+        ("fps", pa.float32()),  # the resampled frame rate
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "manifest": MANIFEST_SCHEMA,
+    "pairs": PAIRS_SCHEMA,
+    "boxes": BOXES_SCHEMA,
+    "plan": PLAN_SCHEMA,
+    "index": INDEX_SCHEMA,
+}
+
+
+def conform(table_name: str, data) -> pa.Table:
+    """Build a pyarrow table for ``table_name`` from a DataFrame or dict of columns.
+
+    Columns are reordered and cast to the schema; a missing or extra column is an error
+    naming it, so no table with a drifting layout ever reaches disk.
+    """
+    schema = TABLES[table_name]
+    if isinstance(data, pa.Table):
+        table = data
+    elif isinstance(data, dict):
+        table = pa.table(data)
+    else:
+        table = pa.Table.from_pandas(data, preserve_index=False)
+    missing = [n for n in schema.names if n not in table.column_names]
+    extra = [n for n in table.column_names if n not in schema.names]
+    if missing or extra:
+        raise ValueError(
+            f"store: {table_name} table does not match its schema "
+            f"(missing columns {missing}, unexpected columns {extra})"
+        )
+    return table.select(schema.names).cast(schema)

@@ -162,11 +162,21 @@ def _decode_decord(path: Path, cfg: DecodeConfig, start: float, end: float):
     if n_src < 1 or not math.isfinite(src_fps) or src_fps <= 0:
         raise RuntimeError(f"decord reports {n_src} frames at {src_fps} fps")
     fps = src_fps if cfg.fps is None else float(cfg.fps)
-    n = _n_out(min(end, n_src / src_fps) - start, fps)
+    # decord indexes frames as if the rate were constant.  For variable-rate files use the
+    # frame timestamps instead (as PyAV does), so both backends pick the same frames.
+    stamps = vr.get_frame_timestamp(np.arange(n_src)).astype(np.float64)
+    starts = stamps[:, 0] - stamps[0, 0]
+    vfr = np.abs(starts - np.arange(n_src) / src_fps).max() > 0.5 / src_fps
+    duration = stamps[-1, 1] - stamps[0, 0] if vfr else n_src / src_fps
+    n = _n_out(min(end, duration) - start, fps)
     if n < 1:
-        raise VideoDecodeError(path, _outside(start, end, n_src / src_fps))
+        raise VideoDecodeError(path, _outside(start, end, duration))
     times = start + np.arange(n) / fps
-    idx = np.minimum(np.floor((times + _TIME_EPS) * src_fps).astype(np.int64), n_src - 1)
+    if vfr:  # timestamps are float32: allow for their rounding
+        idx = np.searchsorted(starts, times + 1e-4, side="right") - 1
+    else:
+        idx = np.floor((times + _TIME_EPS) * src_fps).astype(np.int64)
+    idx = np.clip(idx, 0, n_src - 1)
     out: list[np.ndarray] = []
     shaper = None
     for i in range(0, n, _DECORD_BATCH):
@@ -209,14 +219,12 @@ def _select_pyav(path, container, stream, cfg, start, end, origin, seeked, src_f
     n_max = _n_out(end - start, fps) if math.isfinite(end) else None
     out: list[np.ndarray] = []
     shaper: _Shaper | None = None
-    shape = (0, 0)
     prev_t, prev = None, None
 
     def emit(frame) -> None:
-        nonlocal shaper, shape
+        nonlocal shaper
         arr = frame.to_ndarray(format="rgb24")
-        if shaper is None:
-            shape, shaper = arr.shape[:2], _Shaper(arr.shape[0], arr.shape[1], cfg)
+        shaper = shaper or _Shaper(arr.shape[0], arr.shape[1], cfg)
         out.append(shaper(arr))
 
     for frame in container.decode(stream):
@@ -308,11 +316,11 @@ def probe(path: PathLike) -> dict:
 
 def load_clip(
     path: PathLike,
-    cfg: DecodeConfig = DecodeConfig(),  # noqa: B008 - frozen, so a shared default is safe
+    cfg: DecodeConfig = DecodeConfig(),
     start_sec: float | None = None,
     end_sec: float | None = None,
 ) -> Clip:
-    """Decode ``[start_sec, end_sec)`` of a video (None = from the start / to the end).
+    """Decode ``[start_sec, end_sec)`` of a video (None or NaN = from the start / to the end).
 
     Returns a Clip whose frames are (N, h, w, 3) uint8 RGB with N >= 1; (h, w) is
     (crop, crop), or the resized frame when ``cfg.crop`` is None.  Any failure, including
@@ -320,8 +328,9 @@ def load_clip(
     """
     path = Path(path)
     _check_file(path)
-    start = 0.0 if start_sec is None else float(start_sec)
-    end = math.inf if end_sec is None else float(end_sec)
+    # NaN is how pandas shows a null segment bound in a manifest: treat it as None.
+    start = 0.0 if start_sec is None or math.isnan(start_sec) else float(start_sec)
+    end = math.inf if end_sec is None or math.isnan(end_sec) else float(end_sec)
     if not (start >= 0 and end > start):
         raise VideoDecodeError(path, f"invalid segment [{start_sec}, {end_sec}]")
 
@@ -347,9 +356,10 @@ def load_clip(
     except VideoDecodeError:
         raise
     except _pyav_errors() as e:
-        raise VideoDecodeError(path, f"cannot decode ({type(e).__name__}: {e})") from (
-            decord_error or e
-        )
+        why = f"cannot decode ({type(e).__name__}: {e})"
+        if decord_error is not None:
+            why += f"; decord also failed ({type(decord_error).__name__})"
+        raise VideoDecodeError(path, why) from e
 
 
 def _clip(got, backend: str) -> Clip:
@@ -373,7 +383,8 @@ def to_model_input(frames: np.ndarray) -> np.ndarray:
         raise ValueError(
             f"to_model_input expects (N, h, w, 3) uint8, got {frames.shape} {frames.dtype}"
         )
-    x = frames.transpose(3, 0, 1, 2).astype(np.float32)
+    # C-contiguous in the new layout, so torch.from_numpy gets a dense tensor.
+    x = np.ascontiguousarray(frames.transpose(3, 0, 1, 2), dtype=np.float32)
     x /= 127.5
     x -= 1.0
     return x

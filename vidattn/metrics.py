@@ -21,7 +21,8 @@ def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
 
 def per_class_ap(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """scores (N, K), targets (N, K) multi-hot -> (K,) AP, NaN for classes without positives."""
-    return np.array([average_precision(scores[:, k], targets[:, k]) for k in range(scores.shape[1])])
+    k = scores.shape[1]
+    return np.array([average_precision(scores[:, c], targets[:, c]) for c in range(k)])
 
 
 def mean_ap(scores: np.ndarray, targets: np.ndarray) -> float:

@@ -70,7 +70,9 @@ def _flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
 def _flax_unit(flat: dict, src: str, dst: str, out: dict) -> None:
     """One conv+BN unit: DHWIO kernel -> OIDHW; BN bias/mean/var; gamma = 1 (no scale)."""
     kernel = flat.pop(f"params/{src}/Conv_0/kernel")
-    out[f"{dst}.conv3d.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(4, 3, 0, 1, 2)))
+    out[f"{dst}.conv3d.weight"] = torch.from_numpy(
+        np.ascontiguousarray(kernel.transpose(4, 3, 0, 1, 2))
+    )
     bias = flat.pop(f"params/{src}/BatchNorm_0/bias")
     out[f"{dst}.bn.bias"] = torch.from_numpy(bias.reshape(-1).copy())
     out[f"{dst}.bn.weight"] = torch.ones(bias.size)

@@ -144,7 +144,9 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     idx = store.index(first)
     failed = idx[idx.status == "failed"]
     seen = {v for v, _ in result.failures}
-    result.failures += [(r.video_id, r.error) for r in failed.itertuples() if r.video_id not in seen]
+    result.failures += [
+        (r.video_id, r.error) for r in failed.itertuples() if r.video_id not in seen
+    ]
     result.seconds = round(time.time() - t0, 2)
     return result
 

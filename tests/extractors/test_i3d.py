@@ -34,6 +34,19 @@ def random_model() -> I3D:
     return load_i3d("random")
 
 
+@pytest.fixture(scope="module")
+def meta_model() -> I3D:
+    """The same graph on the meta device: shapes without the (slow on CPU) arithmetic."""
+    with torch.device("meta"):
+        return I3D().eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint_state(random_model) -> dict[str, torch.Tensor]:
+    """A pytorch-i3d state dict whose every value differs from the random model's."""
+    return _perturbed_state(random_model)
+
+
 def _perturbed_state(model: I3D, seed: int = 1) -> dict[str, torch.Tensor]:
     """The model's state dict with every value changed, as a real checkpoint would be."""
     g = torch.Generator().manual_seed(seed)
@@ -73,9 +86,8 @@ def test_mixed_5c_shape_with_random_weights(random_model):
     [(1, 9, 65, 65), (2, 16, 64, 64), (1, 8, 33, 97), (3, 17, 31, 100), (1, 64, 224, 224),
      (1, 1, 1, 1)],
 )
-def test_mixed_5c_shape_arithmetic(b, t, h, w):
-    # the same graph on the meta device: shapes without the (slow on CPU) arithmetic
-    model = I3D().to("meta")
+def test_mixed_5c_shape_arithmetic(meta_model, b, t, h, w):
+    model = meta_model
     assert model(torch.empty(b, 3, t, h, w, device="meta")).shape == _expected(b, t, h, w)
     assert model.classify(torch.empty(b, 3, t, h, w, device="meta")).shape == (b, 400)
 
@@ -158,8 +170,8 @@ def test_same_pad_asymmetric_examples():
 
 
 # ------------------------------------------------------------------ pytorch-i3d layout
-def test_pytorch_i3d_checkpoint(tmp_path, random_model):
-    sd = _perturbed_state(random_model)
+def test_pytorch_i3d_checkpoint(tmp_path, checkpoint_state):
+    sd = checkpoint_state
     path = tmp_path / "rgb_imagenet.pt"
     torch.save(sd, path)
     model = load_i3d(str(path))
@@ -171,8 +183,8 @@ def test_pytorch_i3d_checkpoint(tmp_path, random_model):
     assert model.cfg.num_classes == 400
 
 
-def test_pytorch_i3d_checkpoint_with_module_prefix(tmp_path, random_model):
-    sd = _perturbed_state(random_model, seed=2)
+def test_pytorch_i3d_checkpoint_with_module_prefix(tmp_path, checkpoint_state):
+    sd = checkpoint_state
     path = tmp_path / "dataparallel.pt"
     torch.save({f"module.{k}": v for k, v in sd.items()}, path)
     model = load_i3d(path)
@@ -180,17 +192,17 @@ def test_pytorch_i3d_checkpoint_with_module_prefix(tmp_path, random_model):
     assert model.weights_source.startswith("pytorch-i3d")
 
 
-def test_pytorch_i3d_safetensors(tmp_path, random_model):
+def test_pytorch_i3d_safetensors(tmp_path, checkpoint_state):
     from safetensors.torch import save_file
 
-    sd = _perturbed_state(random_model, seed=3)
+    sd = checkpoint_state
     path = tmp_path / "rgb.safetensors"
     save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
     _assert_state_equal(load_i3d(path), sd)
 
 
-def test_charades_checkpoint_with_157_classes(tmp_path, random_model):
-    sd = _perturbed_state(random_model, seed=4)
+def test_charades_checkpoint_with_157_classes(tmp_path, checkpoint_state):
+    sd = dict(checkpoint_state)
     sd["logits.conv3d.weight"] = torch.randn(157, 1024, 1, 1, 1) * 0.01
     sd["logits.conv3d.bias"] = torch.randn(157)
     path = tmp_path / "rgb_charades.pt"
@@ -220,8 +232,8 @@ def test_flow_checkpoint(tmp_path):
         load_i3d(path, modality="rgb")
 
 
-def test_missing_and_unexpected_keys_are_named(tmp_path, random_model):
-    sd = _perturbed_state(random_model)
+def test_missing_and_unexpected_keys_are_named(tmp_path, checkpoint_state):
+    sd = dict(checkpoint_state)
     del sd["Mixed_4c.b2b.bn.running_mean"]
     sd["Mixed_4c.b9.conv3d.weight"] = torch.zeros(1)
     path = tmp_path / "broken.pt"
@@ -234,8 +246,8 @@ def test_missing_and_unexpected_keys_are_named(tmp_path, random_model):
     assert str(path) in msg
 
 
-def test_shape_mismatch_is_named(tmp_path, random_model):
-    sd = _perturbed_state(random_model)
+def test_shape_mismatch_is_named(tmp_path, checkpoint_state):
+    sd = dict(checkpoint_state)
     sd["Mixed_5c.b0.bn.bias"] = torch.zeros(7)
     path = tmp_path / "shape.pt"
     torch.save(sd, path)
@@ -288,8 +300,8 @@ def _to_flax(sd: dict[str, torch.Tensor], rng: np.random.Generator) -> dict:
 
 
 @pytest.fixture(scope="module")
-def flax_tree(random_model) -> dict:
-    return _to_flax(_perturbed_state(random_model, seed=5), np.random.default_rng(0))
+def flax_tree(checkpoint_state) -> dict:
+    return _to_flax(checkpoint_state, np.random.default_rng(0))
 
 
 def test_deepmind_flax_checkpoint(tmp_path, flax_tree):

@@ -1,0 +1,178 @@
+"""``make bench``: speed and memory of each stage, written to BENCHMARKS.md.
+
+Stages: decoding (decord vs PyAV), I3D RGB forward (CPU, or CUDA with bf16 when present),
+the store (write/read throughput, compression), and head training on the sample store.
+Each figure is the median of a few repeats after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CLIP = REPO.parent / "shared" / "data" / "activitynet_walking_the_dog.mp4"
+
+
+def timed(fn, repeats: int = 3) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {torch.get_num_threads()} torch threads{mem}, {gpu}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
+
+
+def bench_decode(rows: list) -> None:
+    from vidattn.video import DecodeConfig, load_clip
+
+    if not REAL_CLIP.is_file():
+        rows.append(("decode", "skipped: shared ActivityNet clip not found", ""))
+        return
+    for backend in ("decord", "pyav"):
+        cfg = DecodeConfig(backend=backend)
+        sec = timed(lambda cfg=cfg: load_clip(REAL_CLIP, cfg, 0.0, 4.0))
+        rows.append((f"decode 4 s of 480x360 30 fps -> 100 frames 224² ({backend})",
+                     f"{sec * 1000:.0f} ms", f"{100 / sec:.0f} frames/s"))
+
+
+def bench_i3d(rows: list, device: str) -> None:
+    from vidattn.extractors.i3d import load_i3d
+
+    model = load_i3d(None, "rgb", device)
+    for t, hw in ((64, 224), (40, 128)):
+        x = torch.rand(1, 3, t, hw, hw, device=device) * 2 - 1
+
+        def fwd(x=x):
+            with torch.no_grad(), torch.autocast("cuda", torch.bfloat16,
+                                                 enabled=device == "cuda"):
+                model(x)
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        sec = timed(fwd)
+        rows.append((f"I3D RGB to Mixed_5c, {t}x{hw}² clip, {device}"
+                     + (" bf16" if device == "cuda" else " fp32"),
+                     f"{sec * 1000:.0f} ms", f"{t / sec:.0f} frames/s"))
+
+
+def bench_store(rows: list) -> None:
+    from vidattn.stores import open_store
+
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        rng = np.random.default_rng(0)
+        # post-ReLU-like maps: half zeros, like real Mixed_5c features
+        maps = {f"v{i}": np.maximum(rng.normal(size=(10, 7, 7, 1024)), 0).astype(np.float32)
+                for i in range(16)}
+        rows_in = [{"video_id": v, "status": "done", "error": None, "n_frames": 80, "fps": 25.0}
+                   for v in maps]
+        store = open_store(tmp / "s", "a")
+        nbytes = sum(m.size * 2 for m in maps.values())  # float16 on disk, uncompressed
+        sec_w = timed(lambda: store.write_part("rgb", 0, rows_in, maps), repeats=2)
+        disk = sum(p.stat().st_size for p in (tmp / "s" / "features").rglob("*") if p.is_file())
+        reader = open_store(tmp / "s")
+        sec_r = timed(lambda: [reader.read(v) for v in maps], repeats=2)
+        rows.append(("store write, 16 maps of 10x7x7x1024 (one part)",
+                     f"{sec_w * 1000:.0f} ms", f"{nbytes / sec_w / 2**20:.0f} MiB/s"))
+        rows.append(("store read, same 16 maps one by one", f"{sec_r * 1000:.0f} ms",
+                     f"{nbytes / sec_r / 2**20:.0f} MiB/s"))
+        rows.append(("store size on disk vs raw float16", f"{disk / 2**20:.1f} MiB",
+                     f"{disk / nbytes:.2f}x (zstd)"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_sample(rows: list, device: str) -> None:
+    from vidattn.datasets.sample import ensure_sample
+    from vidattn.pipeline.extract import ExtractConfig
+    from vidattn.pipeline.extract import run as extract
+    from vidattn.pipeline.train import TrainConfig
+    from vidattn.pipeline.train import run as train
+
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        t = time.perf_counter()
+        root = ensure_sample(tmp / "sample")
+        rows.append(("sample dataset generation (128 clips x 40 frames)",
+                     f"{time.perf_counter() - t:.1f} s", ""))
+        res = extract(ExtractConfig(root=str(root), store=str(tmp / "store"), device=device))
+        rows.append(("extract the sample (decode + I3D + store)", f"{res.seconds:.1f} s",
+                     f"{res.n_videos / res.seconds:.2f} videos/s"))
+        for head in ("avgpool", "actx"):
+            m = train(TrainConfig(head=head, store=str(tmp / "store"), out=str(tmp / head),
+                                  device=device))
+            rows.append((f"train {head} on the sample (40 epochs, {m['n_train']} clips)",
+                         f"{m['seconds']:.1f} s", f"test mAP {m['test']['mAP']:.3f}"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="BENCHMARKS.md")
+    args = ap.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows: list[tuple[str, str, str]] = []
+    for stage in (bench_decode, bench_store):
+        stage(rows)
+    bench_i3d(rows, device)
+    bench_sample(rows, device)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+    rows.append(("peak RSS of the whole benchmark", f"{peak:.0f} MiB", ""))
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (benchmarks/run.py); medians of 3 runs after a warm-up.",
+        "",
+        f"## {stamp}",
+        "",
+        f"Machine: {machine()}",
+        "",
+        "| what | time | rate |",
+        "|---|---|---|",
+        *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+        "",
+    ]
+    out = Path(args.out)
+    old = out.read_text().split("\n## ", 1)[1] if out.is_file() and "\n## " in out.read_text() else ""
+    out.write_text("\n".join(lines) + (("\n## " + old) if old else ""))
+    print("\n".join(lines))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

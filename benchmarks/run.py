@@ -168,7 +168,8 @@ def main() -> None:
         "",
     ]
     out = Path(args.out)
-    old = out.read_text().split("\n## ", 1)[1] if out.is_file() and "\n## " in out.read_text() else ""
+    text = out.read_text() if out.is_file() else ""
+    old = text.split("\n## ", 1)[1] if "\n## " in text else ""  # earlier runs stay below
     out.write_text("\n".join(lines) + (("\n## " + old) if old else ""))
     print("\n".join(lines))
     sys.stdout.flush()

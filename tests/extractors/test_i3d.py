@@ -29,6 +29,15 @@ REPO = Path(__file__).resolve().parents[2]
 REAL_VIDEO = REPO / ".." / "shared" / "data" / "activitynet_walking_the_dog.mp4"
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small convolutions: one intra-op thread is fastest and immune to busy CPUs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def random_model() -> I3D:
     return load_i3d("random")
@@ -280,7 +289,9 @@ def _to_flax(sd: dict[str, torch.Tensor], rng: np.random.Generator) -> dict:
         tree[leaf] = value
 
     units = [(n, n) for n in _STEM] + [
-        (f"{b}/{src}", f"{b}.{dst}") for b in INCEPTION_BLOCKS for src, dst in _FLAX_BRANCHES.items()
+        (f"{b}/{src}", f"{b}.{dst}")
+        for b in INCEPTION_BLOCKS
+        for src, dst in _FLAX_BRANCHES.items()
     ]
     for src, dst in units:
         w = sd[f"{dst}.conv3d.weight"].numpy()  # O I D H W

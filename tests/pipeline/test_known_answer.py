@@ -40,8 +40,8 @@ def test_actx_beats_avgpool_under_context_shift(sample_store, tmp_path):
     scores = {"actx": [], "avgpool": []}
     for head in scores:
         for seed in SEEDS:
-            m = train(TrainConfig(head=head, store=sample_store, out=str(tmp_path / f"{head}{seed}"),
-                                  seed=seed, device="cpu"))
+            out = str(tmp_path / f"{head}{seed}")
+            m = train(TrainConfig(head=head, store=sample_store, out=out, seed=seed, device="cpu"))
             scores[head].append(m["test"]["mAP"])
     actx, avg = np.mean(scores["actx"]), np.mean(scores["avgpool"])
     print(f"test mAP over seeds {SEEDS}: actx {scores['actx']} avgpool {scores['avgpool']}")

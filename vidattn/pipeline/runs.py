@@ -41,7 +41,11 @@ def parse_options(config_cls, options: dict[str, str] | None, **fixed):
             )
         kind = hints[key]
         if kind is bool:
-            values[key] = raw.lower() in ("1", "true", "yes", "on")
+            truth = {"1": True, "true": True, "yes": True, "on": True,
+                     "0": False, "false": False, "no": False, "off": False}
+            if raw.lower() not in truth:
+                raise ValueError(f"option {key} expects true/false, got {raw!r}")
+            values[key] = truth[raw.lower()]
         else:
             values[key] = kind(raw)
     return config_cls(**{k: v for k, v in values.items() if k in fields})
@@ -90,7 +94,3 @@ def predict(head: torch.nn.Module, maps: list[np.ndarray], multilabel: bool,
         logits = head(to_tensor([m], device))["logits"]
         out.append((logits.sigmoid() if multilabel else logits.softmax(-1)).cpu().numpy()[0])
     return np.stack(out) if out else np.zeros((0, 0), np.float32)
-
-
-def config_dict(obj) -> dict:
-    return dataclasses.asdict(obj)

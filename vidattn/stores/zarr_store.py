@@ -139,8 +139,10 @@ class FeatureStore:
         old = self._read_table("manifest.parquet")
         if old is not None:
             both = old.merge(new, on="video_id", suffixes=("_old", ""))
-            for col in ("path", "split", "start_sec", "end_sec"):
+            for col in ("path", "split", "start_sec", "end_sec", "role", "group", "labels"):
                 a, b = both[f"{col}_old"], both[col]
+                if col == "labels":  # lists: compare as tuples
+                    a, b = a.map(tuple), b.map(tuple)
                 changed = ~((a == b) | (a.isna() & b.isna()))
                 if changed.any():
                     vid = both.loc[changed, "video_id"].iloc[0]

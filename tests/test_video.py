@@ -242,3 +242,19 @@ def test_real_video_segment(real_video):
     if clip.backend == "decord":  # compare with the other backend on a real file
         other = load_clip(real_video, DecodeConfig(fps=25.0, backend="pyav"), 3.0, 5.0)
         assert np.abs(clip.frames.astype(int) - other.frames.astype(int)).mean() < 1.0
+
+
+def test_hung_decord_falls_back_to_pyav(textured, monkeypatch):
+    """A decord call that never returns is abandoned after decord_timeout_s."""
+    import time
+
+    import vidattn.video as V
+
+    def hang(*args):
+        time.sleep(30)
+
+    monkeypatch.setattr(V, "_decode_decord", hang)
+    t = time.time()
+    clip = V.load_clip(textured, V.DecodeConfig(short_side=72, crop=None, decord_timeout_s=0.3))
+    assert clip.backend == "pyav" and len(clip.frames) > 0
+    assert time.time() - t < 10

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,13 +40,16 @@ class DecodeConfig:
 
     fps: resample to this rate (None keeps the native rate); short_side: resize so the
     short side has this many pixels; crop: centre crop ``crop x crop`` (None keeps the
-    whole resized frame); backend: ``auto`` (decord, then PyAV), ``decord`` or ``pyav``.
+    whole resized frame); backend: ``auto`` (decord, then PyAV), ``decord`` or ``pyav``;
+    decord_timeout_s: decord calls that take longer are abandoned (``auto`` then falls back
+    to PyAV) -- decord can hang on damaged files; None waits forever.
     """
 
     fps: float | None = 25.0
     short_side: int = 256
     crop: int | None = 224
     backend: str = "auto"
+    decord_timeout_s: float | None = 120.0
 
     def __post_init__(self) -> None:
         if self.fps is not None and not self.fps > 0:
@@ -337,7 +341,7 @@ def load_clip(
     decord_error: BaseException | None = None
     if cfg.backend in ("auto", "decord"):
         try:
-            got = _decode_decord(path, cfg, start, end)
+            got = _with_timeout(_decode_decord, cfg.decord_timeout_s, path, cfg, start, end)
             if got[0]:
                 return _clip(got, "decord")
             raise RuntimeError("decord returned no frames")
@@ -360,6 +364,33 @@ def load_clip(
         if decord_error is not None:
             why += f"; decord also failed ({type(decord_error).__name__})"
         raise VideoDecodeError(path, why) from e
+
+
+def _with_timeout(fn, timeout_s: float | None, *args):
+    """Run ``fn(*args)`` in a daemon thread; TimeoutError if it outlives ``timeout_s``.
+
+    A hung native decoder cannot be killed from Python, but it can be abandoned: the
+    daemon thread never blocks interpreter exit, and decord's FFI releases the GIL, so
+    the caller goes on (to PyAV).  A subprocess with a hard kill is the cluster-grade guard.
+    """
+    if timeout_s is None:
+        return fn(*args)
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=target, daemon=True, name="vidattn-decord")
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise TimeoutError(f"decord did not finish within {timeout_s:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _clip(got, backend: str) -> Clip:

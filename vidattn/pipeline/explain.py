@@ -8,6 +8,7 @@ frame.  Ground-truth boxes, where the dataset has them, are drawn in green.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def run(cfg: ExplainConfig) -> str:
             if r:
                 heat = upsample(maps[names[r - 1]][t] / peak[names[r - 1]], img.shape[:2])
                 ax.imshow(heat, cmap="inferno", alpha=0.6, vmin=0, vmax=1)
-            _draw_box(ax, boxes, fi, clip, img.shape[:2])
+            _draw_box(ax, boxes, fi, clip, img.shape[:2], start or 0.0)
         axes[0, col].set_title(f"t={t} (frame {fi})", fontsize=8)
     for r, name in enumerate(["frames", *names]):
         axes[r, 0].set_ylabel(name, fontsize=9)
@@ -107,14 +108,16 @@ def run(cfg: ExplainConfig) -> str:
     return str(out)
 
 
-def _draw_box(ax, boxes, frame_index: int, clip, size: tuple[int, int]) -> None:
+def _draw_box(ax, boxes, frame_index: int, clip, size: tuple[int, int],
+              start: float) -> None:
     """Ground-truth box (normalised to the source frame) mapped into the cropped frame."""
     from matplotlib.patches import Rectangle
 
     if boxes is None or not len(boxes):
         return
-    # boxes are indexed at the source rate; frame_index is at the resampled rate
-    src = int(round(frame_index * clip.src_fps / clip.fps))
+    # boxes are indexed at the source rate; frame_index is at the resampled rate and the
+    # decoder shows the source frame on screen at that time (the preceding one: floor)
+    src = int(math.floor((start + frame_index / clip.fps) * clip.src_fps + 1e-6))
     hit = boxes[boxes.frame == src]
     if not len(hit):
         return

@@ -1,7 +1,8 @@
 """``make bench``: speed and memory of each stage, written to BENCHMARKS.md.
 
 Stages: decoding (decord vs PyAV), I3D RGB forward (CPU, or CUDA with bf16 when present),
-the store (write/read throughput, compression), and head training on the sample store.
+the store (write/read throughput, compression), training steps of every head at the ActX
+paper's Hollywood2 setting, and the whole path on the sample store.
 Each figure is the median of a few repeats after one warm-up.
 """
 
@@ -140,6 +141,62 @@ def bench_sample(rows: list, device: str) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bench_heads(rows: list, device: str, steps: int = 5) -> None:
+    """Training steps/s of every head at the ActX paper's Hollywood2 setting: maps cropped to
+    6x8x11x1024, batch 36, 12 classes, multi-label; and the loader's batches/s (random
+    temporal crops of in-memory float16 maps -> a device tensor), which must stay >= 3x ahead.
+    """
+    from vidattn.heads.lightgbm import pool_list
+    from vidattn.pipeline import data
+    from vidattn.pipeline.runs import build_head, parse_options
+    from vidattn.pipeline.train import train_step
+    from vidattn.registry import HEADS, head_config_class, head_trainer
+
+    rng = np.random.default_rng(0)
+    maps = [np.maximum(rng.normal(size=(12, 8, 11, 1024)), 0).astype(np.float16)
+            for _ in range(72)]
+    targets = (rng.random((72, 12)) < 0.15).astype(np.float32)
+
+    def load_batch():
+        idx = rng.choice(len(maps), 36, replace=False)
+        x = data.to_tensor([data.crop(maps[j], 6, (8, 11), rng) for j in idx], device)
+        c = data.to_tensor([data.crop(maps[(j + 1) % 72], 6, (8, 11), rng) for j in idx],
+                           device)
+        return x, c, torch.from_numpy(targets[idx]).to(device)
+
+    loader = timed(load_batch)
+    rows.append(("loader: one batch of 36 action + 36 conjugate crops (6x8x11x1024)",
+                 f"{loader * 1000:.0f} ms", f"{1 / loader:.1f} batches/s"))
+    x, c, y = load_batch()
+    for name in HEADS:
+        if head_trainer(name) == "lightgbm":
+            feats = pool_list(maps * 12)[:823]  # Hollywood2's 823 training clips
+            head = build_head(name, parse_options(head_config_class(name), {},
+                                                  num_classes=12, multilabel=True))
+            labels = (rng.random((823, 12)) < 0.15).astype(np.float32)
+            sec = timed(lambda head=head, feats=feats, labels=labels:
+                        head.fit(feats, labels, feats[:100], labels[:100]), repeats=1)
+            rows.append((f"fit {name} on 823 pooled 2048-d vectors, 12 classes",
+                         f"{sec:.1f} s", ""))
+            continue
+        torch.manual_seed(0)
+        head = build_head(name, parse_options(head_config_class(name), {}, num_classes=12,
+                                              multilabel=True)).to(device)
+        opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
+        conj = c if head.uses_conjugates else None
+        has = torch.ones(36, dtype=torch.bool, device=device)
+
+        def step(head=head, opt=opt, conj=conj, has=has):
+            train_step(head, x, y, conj, has, opt)
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        sec = timed(lambda: [step() for _ in range(steps)], repeats=1) / steps
+        rows.append((f"train step {name} (batch 36, 6x8x11x1024, {device})",
+                     f"{sec * 1000:.0f} ms",
+                     f"{1 / sec:.2f} steps/s; loader {sec / loader:.0f}x ahead"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="BENCHMARKS.md")
@@ -149,6 +206,7 @@ def main() -> None:
     for stage in (bench_decode, bench_store):
         stage(rows)
     bench_i3d(rows, device)
+    bench_heads(rows, device)
     bench_sample(rows, device)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     rows.append(("peak RSS of the whole benchmark", f"{peak:.0f} MiB", ""))

@@ -100,6 +100,11 @@ def classify(video, i3d_rgb, start, end, top, device) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Head option, e.g. -o rho=30 -o gamma=10 (see the head's Config).")
+@click.option("--teacher", default=None, type=click.Path(file_okay=False),
+              help="Run dir of a trained head of the same kind: mature-feature-guided "
+                   "regularisation (W3 eq. 9) for w3/cbam.")
+@click.option("--mfr-weight", type=float, default=1.0, show_default=True,
+              help="Weight of the MFR term when --teacher is given.")
 def train_head(head, list_heads, out, options, **kw) -> None:
     """Train a head (actx, avgpool, ...) on a store's cached maps."""
     from vidattn.registry import HEADS
@@ -127,19 +132,39 @@ def train_head(head, list_heads, out, options, **kw) -> None:
 
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dir_2", type=click.Path(file_okay=False), required=False)
 @click.option("--split", default="test", show_default=True)
 @click.option("--store", default=None, help="Score another store [default: the run's].")
 @click.option("--device", default="auto", show_default=True)
-def evaluate(run_dir, split, store, device) -> None:
-    """mAP and per-class AP of a trained head."""
+def evaluate(run_dir, run_dir_2, split, store, device) -> None:
+    """mAP and per-class AP of a trained head; with RUN_DIR_2 (e.g. the flow run), the
+    late fusion of both (average of their scores)."""
     from vidattn.pipeline import evaluate as pipeline
 
     try:
-        res = pipeline.run(pipeline.EvaluateConfig(run_dir, split, store, device))
+        res = pipeline.run(pipeline.EvaluateConfig(run_dir, run_dir_2, split, store, device))
     except Exception as e:
         _fail(e)
     click.echo(pipeline.format_table(res))
     click.echo(f"{split} mAP: {100 * res['mAP']:.1f}  ({res['n']} clips; {res['path']})")
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", default="compare", show_default=True,
+              help="Writes OUT.md and OUT.csv.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def compare(run_dirs, out, split, device) -> None:
+    """One table over several runs: method, stream, #params, mAP, accuracies, localisation."""
+    from vidattn.pipeline import compare as pipeline
+
+    try:
+        table = pipeline.run(pipeline.CompareConfig(tuple(run_dirs), out, split, device))
+    except Exception as e:
+        _fail(e)
+    click.echo(pipeline.to_markdown(table))
+    click.echo(f"table: {out}.md, {out}.csv")
 
 
 @main.command()
@@ -148,14 +173,15 @@ def evaluate(run_dir, split, store, device) -> None:
 @click.option("--out", default=None, help="PNG path [default: RUN_DIR/explain-VIDEO_ID.png].")
 @click.option("--device", default="auto", show_default=True)
 def explain(run_dir, video_id, out, device) -> None:
-    """Draw a head's attention maps (ActX: S and C) over the decoded frames."""
+    """Draw a head's attention maps over the decoded frames (PNG grid + animated GIF)."""
     from vidattn.pipeline import explain as pipeline
 
     try:
-        path = pipeline.run(pipeline.ExplainConfig(run_dir, video_id, out, device))
+        png, gif = pipeline.run(pipeline.ExplainConfig(run_dir, video_id, out, device))
     except Exception as e:
         _fail(e)
-    click.echo(f"attention: {path}")
+    click.echo(f"attention: {png}")
+    click.echo(f"animation: {gif}")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,14 @@ EXTRACTORS: dict[str, str] = {
 }
 
 HEADS: dict[str, str] = {
+    "avgpool": "vidattn.heads.avgpool:build",
     "actx": "vidattn.heads.actx:build",
     "actx-nosatt": "vidattn.heads.actx:build_nosatt",
-    "avgpool": "vidattn.heads.avgpool:build",
+    "acf": "vidattn.heads.acf:build",
+    "attnpool": "vidattn.heads.attnpool:build",
+    "w3": "vidattn.heads.w3:build",
+    "cbam": "vidattn.heads.w3:build_cbam",
+    "lightgbm": "vidattn.heads.lightgbm:build",
 }
 
 # Each head module also exposes its config dataclass under this name.
@@ -29,9 +34,18 @@ def resolve(table: dict[str, str], name: str, kind: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+def head_module(name: str):
+    """The module a head lives in (its ``Config``, ``build`` and optional ``TRAINER``)."""
+    if name not in HEADS:
+        resolve(HEADS, name, "head")  # raises with the known names
+    return importlib.import_module(HEADS[name].partition(":")[0])
+
+
 def head_config_class(name: str):
     """The frozen config dataclass of a head (its module's ``Config``)."""
-    module = HEADS[name].partition(":")[0] if name in HEADS else None
-    if module is None:
-        resolve(HEADS, name, "head")  # raises with the known names
-    return getattr(importlib.import_module(module), CONFIG_ATTR)
+    return getattr(head_module(name), CONFIG_ATTR)
+
+
+def head_trainer(name: str) -> str:
+    """"torch" for heads trained by gradient descent, else the module's ``TRAINER``."""
+    return getattr(head_module(name), "TRAINER", "torch")

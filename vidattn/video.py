@@ -130,6 +130,11 @@ class _Shaper:
         return np.ascontiguousarray(frame[y1:y2, x1:x2])
 
 
+def crop_box(height: int, width: int, cfg: DecodeConfig) -> tuple[float, float, float, float]:
+    """(x1, y1, x2, y2) of the region ``cfg`` keeps of a height x width frame, normalised."""
+    return _Shaper(height, width, cfg).crop_box
+
+
 def _n_out(span: float, fps: float) -> int:
     """How many output times ``j / fps`` lie in ``[0, span)``."""
     return max(0, math.ceil(span * fps - _TIME_EPS)) if span > 0 else 0

@@ -82,3 +82,77 @@ def test_classify_the_real_clip():
                                   "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert r.output.splitlines()[0].endswith("walking the dog")
+
+
+@pytest.fixture(scope="module")
+def every_head(tiny_store, tmp_path_factory) -> dict[str, Path]:
+    """Every registered head trained for 2 epochs on the tiny store, through the CLI."""
+    from vidattn.registry import HEADS
+
+    root = tmp_path_factory.mktemp("every")
+    runs = {}
+    for name in HEADS:
+        out = root / name
+        r = CliRunner().invoke(main, ["train-head", name, "--store", tiny_store, "--out",
+                                      str(out), "--epochs", "2", "--crop-t", "2",
+                                      "--device", "cpu"])
+        assert r.exit_code == 0, (name, r.output)
+        runs[name] = out
+    return runs
+
+
+def test_every_head_evaluates_and_explains(every_head, tmp_path):
+    from vidattn.pipeline.runs import load_run
+
+    for name, run_dir in every_head.items():
+        r = CliRunner().invoke(main, ["evaluate", str(run_dir), "--device", "cpu"])
+        assert r.exit_code == 0 and "test mAP:" in r.output, (name, r.output)
+        head, _ = load_run(run_dir)
+        out = tmp_path / f"{name}.png"
+        r = CliRunner().invoke(main, ["explain", str(run_dir), "test_clap_00", "--out",
+                                      str(out), "--device", "cpu"])
+        if head.map_names:
+            assert r.exit_code == 0, (name, r.output)
+            assert out.is_file() and out.with_suffix(".gif").is_file()
+            saved = json.loads((run_dir / "eval-test.json").read_text())
+            assert saved["localization"]["map"] == head.map_names[0]
+            assert 0.0 <= saved["localization"]["mass_share"] <= 1.0
+        else:
+            assert r.exit_code == 1 and "no attention maps" in r.output, name
+
+
+def test_compare_writes_one_row_per_run(every_head, tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "table"
+    r = CliRunner().invoke(main, ["compare", *map(str, every_head.values()), "--out", str(out),
+                                  "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(out.with_suffix(".csv"))
+    assert table.method.tolist() == list(every_head)
+    assert table.mAP.between(0, 1).all() and (table.params > 0).all()
+    md = out.with_suffix(".md").read_text()
+    assert md.count("\n") == len(every_head) + 2 and "| actx | rgb |" in md
+
+
+def test_late_fusion_averages_two_runs(every_head):
+    a, b = every_head["actx"], every_head["avgpool"]
+    r = CliRunner().invoke(main, ["evaluate", str(a), str(b), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    fused = json.loads((a / "eval-test-fusion.json").read_text())
+    assert fused["head"] == "actx(rgb)+avgpool(rgb)" and 0 <= fused["mAP"] <= 1
+
+
+def test_mfr_student_mimics_teacher(every_head, tiny_store, tmp_path):
+    out = tmp_path / "student"
+    r = CliRunner().invoke(main, ["train-head", "w3", "--store", tiny_store, "--out", str(out),
+                                  "--epochs", "2", "--crop-t", "2", "--device", "cpu",
+                                  "--teacher", str(every_head["w3"])])
+    assert r.exit_code == 0, r.output
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert all(h["L_fm"] > 0 for h in history)
+    # a teacher of another architecture is refused
+    r = CliRunner().invoke(main, ["train-head", "w3", "--store", tiny_store, "--out",
+                                  str(tmp_path / "bad"), "--epochs", "1", "--device", "cpu",
+                                  "--teacher", str(every_head["cbam"])])
+    assert r.exit_code == 1 and "same architecture" in r.output

@@ -20,3 +20,14 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor,
     if multilabel:
         return F.binary_cross_entropy_with_logits(logits, target.float())
     return F.cross_entropy(logits, target)
+
+
+def mature_feature_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """W3's mature-feature-guided regularisation, eq. (9): ||y_Q - y_P||_2 per frame.
+
+    student, teacher: attended maps (B, D, T, H, W) of identical architectures; the teacher is
+    frozen.  The per-frame L2 norm is divided by sqrt(D*H*W) (an RMS), so the term does not
+    grow with the map size and one weight serves every dataset; averaged over (B, T).
+    """
+    diff = (student - teacher.detach()).transpose(1, 2).flatten(2)  # (B, T, D*H*W)
+    return (diff.norm(dim=2) / diff.shape[2] ** 0.5).mean()

@@ -17,6 +17,7 @@ from vidattn.stores import open_store
 @dataclass(frozen=True)
 class EvaluateConfig:
     run_dir: str
+    fuse_with: str | None = None  # a second run (e.g. the flow stream): late fusion
     split: str = "test"
     store: str | None = None  # default: the store the run was trained on
     device: str = "auto"
@@ -34,8 +35,9 @@ def summarize(scores: np.ndarray, targets: np.ndarray, classes: list[str],
     }
     if not multilabel:
         out["top1"] = M.topk_accuracy(scores, targets, 1)
-        out["top5"] = M.topk_accuracy(scores, targets, min(5, len(classes)))
         out["mAcc"] = M.mean_class_accuracy(scores, targets)
+        if len(classes) > 5:  # top-5 of five classes or fewer is trivially 1
+            out["top5"] = M.topk_accuracy(scores, targets, 5)
     return out
 
 
@@ -47,26 +49,74 @@ def format_table(summary: dict) -> str:
     lines.append(f"| **mAP** | **{100 * summary['mAP']:.1f}** |")
     if "top1" in summary:
         lines.append(f"| top-1 | {100 * summary['top1']:.1f} |")
+    loc = summary.get("localization")
+    if loc:
+        lines.append(f"| {loc['map']} mass on the action | {100 * loc['mass_share']:.1f}% "
+                     f"(uniform: {100 * loc['area']:.1f}%) |")
     return "\n".join(lines)
 
 
-def run(cfg: EvaluateConfig) -> dict:
-    """Score every action clip of ``cfg.split`` with the run's head; write eval-<split>.json."""
-    device = pick_device(cfg.device)
-    head, config = load_run(cfg.run_dir, device)
-    store = open_store(cfg.store or config["store"])
+def _scores(run_dir: str, store_url: str | None, split: str, device: str):
+    """One run's scores on the action clips of ``split`` -> (head, config, store, Split, scores)."""
+    head, config = load_run(run_dir, device)
+    store = open_store(store_url or config["store"])
     if store.classes != config["classes"]:
-        raise ValueError(f"{store.url}: its classes differ from those the run was trained on")
+        raise ValueError(f"{store.url}: its classes differ from those {run_dir} was trained on")
     manifest = store.manifest()
-    ids = manifest.loc[(manifest.role == "action") & (manifest.split == cfg.split), "video_id"]
-    split = data.load_split(store, ids.tolist(), config["stream"], config["multilabel"], False,
-                            f"read {cfg.split}")
-    if len(split) == 0:
-        raise RuntimeError(f"{store.url}: no extracted action clips in split {cfg.split!r}")
-    scores = predict(head, split.maps, config["multilabel"], device)
-    summary = summarize(scores, split.targets, config["classes"], config["multilabel"])
-    summary.update(split=cfg.split, head=config["head"], store=store.url)
-    out = Path(cfg.run_dir) / f"eval-{cfg.split}.json"
+    ids = manifest.loc[(manifest.role == "action") & (manifest.split == split), "video_id"]
+    data_split = data.load_split(store, ids.tolist(), config["stream"], config["multilabel"],
+                                 False, f"read {split}")
+    if len(data_split) == 0:
+        raise RuntimeError(f"{store.url}: no extracted action clips in split {split!r}")
+    return head, config, store, data_split, predict(head, data_split.maps,
+                                                    config["multilabel"], device)
+
+
+def localization(head, store, split: data.Split, device: str) -> dict | None:
+    """Mean share of the head's first map on the ground-truth region (see localize.py)."""
+    from vidattn.pipeline.explain import attention_maps
+    from vidattn.pipeline.localize import mass_share, video_cover
+
+    names = getattr(head, "map_names", ())
+    if not names or store.boxes() is None:
+        return None
+    shares, areas = [], []
+    for vid, fmap in zip(split.ids, split.maps):
+        cover = video_cover(store, vid, fmap.shape[:3])
+        if cover is None:
+            continue
+        maps, _ = attention_maps(head, fmap.astype(np.float32), device)
+        shares.append(mass_share(maps[names[0]], cover))
+        areas.append(float(cover.mean()))
+    if not shares:
+        return None
+    return {"map": names[0], "mass_share": float(np.nanmean(shares)),
+            "area": float(np.mean(areas)), "n": len(shares)}
+
+
+def run(cfg: EvaluateConfig) -> dict:
+    """Score the action clips of ``cfg.split``; with ``fuse_with``, average two runs' scores
+    (two-stream late fusion).  Writes eval-<split>[-fusion].json into the (first) run dir."""
+    device = pick_device(cfg.device)
+    head, config, store, split, scores = _scores(cfg.run_dir, cfg.store, cfg.split, device)
+    targets, name = split.targets, config["head"]
+    if cfg.fuse_with:
+        _, config2, _, split2, scores2 = _scores(cfg.fuse_with, None, cfg.split, device)
+        if config2["classes"] != config["classes"]:
+            raise ValueError(f"{cfg.fuse_with}: its classes differ from {cfg.run_dir}'s")
+        common = [v for v in split.ids if v in set(split2.ids)]
+        i1 = [split.ids.index(v) for v in common]
+        i2 = [split2.ids.index(v) for v in common]
+        scores, targets = (scores[i1] + scores2[i2]) / 2, split.targets[i1]
+        name = f"{config['head']}({config['stream']})+{config2['head']}({config2['stream']})"
+    summary = summarize(scores, targets, config["classes"], config["multilabel"])
+    summary.update(split=cfg.split, head=name, store=store.url)
+    if not cfg.fuse_with:
+        loc = localization(head, store, split, device)
+        if loc is not None:
+            summary["localization"] = loc
+    suffix = "-fusion" if cfg.fuse_with else ""
+    out = Path(cfg.run_dir) / f"eval-{cfg.split}{suffix}.json"
     out.write_text(json.dumps(summary, indent=2))
     summary["path"] = str(out)
     return summary

@@ -1,4 +1,5 @@
-"""``vidattn explain RUN_DIR VIDEO_ID``: a head's attention maps over the decoded frames.
+"""``vidattn explain RUN_DIR VIDEO_ID``: a head's attention maps over the decoded frames,
+as a PNG grid (one column per feature step) and an animated GIF (every frame).
 
 The video is decoded with the preprocessing recorded in the store's provenance, so pixels
 and feature cells line up: feature step t covers frames 8t .. 8t+7 (the centre frame is
@@ -45,7 +46,7 @@ def upsample(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def run(cfg: ExplainConfig) -> str:
+def run(cfg: ExplainConfig) -> tuple[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,7 +106,39 @@ def run(cfg: ExplainConfig) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
-    return str(out)
+    gif = out.with_suffix(".gif")
+    write_gif(gif, frames, {n: maps[n] / peak[n] for n in names}, clip.fps)
+    return str(out), str(gif)
+
+
+def write_gif(path: Path, frames: np.ndarray, maps: dict[str, np.ndarray], fps: float) -> None:
+    """Animated GIF: each decoded frame beside its overlays (the map of its feature step).
+
+    frames (N, h, w, 3) uint8; maps {name: (T, H, W) in [0, 1]}.  Small frames are doubled
+    so the cells stay visible.
+    """
+    from matplotlib import colormaps
+    from PIL import Image
+
+    cmap = colormaps["inferno"]
+    scale = 2 if frames.shape[1] < 200 else 1
+    n_steps = next(iter(maps.values())).shape[0]
+    ups = {n: [upsample(m[t], frames.shape[1:3]) for t in range(n_steps)]
+               for n, m in maps.items()}
+    images = []
+    for j, frame in enumerate(frames):
+        t = min(j // 8, n_steps - 1)
+        panels = [frame.astype(np.float32)]
+        for n in maps:
+            heat = cmap(np.clip(ups[n][t], 0, 1))[..., :3] * 255
+            panels.append(0.45 * frame + 0.55 * heat)
+        strip = np.concatenate(panels, axis=1).clip(0, 255).astype(np.uint8)
+        img = Image.fromarray(strip)
+        if scale > 1:
+            img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        images.append(img)
+    images[0].save(path, save_all=True, append_images=images[1:],
+                   duration=max(20, int(1000 / fps)), loop=0)
 
 
 def _draw_box(ax, boxes, frame_index: int, clip, size: tuple[int, int],

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidattn.registry import HEADS, head_config_class, resolve
+from vidattn.registry import HEADS, head_config_class, head_trainer, resolve
 
 
 def pick_device(device: str) -> str:
@@ -55,14 +55,15 @@ def build_head(name: str, cfg) -> torch.nn.Module:
     return resolve(HEADS, name, "head")(cfg)
 
 
-def save_run(run_dir: Path, head: torch.nn.Module, config: dict, metrics: dict,
-             state: dict | None = None) -> None:
+def save_weights(run_dir: Path, head: torch.nn.Module) -> None:
     from safetensors.torch import save_file
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    state = state if state is not None else head.state_dict()
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()},
+    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
               str(run_dir / "model.safetensors"))
+
+
+def save_json(run_dir: Path, config: dict, metrics: dict) -> None:
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
@@ -77,14 +78,17 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
         raise FileNotFoundError(f"{cfg_path}: not a vidattn run directory (no config.json)")
     config = json.loads(cfg_path.read_text())
     head_cfg = head_config_class(config["head"])(**config["head_config"])
+    if head_trainer(config["head"]) == "lightgbm":
+        from vidattn.heads.lightgbm import LightGBMHead
+
+        return LightGBMHead.load(head_cfg, run_dir), config
     head = build_head(config["head"], head_cfg)
     head.load_state_dict(load_file(str(run_dir / "model.safetensors")))
     return head.to(device).eval(), config
 
 
 @torch.no_grad()
-def predict(head: torch.nn.Module, maps: list[np.ndarray], multilabel: bool,
-            device: str) -> np.ndarray:
+def predict(head, maps: list[np.ndarray], multilabel: bool, device: str) -> np.ndarray:
     """Whole maps, one video at a time (lengths differ) -> (N, K) class scores."""
     from vidattn.pipeline.data import to_tensor
 

@@ -16,10 +16,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from vidattn.heads.common import mature_feature_loss
 from vidattn.metrics import mean_ap
 from vidattn.pipeline import data
-from vidattn.pipeline.runs import build_head, parse_options, pick_device, predict, save_run
-from vidattn.registry import head_config_class
+from vidattn.pipeline.runs import (
+    build_head,
+    load_run,
+    parse_options,
+    pick_device,
+    predict,
+    save_json,
+    save_weights,
+)
+from vidattn.registry import head_config_class, head_trainer
 from vidattn.stores import open_store
 
 
@@ -38,6 +47,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     options: dict = field(default_factory=dict)  # head Config overrides, key -> str
+    teacher: str | None = None  # run dir of a trained head of the same kind: W3's MFR, eq. 9
+    mfr_weight: float = 1.0
 
 
 def split_ids(manifest, val_fraction: float, seed: int) -> dict[str, list[str]]:
@@ -64,8 +75,13 @@ def _subset(out: dict, mask: torch.Tensor) -> dict:
     return {k: v[mask] for k, v in out.items()}
 
 
-def train_step(head, batch, targets, conj, has_conj, opt) -> dict[str, float]:
-    """One optimisation step; samples without a conjugate get the classification loss only."""
+def train_step(head, batch, targets, conj, has_conj, opt, teacher=None,
+               mfr_weight: float = 1.0) -> dict[str, float]:
+    """One optimisation step; samples without a conjugate get the classification loss only.
+
+    With a ``teacher`` (a frozen run of the same head), the student's attended map also
+    regresses onto the teacher's: W3's mature-feature-guided regularisation.
+    """
     head.train()
     out = head(batch)
     parts: dict[str, float] = {}
@@ -79,6 +95,12 @@ def train_step(head, batch, targets, conj, has_conj, opt) -> dict[str, float]:
         loss, parts = frac * l1 + (1 - frac) * l2, p1
     else:
         loss, parts = head.loss(out, batch, targets)
+    if teacher is not None:
+        with torch.no_grad():
+            target_map = teacher(batch)["attended"]
+        l_fm = mature_feature_loss(out["attended"], target_map)
+        loss = loss + mfr_weight * l_fm
+        parts = {**parts, "L_fm": l_fm.item()}
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -90,30 +112,28 @@ def evaluate_split(head, split: data.Split, multilabel: bool, num_classes: int, 
     return scores, mean_ap(scores, data.one_hot(split.targets, num_classes))
 
 
-def run(cfg: TrainConfig) -> dict:
-    """Train, select, test; write the run directory; return the metrics dict."""
-    t0 = time.time()
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    store = open_store(cfg.store)
-    manifest = store.manifest()
-    classes = store.classes
-    multilabel = data.is_multilabel(manifest)
-    head_cfg = parse_options(
-        head_config_class(cfg.head), cfg.options, num_classes=len(classes), multilabel=multilabel
-    )
-    head = build_head(cfg.head, head_cfg).to(device)
+def load_teacher(cfg: TrainConfig, device: str):
+    """A frozen teacher run for MFR: same head kind, and a head that exposes "attended"."""
+    if cfg.teacher is None:
+        return None
+    teacher, tconf = load_run(cfg.teacher, device)
+    if tconf["head"] != cfg.head:
+        raise ValueError(f"{cfg.teacher}: teacher is a {tconf['head']!r} run; MFR needs the "
+                         f"same architecture as the student ({cfg.head!r})")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def fit_torch(cfg: TrainConfig, head, train: data.Split, val: data.Split, multilabel: bool,
+              num_classes: int, device: str, rng: np.random.Generator):
+    """The training loop -> (history, selected epoch, best state dict)."""
     uses_conj = bool(getattr(head, "uses_conjugates", False))
-    ids = split_ids(manifest, cfg.val_fraction, cfg.seed)
-    train = data.load_split(store, ids["train"], cfg.stream, multilabel, uses_conj, "read train")
-    val = data.load_split(store, ids["val"], cfg.stream, multilabel, False, "read val")
-    test = data.load_split(store, ids["test"], cfg.stream, multilabel, False, "read test")
-    if len(train) == 0:
-        raise RuntimeError(f"{cfg.store}: no extracted {cfg.stream} maps in the train split")
+    teacher = load_teacher(cfg, device)
+    if teacher is not None and "attended" not in head(data.to_tensor(train.maps[:1], device)):
+        raise ValueError(f"head {cfg.head!r} has no attended map for MFR (--teacher)")
     hw = data.common_hw(train)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
     history, best, best_state = [], None, None
     bar = tqdm(range(cfg.epochs), desc=f"train {cfg.head}", unit="epoch")
     for epoch in bar:
@@ -132,36 +152,83 @@ def run(cfg: TrainConfig) -> dict:
                 if picks:
                     conj = data.to_tensor([data.crop(c, cfg.crop_t, hw, rng) for c in picks],
                                           device)
-            step = train_step(head, batch, targets, conj, has_conj.to(device), opt)
+            step = train_step(head, batch, targets, conj, has_conj.to(device), opt, teacher,
+                              cfg.mfr_weight)
             for k, v in step.items():
                 sums[k] = sums.get(k, 0.0) + v * len(idx)
         record = {"epoch": epoch + 1, **{k: v / len(perm) for k, v in sums.items()}}
         if len(val):
-            _, record["val_mAP"] = evaluate_split(head, val, multilabel, len(classes), device)
+            _, record["val_mAP"] = evaluate_split(head, val, multilabel, num_classes, device)
         history.append(record)
         key = (record.get("val_mAP", 0.0), -record["loss"])
         if best is None or key > best[0]:
             best = (key, epoch + 1)
             best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
         bar.set_postfix(loss=f"{record['loss']:.3f}", val_mAP=f"{record.get('val_mAP', 0):.3f}")
-
     head.load_state_dict(best_state)
-    metrics: dict = {"history": history, "selected_epoch": best[1], "n_train": len(train),
-                     "n_val": len(val), "n_test": len(test),
-                     "n_params": sum(p.numel() for p in head.parameters())}
+    return history, best[1], hw
+
+
+def fit_lightgbm(head, train: data.Split, val: data.Split):
+    """Boosting with early stopping on val -> (history, selected iteration)."""
+    from vidattn.heads.lightgbm import pool_list
+
+    x_val = pool_list(val.maps) if len(val) else None
+    history = head.fit(pool_list(train.maps), train.targets, x_val,
+                       val.targets if len(val) else None)
+    best = max((b.best_iteration or b.num_trees()) for b in head.boosters)
+    return history, best
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train, select, test; write the run directory; return the metrics dict."""
+    t0 = time.time()
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    store = open_store(cfg.store)
+    manifest = store.manifest()
+    classes = store.classes
+    multilabel = data.is_multilabel(manifest)
+    trainer = head_trainer(cfg.head)
+    head_cfg = parse_options(
+        head_config_class(cfg.head), cfg.options, num_classes=len(classes), multilabel=multilabel
+    )
+    head = build_head(cfg.head, head_cfg).to(device)
+    uses_conj = bool(getattr(head, "uses_conjugates", False))
+    ids = split_ids(manifest, cfg.val_fraction, cfg.seed)
+    train = data.load_split(store, ids["train"], cfg.stream, multilabel, uses_conj, "read train")
+    val = data.load_split(store, ids["val"], cfg.stream, multilabel, False, "read val")
+    test = data.load_split(store, ids["test"], cfg.stream, multilabel, False, "read test")
+    if len(train) == 0:
+        raise RuntimeError(f"{cfg.store}: no extracted {cfg.stream} maps in the train split")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if trainer == "lightgbm":
+        history, selected = fit_lightgbm(head, train, val)
+        hw = data.common_hw(train)
+        head.save(out)
+        n_params = head.n_params()
+    else:
+        history, selected, hw = fit_torch(cfg, head, train, val, multilabel, len(classes),
+                                          device, rng)
+        save_weights(out, head)
+        n_params = sum(p.numel() for p in head.parameters())
+    metrics: dict = {"history": history, "selected_epoch": selected, "n_train": len(train),
+                     "n_val": len(val), "n_test": len(test), "n_params": n_params}
     if len(test):
         from vidattn.pipeline.evaluate import summarize
 
         scores = predict(head, test.maps, multilabel, device)
         metrics["test"] = summarize(scores, test.targets, classes, multilabel)
     metrics["seconds"] = round(time.time() - t0, 2)
-    out = Path(cfg.out)
     config = {"head": cfg.head, "head_config": dataclasses.asdict(head_cfg),
-              "train": dataclasses.asdict(cfg), "store": str(cfg.store), "classes": classes,
+              "train": dataclasses.asdict(cfg), "store": store.url, "classes": classes,
               "stream": cfg.stream, "multilabel": multilabel, "spatial": list(hw),
               "splits": {k: len(v) for k, v in ids.items()}}
-    save_run(out, head, config, metrics, best_state)
-    plot_curves(history, out / "curves.png", cfg.head)
+    save_json(out, config, metrics)
+    if history:
+        plot_curves(history, out / "curves.png", cfg.head)
     return metrics
 
 
@@ -173,7 +240,7 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
 
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key in [k for k in history[0] if k.startswith("L_") or k == "loss"]:
+    for key in [k for k in history[0] if k.startswith("L_") or k in ("loss", "val_loss")]:
         ax.plot(epochs, [h[key] for h in history], label=key)
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")

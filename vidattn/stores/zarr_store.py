@@ -55,6 +55,8 @@ class FeatureStore:
 
     def __init__(self, url: str | Path, mode: str = "r"):
         self.url = str(url)
+        if "://" not in self.url:  # a local path: keep it absolute so run dirs can find it
+            self.url = str(Path(self.url).expanduser().resolve())
         self.mode = mode
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.local = isinstance(self.fs, fsspec.implementations.local.LocalFileSystem)

@@ -1,0 +1,76 @@
+"""``vidattn compare RUN_DIR...``: one table over runs, like the papers' (ActX Table 1).
+
+Each run is evaluated on the same split; the table has method, stream, #params, mAP,
+mAcc / top-1 / top-5 (single-label) and, for heads with attention on a dataset with boxes,
+the share of the head's map on the action.  Written as markdown and CSV.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    run_dirs: tuple[str, ...]
+    out: str = "compare"  # writes OUT.md and OUT.csv
+    split: str = "test"
+    device: str = "auto"
+
+
+def human(n: int) -> str:
+    """Parameter counts the way papers print them: 13.4M, 2.1K."""
+    for unit, size in (("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def run(cfg: CompareConfig) -> pd.DataFrame:
+    from vidattn.pipeline.evaluate import EvaluateConfig
+    from vidattn.pipeline.evaluate import run as evaluate
+
+    if not cfg.run_dirs:
+        raise ValueError("compare needs at least one run directory")
+    rows = []
+    for run_dir in cfg.run_dirs:
+        res = evaluate(EvaluateConfig(run_dir, split=cfg.split, device=cfg.device))
+        config = json.loads((Path(run_dir) / "config.json").read_text())
+        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
+        row = {"method": config["head"], "run": str(run_dir), "stream": config["stream"],
+               "params": metrics.get("n_params", 0), "mAP": res["mAP"]}
+        for key in ("mAcc", "top1", "top5"):
+            if key in res:
+                row[key] = res[key]
+        loc = res.get("localization")
+        row["attention on action"] = loc["mass_share"] if loc else None
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out.with_suffix(".csv"), index=False)
+    out.with_suffix(".md").write_text(to_markdown(table) + "\n")
+    return table
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """Percentages with one decimal, '-' where a metric does not apply."""
+    cols = [c for c in ("method", "stream", "params", "mAP", "mAcc", "top1", "top5",
+                        "attention on action") if c in table]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in table.iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            if c == "params":
+                cells.append(human(int(v)))
+            elif isinstance(v, float):
+                cells.append("-" if pd.isna(v) else f"{100 * v:.1f}")
+            else:
+                cells.append("-" if v is None else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

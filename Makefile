@@ -25,6 +25,7 @@ demo: $(STAMP)
 	$(VIDATTN) train-head avgpool --store $(DEMO)/store --out $(DEMO)/runs/avgpool
 	$(VIDATTN) train-head actx --store $(DEMO)/store --out $(DEMO)/runs/actx
 	$(VIDATTN) evaluate $(DEMO)/runs/actx
+	$(VIDATTN) compare $(DEMO)/runs/avgpool $(DEMO)/runs/actx --out $(DEMO)/compare
 	$(VIDATTN) explain $(DEMO)/runs/actx test_wave_00 --out $(DEMO)/explain-test_wave_00.png
 
 lint: $(STAMP)

@@ -1,4 +1,4 @@
-"""ActX: attentive action and context factorization (Wang et al., BMVC 2021).
+"""ActX: attentive action and context factorization (Wang et al.).
 
 Equations cited are those of the paper (``shared/papers/000_...``):
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from vidattn.progress import bar as progress
 from vidattn.stores import FeatureStore
 
 
@@ -61,7 +61,7 @@ def load_split(store: FeatureStore, ids: list[str], stream: str, multilabel: boo
     man = store.manifest().set_index("video_id")
     done = set(store.video_ids(stream))
     ids = [v for v in ids if v in done]
-    maps = [store.read(v, stream).astype(np.float16) for v in tqdm(ids, desc=desc, leave=False)]
+    maps = [store.read(v, stream).astype(np.float16) for v in progress(ids, desc=desc, leave=False)]
     labels = [man.at[v, "labels"] for v in ids]
     split = Split(ids, maps, targets_for(labels, len(store.classes), multilabel))
     if with_conjugates:

@@ -13,8 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
+from vidattn.progress import bar as progress
 from vidattn.registry import EXTRACTORS, resolve
 from vidattn.stores import open_store
 from vidattn.stores.schema import ARRAYS
@@ -113,7 +112,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     rows_by_id = manifest.set_index("video_id")
     todo = plan[~plan.part.isin(done)]
     result = ExtractResult(store=url, n_videos=len(plan), n_skipped=len(plan) - len(todo))
-    bar = tqdm(total=len(todo), desc=f"extract {','.join(extractor.streams)}", unit="video")
+    bar = progress(total=len(todo), desc=f"extract {','.join(extractor.streams)}", unit="video")
     for part, group in todo.groupby("part", sort=True):
         rows, maps = [], {s: {} for s in extractor.streams}
         for vid in group.video_id:

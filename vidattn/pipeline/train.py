@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from vidattn.heads.common import mature_feature_loss
 from vidattn.metrics import mean_ap
@@ -28,6 +27,7 @@ from vidattn.pipeline.runs import (
     save_json,
     save_weights,
 )
+from vidattn.progress import bar as progress
 from vidattn.registry import head_config_class, head_trainer
 from vidattn.stores import open_store
 
@@ -135,7 +135,7 @@ def fit_torch(cfg: TrainConfig, head, train: data.Split, val: data.Split, multil
     hw = data.common_hw(train)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history, best, best_state = [], None, None
-    bar = tqdm(range(cfg.epochs), desc=f"train {cfg.head}", unit="epoch")
+    bar = progress(range(cfg.epochs), desc=f"train {cfg.head}", unit="epoch")
     for epoch in bar:
         perm = rng.permutation(len(train))
         sums: dict[str, float] = {}

@@ -60,6 +60,9 @@ def extract(**kw) -> None:
     click.echo(f"store: {res.store}")
     click.echo(f"videos: {res.n_videos} planned, {res.n_extracted} extracted now, "
                f"{res.n_skipped} already done, {len(res.failures)} failed ({res.seconds:.1f} s)")
+    if res.missing:
+        click.echo(f"missing files (listed in the manifest, not extracted): {len(res.missing)}, "
+                   f"e.g. {', '.join(res.missing[:5])}", err=True)
     for vid, err in res.failures[:20]:
         click.echo(f"  failed {vid}: {err}", err=True)
     if res.failures:
@@ -113,8 +116,10 @@ def train_head(head, list_heads, out, options, **kw) -> None:
         import importlib
 
         for name, spec in HEADS.items():
-            mod = importlib.import_module(spec.partition(":")[0])
-            click.echo(f"{name:14s} {(mod.__doc__ or '').strip().splitlines()[0]}")
+            module, _, func = spec.partition(":")
+            mod = importlib.import_module(module)
+            doc = getattr(mod, func).__doc__ or mod.__doc__ or ""  # a variant's own doc first
+            click.echo(f"{name:12s} {doc.strip().splitlines()[0]}")
         return
     from vidattn.pipeline import train as pipeline
 

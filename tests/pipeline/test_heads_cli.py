@@ -156,3 +156,22 @@ def test_mfr_student_mimics_teacher(every_head, tiny_store, tmp_path):
                                   str(tmp_path / "bad"), "--epochs", "1", "--device", "cpu",
                                   "--teacher", str(every_head["cbam"])])
     assert r.exit_code == 1 and "same architecture" in r.output
+
+
+def test_training_is_reproducible_for_a_seed(tiny_store, tmp_path):
+    from vidattn.pipeline.train import TrainConfig, run
+
+    runs = [run(TrainConfig(head="actx", store=tiny_store, out=str(tmp_path / f"r{i}"),
+                            epochs=2, crop_t=2, seed=3, device="cpu")) for i in range(2)]
+    assert runs[0]["history"] == runs[1]["history"]
+    assert runs[0]["test"] == runs[1]["test"]
+    other = run(TrainConfig(head="actx", store=tiny_store, out=str(tmp_path / "r2"), epochs=2,
+                            crop_t=2, seed=4, device="cpu"))
+    assert other["history"] != runs[0]["history"]
+
+
+def test_variant_config_is_saved_as_used(every_head):
+    cfg = json.loads((every_head["actx-nosatt"] / "config.json").read_text())
+    assert cfg["head_config"]["use_satt"] is False
+    cfg = json.loads((every_head["cbam"] / "config.json").read_text())
+    assert cfg["head_config"]["temporal"] is False

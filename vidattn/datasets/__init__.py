@@ -12,7 +12,25 @@ from pathlib import Path
 
 import pandas as pd
 
-DATASETS: dict[str, str] = {"sample": "vidattn.datasets.sample:load"}
+DATASETS: dict[str, str] = {
+    "sample": "vidattn.datasets.sample:load",
+    "hollywood2": "vidattn.datasets.hollywood2:load",
+    "actionthread": "vidattn.datasets.actionthread:load",
+    "hacs": "vidattn.datasets.hacs:load",
+    "hacs30": "vidattn.datasets.hacs:load_hacs30",
+    "ava": "vidattn.datasets.ava:load",
+    "refava": "vidattn.datasets.refava:load",
+    "folder": "vidattn.datasets.folder:load",
+}
+
+
+class DatasetError(ValueError):
+    """Bad dataset input; ``str(e)`` is one line naming the file (and line): ``f:12: msg``."""
+
+    def __init__(self, path, message: str, line: int | None = None):
+        self.path, self.line = str(path), line
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {' '.join(str(message).split())}")
 
 
 # eq=False: comparing DataFrames with == is elementwise, so a generated __eq__ would break.
@@ -30,12 +48,17 @@ class DatasetTables:
     manifest: pd.DataFrame
     pairs: pd.DataFrame
     boxes: pd.DataFrame | None
+    multilabel: bool = False  # clips may carry several labels: BCE and per-class AP
 
 
-def load_dataset(name: str, root: str | Path | None = None) -> DatasetTables:
-    """Load dataset ``name`` (a key of DATASETS) from ``root`` (None = its default place)."""
+def load_dataset(name: str, root: str | Path | None = None,
+                 options: dict[str, str] | None = None) -> DatasetTables:
+    """Load dataset ``name`` (a key of DATASETS) from ``root`` (None = its default place).
+
+    ``options`` are ``key=value`` strings for the dataset module's ``Options`` dataclass.
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
     module_name, _, func_name = DATASETS[name].partition(":")
     loader = getattr(importlib.import_module(module_name), func_name)
-    return loader(root=root)
+    return loader(root=root, options=options) if options else loader(root=root)

@@ -34,7 +34,12 @@ class Split:
         return len(self.ids)
 
 
-def is_multilabel(manifest) -> bool:
+def is_multilabel(store: FeatureStore) -> bool:
+    """As the dataset declares it (recorded at extraction), else: any clip with 2+ labels."""
+    declared = store.group.attrs.get("dataset", {}).get("multilabel")
+    if declared is not None:
+        return bool(declared)
+    manifest = store.manifest()
     actions = manifest[manifest.role == "action"]
     return bool(actions.labels.map(len).gt(1).any())
 

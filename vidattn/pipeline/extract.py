@@ -49,6 +49,7 @@ class ExtractResult:
     n_extracted: int = 0
     n_skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # manifest rows whose file is absent
     seconds: float = 0.0
 
 
@@ -101,8 +102,15 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     store.write_table("pairs", ds.pairs)
     if ds.boxes is not None:
         store.write_table("boxes", ds.boxes)
-    store.group.attrs["dataset"] = {"name": ds.name, "root": str(Path(ds.root).resolve())}
-    plan = store.extend_plan(manifest.video_id.tolist(), cfg.part_size)
+    store.group.attrs["dataset"] = {"name": ds.name, "root": str(Path(ds.root).resolve()),
+                                    "multilabel": bool(ds.multilabel)}
+    # files the adapter could not find are listed in the manifest, never planned
+    missing = manifest[manifest.status == "missing"]
+    if len(missing) == len(manifest):
+        raise FileNotFoundError(f"{ds.root}: none of the {len(manifest)} videos of the "
+                                f"manifest exist")
+    plan = store.extend_plan(manifest.loc[manifest.status != "missing", "video_id"].tolist(),
+                             cfg.part_size)
 
     first = extractor.streams[0]
     done = store.done_parts(first)
@@ -111,7 +119,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
         done -= set(idx.loc[idx.status == "failed", "part"].tolist())
     rows_by_id = manifest.set_index("video_id")
     todo = plan[~plan.part.isin(done)]
-    result = ExtractResult(store=url, n_videos=len(plan), n_skipped=len(plan) - len(todo))
+    result = ExtractResult(store=url, n_videos=len(plan), n_skipped=len(plan) - len(todo),
+                           missing=missing.video_id.tolist())
     bar = progress(total=len(todo), desc=f"extract {','.join(extractor.streams)}", unit="video")
     for part, group in todo.groupby("part", sort=True):
         rows, maps = [], {s: {} for s in extractor.streams}

@@ -9,14 +9,13 @@ RUN_DIR/
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import typing
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from vidattn.options import parse_options  # noqa: F401  (re-exported)
 from vidattn.registry import HEADS, head_config_class, head_trainer, resolve
 
 
@@ -26,29 +25,6 @@ def pick_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but no CUDA device is available")
     return device
-
-
-def parse_options(config_cls, options: dict[str, str] | None, **fixed):
-    """Build a head Config from ``--option key=value`` strings (typed by the dataclass)."""
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    hints = typing.get_type_hints(config_cls)
-    values = dict(fixed)
-    for key, raw in (options or {}).items():
-        if key not in fields:
-            raise ValueError(
-                f"unknown option {key!r} for {config_cls.__module__}; "
-                f"known: {', '.join(k for k in fields if k not in fixed)}"
-            )
-        kind = hints[key]
-        if kind is bool:
-            truth = {"1": True, "true": True, "yes": True, "on": True,
-                     "0": False, "false": False, "no": False, "off": False}
-            if raw.lower() not in truth:
-                raise ValueError(f"option {key} expects true/false, got {raw!r}")
-            values[key] = truth[raw.lower()]
-        else:
-            values[key] = kind(raw)
-    return config_cls(**{k: v for k, v in values.items() if k in fields})
 
 
 def build_head(name: str, cfg) -> torch.nn.Module:

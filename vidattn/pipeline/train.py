@@ -189,7 +189,7 @@ def run(cfg: TrainConfig) -> dict:
     store = open_store(cfg.store)
     manifest = store.manifest()
     classes = store.classes
-    multilabel = data.is_multilabel(manifest)
+    multilabel = data.is_multilabel(store)
     trainer = head_trainer(cfg.head)
     head_cfg = parse_options(
         head_config_class(cfg.head), cfg.options, num_classes=len(classes), multilabel=multilabel
@@ -222,7 +222,8 @@ def run(cfg: TrainConfig) -> dict:
         scores = predict(head, test.maps, multilabel, device)
         metrics["test"] = summarize(scores, test.targets, classes, multilabel)
     metrics["seconds"] = round(time.time() - t0, 2)
-    config = {"head": cfg.head, "head_config": dataclasses.asdict(head_cfg),
+    # the head's own (effective) config: variants such as actx-nosatt or cbam set fields
+    config = {"head": cfg.head, "head_config": dataclasses.asdict(head.cfg),
               "train": dataclasses.asdict(cfg), "store": store.url, "classes": classes,
               "stream": cfg.stream, "multilabel": multilabel, "spatial": list(hw),
               "splits": {k: len(v) for k, v in ids.items()}}

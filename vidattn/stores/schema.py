@@ -25,7 +25,7 @@ import pyarrow as pa
 
 # Bump when an array layout or a table's columns change; a store written with another
 # version is refused on open rather than read wrongly.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,10 @@ MANIFEST_SCHEMA = pa.schema(
         ("start_sec", pa.float64()),  # segment bounds inside the file; null = whole file
         ("end_sec", pa.float64()),
         ("dataset", pa.string()),
+        ("fps", pa.float64()),  # native rate where the annotation or a probe knows it
+        ("n_frames", pa.int64()),  # native frame count of the segment, where known
+        ("status", pa.string()),  # ok | missing (file not found: listed, never extracted)
+        ("extra", pa.string()),  # dataset-specific fields as a JSON object, or null
     ]
 )
 
@@ -134,11 +138,19 @@ TABLES: dict[str, pa.Schema] = {
 }
 
 
+# Columns a producer may leave out, with the value they then take.  Everything else is
+# required: a table missing it is refused.
+DEFAULTS: dict[str, dict] = {
+    "manifest": {"fps": None, "n_frames": None, "status": "ok", "extra": None},
+}
+
+
 def conform(table_name: str, data) -> pa.Table:
     """Build a pyarrow table for ``table_name`` from a DataFrame or dict of columns.
 
-    Columns are reordered and cast to the schema; a missing or extra column is an error
-    naming it, so no table with a drifting layout ever reaches disk.
+    Columns are reordered and cast to the schema; optional columns (DEFAULTS) are filled; a
+    missing required column or an unknown column is an error naming it, so no table with a
+    drifting layout ever reaches disk.
     """
     schema = TABLES[table_name]
     if isinstance(data, pa.Table):
@@ -147,6 +159,10 @@ def conform(table_name: str, data) -> pa.Table:
         table = pa.table(data)
     else:
         table = pa.Table.from_pandas(data, preserve_index=False)
+    for name, value in DEFAULTS.get(table_name, {}).items():
+        if name not in table.column_names:
+            column = pa.array([value] * table.num_rows, type=schema.field(name).type)
+            table = table.append_column(name, column)
     missing = [n for n in schema.names if n not in table.column_names]
     extra = [n for n in table.column_names if n not in schema.names]
     if missing or extra:

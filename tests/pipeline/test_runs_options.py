@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from vidattn.heads import actx, avgpool
-from vidattn.pipeline.data import crop
+from vidattn.pipeline.data import batch, channels_first, crop
 from vidattn.pipeline.runs import parse_options
 
 
@@ -57,11 +58,11 @@ def test_parse_options_drops_fixed_values_a_config_does_not_have():
 
 # ------------------------------------------------------------------------------- crop
 def _map(t, h, w, d=2):
-    """Values encode their own (t, h, w) position: m[t, y, x, 0] = 100 t + 10 y + x."""
+    """(D, T, H, W) whose values encode their position: m[0, t, y, x] = 100 t + 10 y + x."""
     tt, yy, xx = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
     m = np.zeros((t, h, w, d), np.float32)
     m[..., 0] = 100 * tt + 10 * yy + xx
-    return m
+    return channels_first(m).float()
 
 
 def test_crop_random_window():
@@ -70,35 +71,42 @@ def test_crop_random_window():
     starts = set()
     for _ in range(200):
         out = crop(m, 4, (3, 3), rng)
-        assert out.shape == (4, 3, 3, 2)
-        t = out[:, 0, 0, 0] // 100
-        assert np.array_equal(np.diff(t), np.ones(3))  # a contiguous window
+        assert tuple(out.shape) == (2, 4, 3, 3)
+        t = out[0, :, 0, 0] // 100
+        assert t.diff().tolist() == [1, 1, 1]  # a contiguous window
         starts.add(int(t[0]))
     assert starts == set(range(7))  # every start 0 .. T - length is reachable
 
 
 def test_crop_centre_window_without_rng():
     out = crop(_map(10, 3, 3), 4, (3, 3), None)
-    assert (out[:, 0, 0, 0] // 100).tolist() == [3, 4, 5, 6]
+    assert (out[0, :, 0, 0] // 100).tolist() == [3, 4, 5, 6]
     out = crop(_map(4, 3, 3), 4, (3, 3), None)
-    assert (out[:, 0, 0, 0] // 100).tolist() == [0, 1, 2, 3]
+    assert (out[0, :, 0, 0] // 100).tolist() == [0, 1, 2, 3]
 
 
 def test_crop_loops_short_maps():
     for rng in (None, np.random.default_rng(1)):
         out = crop(_map(3, 2, 2), 8, (2, 2), rng)
-        assert out.shape == (8, 2, 2, 2)
-        assert (out[:, 0, 0, 0] // 100).tolist() == [0, 1, 2, 0, 1, 2, 0, 1]
+        assert tuple(out.shape) == (2, 8, 2, 2)
+        assert (out[0, :, 0, 0] // 100).tolist() == [0, 1, 2, 0, 1, 2, 0, 1]
 
 
 def test_crop_centres_spatially():
     m = _map(2, 7, 6)
     out = crop(m, 2, (3, 2), None)
-    assert out.shape == (2, 3, 2, 2)
+    assert tuple(out.shape) == (2, 2, 3, 2)
     # rows 2..4 of 7, columns 2..3 of 6
-    assert out[0, :, :, 0].tolist() == [[22, 23], [32, 33], [42, 43]]
-    np.testing.assert_array_equal(out[1], m[1, 2:5, 2:4])
-    np.testing.assert_array_equal(crop(m, 2, (7, 6), None), m)  # full size: unchanged
+    assert out[0, 0].tolist() == [[22, 23], [32, 33], [42, 43]]
+    assert torch.equal(out[:, 1], m[:, 1, 2:5, 2:4])
+    assert torch.equal(crop(m, 2, (7, 6), None), m)  # full size: unchanged
+
+
+def test_batch_stacks_crops_as_float32():
+    maps = [_map(5, 3, 4), _map(2, 4, 4)]
+    b = batch(maps, 3, (3, 4), np.random.default_rng(0), "cpu")
+    assert b.dtype == torch.float32 and tuple(b.shape) == (2, 2, 3, 3, 4)
+    assert (b[1, 0, :, 0, 0] // 100).tolist() == [0, 1, 0]  # looped short map
 
 
 def test_bool_option_typo_is_refused():

@@ -141,8 +141,7 @@ def build(cfg: Config) -> LightGBMHead:
     return LightGBMHead(cfg)
 
 
-def pool_list(maps: list[np.ndarray]) -> np.ndarray:
-    """Cached maps (T, H, W, D) of any sizes -> (N, 2D) pooled features (float32 math)."""
-    out = [np.concatenate([m.astype(np.float32).mean((0, 1, 2)),
-                           m.astype(np.float32).max((0, 1, 2))]) for m in maps]
-    return np.stack(out) if out else np.zeros((0, 0), np.float32)
+def pool_list(maps: list[torch.Tensor]) -> np.ndarray:
+    """Channels-first maps (D, T, H, W) of any sizes -> (N, 2D) pooled features."""
+    out = [pooled(m[None]) for m in maps]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -1,8 +1,10 @@
 """Reading cached maps for training and evaluation.
 
-Maps are read once, top to bottom, into memory as float16 (T, H, W, D) arrays; batches
-are random temporal crops of a fixed length (the paper's "temporal cropping", e.g. 10
-steps for ActionThread, 6 for Hollywood2).  At test time whole maps are used.
+Maps are read once, top to bottom, into memory as channels-first float16 tensors
+(D, T, H, W) -- the layout heads take, so a batch is a few slice copies into one
+preallocated float32 tensor rather than a gather, a cast and a transpose per step.
+Batches are random temporal crops of a fixed length (the paper's "temporal cropping",
+e.g. 10 steps for ActionThread, 6 for Hollywood2).  At test time whole maps are used.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from vidattn.stores import FeatureStore
 class Split:
     """One split of action clips with their targets and conjugates.
 
-    maps[i]: (T, H, W, D) float16; targets: (N,) int64 class index (single-label) or
+    maps[i]: (D, T, H, W) float16 tensor; targets: (N,) int64 class index (single-label) or
     (N, K) float32 multi-hot; conjugates[i]: indices into ``conj_maps`` for sample i.
     """
 
@@ -66,7 +68,7 @@ def load_split(store: FeatureStore, ids: list[str], stream: str, multilabel: boo
     man = store.manifest().set_index("video_id")
     done = set(store.video_ids(stream))
     ids = [v for v in ids if v in done]
-    maps = [store.read(v, stream).astype(np.float16) for v in progress(ids, desc=desc, leave=False)]
+    maps = [channels_first(store.read(v, stream)) for v in progress(ids, desc=desc, leave=False)]
     labels = [man.at[v, "labels"] for v in ids]
     split = Split(ids, maps, targets_for(labels, len(store.classes), multilabel))
     if with_conjugates:
@@ -79,34 +81,48 @@ def load_split(store: FeatureStore, ids: list[str], stream: str, multilabel: boo
             for c in by_action.get(v, []):
                 if c not in cid:
                     cid[c] = len(split.conj_maps)
-                    split.conj_maps.append(store.read(c, stream).astype(np.float16))
+                    split.conj_maps.append(channels_first(store.read(c, stream)))
                 row.append(cid[c])
             split.conjugates.append(row)
     return split
 
 
-def crop(m: np.ndarray, length: int, hw: tuple[int, int], rng: np.random.Generator | None):
-    """(T, H, W, D) -> (length, h, w, D): random (or centred, rng=None) temporal window;
+def channels_first(fmap: np.ndarray) -> torch.Tensor:
+    """A stored (T, H, W, D) map -> contiguous (D, T, H, W) float16 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(fmap)).permute(3, 0, 1, 2).half().contiguous()
+
+
+def crop(m: torch.Tensor, length: int, hw: tuple[int, int],
+         rng: np.random.Generator | None) -> torch.Tensor:
+    """(D, T, H, W) -> (D, length, h, w): a random (or centred, rng=None) temporal window;
     maps shorter than ``length`` are looped; spatially centre-cropped to ``hw`` so maps of
-    different aspect ratios can share a batch."""
-    t = m.shape[0]
+    different aspect ratios can share a batch.  A view when no looping is needed."""
+    t = m.shape[1]
+    h, w = hw
+    y0, x0 = (m.shape[2] - h) // 2, (m.shape[3] - w) // 2
+    m = m[:, :, y0 : y0 + h, x0 : x0 + w]
     if t >= length:
         start = int(rng.integers(0, t - length + 1)) if rng is not None else (t - length) // 2
-        idx = np.arange(start, start + length)
-    else:
-        idx = np.arange(length) % t
-    h, w = hw
-    y0, x0 = (m.shape[1] - h) // 2, (m.shape[2] - w) // 2
-    return m[idx, y0 : y0 + h, x0 : x0 + w]
+        return m[:, start : start + length]
+    return m[:, torch.arange(length) % t]
 
 
-def to_tensor(maps: list[np.ndarray], device: str) -> torch.Tensor:
-    """list of (T, H, W, D) -> (B, D, T, H, W) float32 on ``device``."""
-    x = torch.from_numpy(np.stack(maps).astype(np.float32))
-    return x.permute(0, 4, 1, 2, 3).contiguous().to(device)
+def batch(maps: list[torch.Tensor], length: int, hw: tuple[int, int],
+          rng: np.random.Generator | None, device: str) -> torch.Tensor:
+    """Crops of ``maps`` -> (B, D, length, h, w) float32 on ``device``."""
+    out = torch.empty((len(maps), maps[0].shape[0], length, *hw), dtype=torch.float32,
+                      pin_memory=device.startswith("cuda"))
+    for i, m in enumerate(maps):
+        out[i].copy_(crop(m, length, hw, rng))
+    return out.to(device, non_blocking=True)
+
+
+def to_tensor(maps: list[torch.Tensor], device: str) -> torch.Tensor:
+    """Whole (D, T, H, W) maps of one size -> (B, D, T, H, W) float32 on ``device``."""
+    return torch.stack(maps).float().to(device)
 
 
 def common_hw(*splits: Split) -> tuple[int, int]:
     """Smallest (H, W) over all maps: the spatial size training batches are cropped to."""
     ms = [m for s in splits for m in (s.maps + s.conj_maps)]
-    return min(m.shape[1] for m in ms), min(m.shape[2] for m in ms)
+    return min(m.shape[2] for m in ms), min(m.shape[3] for m in ms)

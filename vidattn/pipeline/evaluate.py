@@ -82,10 +82,10 @@ def localization(head, store, split: data.Split, device: str) -> dict | None:
         return None
     shares, areas = [], []
     for vid, fmap in zip(split.ids, split.maps):
-        cover = video_cover(store, vid, fmap.shape[:3])
+        cover = video_cover(store, vid, tuple(fmap.shape[1:]))
         if cover is None:
             continue
-        maps, _ = attention_maps(head, fmap.astype(np.float32), device)
+        maps, _ = attention_maps(head, fmap, device)
         shares.append(mass_share(maps[names[0]], cover))
         areas.append(float(cover.mean()))
     if not shares:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vidattn.pipeline.data import to_tensor
+from vidattn.pipeline.data import channels_first, to_tensor
 from vidattn.pipeline.runs import load_run, pick_device
 from vidattn.stores import open_store
 
@@ -32,8 +32,9 @@ class ExplainConfig:
     device: str = "auto"
 
 
-def attention_maps(head, fmap: np.ndarray, device: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """fmap (T, H, W, D) -> ({name: (T, H, W) map}, (K,) logits)."""
+def attention_maps(head, fmap: torch.Tensor, device: str) -> tuple[dict[str, np.ndarray],
+                                                                    np.ndarray]:
+    """fmap (D, T, H, W) -> ({name: (T, H, W) map}, (K,) logits)."""
     with torch.no_grad():
         out = head(to_tensor([fmap], device))
     maps = {k: out[k][0].float().cpu().numpy() for k in getattr(head, "map_names", ())}
@@ -60,7 +61,7 @@ def run(cfg: ExplainConfig) -> tuple[str, str]:
         raise ValueError(f"head {config['head']!r} has no attention maps to explain")
     store = open_store(config["store"])
     fmap = store.read(cfg.video_id, config["stream"])
-    maps, logits = attention_maps(head, fmap, device)
+    maps, logits = attention_maps(head, channels_first(fmap), device)
 
     man = store.manifest().set_index("video_id")
     if cfg.video_id not in man.index:

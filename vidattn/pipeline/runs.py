@@ -64,8 +64,8 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
 
 
 @torch.no_grad()
-def predict(head, maps: list[np.ndarray], multilabel: bool, device: str) -> np.ndarray:
-    """Whole maps, one video at a time (lengths differ) -> (N, K) class scores."""
+def predict(head, maps: list[torch.Tensor], multilabel: bool, device: str) -> np.ndarray:
+    """Whole (D, T, H, W) maps, one video at a time (lengths differ) -> (N, K) scores."""
     from vidattn.pipeline.data import to_tensor
 
     head.eval()

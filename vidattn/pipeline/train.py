@@ -141,8 +141,7 @@ def fit_torch(cfg: TrainConfig, head, train: data.Split, val: data.Split, multil
         sums: dict[str, float] = {}
         for i in range(0, len(perm), cfg.batch_size):
             idx = perm[i : i + cfg.batch_size]
-            batch = data.to_tensor([data.crop(train.maps[j], cfg.crop_t, hw, rng) for j in idx],
-                                   device)
+            batch = data.batch([train.maps[j] for j in idx], cfg.crop_t, hw, rng, device)
             targets = torch.from_numpy(train.targets[idx]).to(device)
             conj, has_conj = None, torch.zeros(len(idx), dtype=torch.bool)
             if uses_conj:
@@ -150,8 +149,7 @@ def fit_torch(cfg: TrainConfig, head, train: data.Split, val: data.Split, multil
                 picks = [train.conj_maps[int(rng.choice(train.conjugates[j]))]
                          for j in idx if train.conjugates[j]]
                 if picks:
-                    conj = data.to_tensor([data.crop(c, cfg.crop_t, hw, rng) for c in picks],
-                                          device)
+                    conj = data.batch(picks, cfg.crop_t, hw, rng, device)
             step = train_step(head, batch, targets, conj, has_conj.to(device), opt, teacher,
                               cfg.mfr_weight)
             for k, v in step.items():

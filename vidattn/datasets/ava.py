@@ -1,0 +1,400 @@
+"""AVA v2.2: atomic actions of every person at one keyframe per second, with boxes.
+
+AVA is multi-label per person: each (video, keyframe, person) is one manifest row whose
+segment is a ``window_sec`` window centred on the keyframe (clips are read around
+keyframes); labels = the person's actions as class indices in the label map's order;
+group = the AVA video id (every person of a movie shares its context).
+
+The boxes table holds the person's box at the keyframe.  Its ``frame`` is, as for every
+boxes table of the project (``pipeline/localize.py``, ``pipeline/explain.py``), the
+source frame index in the *file* at the native rate, floor(t * fps): it needs the fps, so
+boxes come with ``probe=true`` (one probe per movie) or ``fps=RATE``; otherwise the table
+is None and each box stays in ``extra["box"]``.  :func:`frame_map` is AVA's frame-mAP.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vidattn.datasets import DatasetError, DatasetTables
+from vidattn.options import parse_options
+from vidattn.stores.schema import PAIRS_SCHEMA, conform
+
+LAYOUT = """\
+ROOT/
+  ava_train_v2.2.csv, ava_val_v2.2.csv     video_id,timestamp,x1,y1,x2,y2,action_id,person_id
+  ava_train_excluded_timestamps_v2.2.csv   video_id,timestamp (optional: keyframes to drop)
+  ava_val_excluded_timestamps_v2.2.csv
+  ava_action_list_v2.2.pbtxt               label { name: "..." label_id: N label_type: ... }
+  videos/<video_id>.mp4|.mkv|.webm          whole movies (cut 15-minute files: time_offset=900)
+"""
+LABEL_MAP = "ava_action_list_v2.2.pbtxt"
+VIDEO_EXTS = (".mp4", ".mkv", ".webm")  # preferred in this order when several exist
+_EPS = 1e-6  # slack when mapping a time to a frame, as in video.py
+
+
+@dataclass(frozen=True)
+class Options:
+    """splits: comma-separated of train, val (AVA's test set has no labels).  window_sec:
+    segment centred on each keyframe.  time_offset: seconds subtracted from timestamps (900
+    for files cut to AVA's 15-minute span).  label_map: pbtxt (absolute or under ROOT).
+    drop_unlisted: with a smaller label map (the 60-class ActivityNet list) drop actions it
+    lacks, and persons left with none, instead of refusing them.  fps: native rate to assume
+    when not probing.  probe: read fps from every movie file (about 300).
+    """
+
+    splits: str = "train,val"
+    window_sec: float = 2.0
+    time_offset: float = 0.0
+    label_map: str = LABEL_MAP
+    drop_unlisted: bool = False
+    fps: float | None = None
+    probe: bool = False
+
+
+@dataclass
+class Keyframe:
+    """One person at one keyframe: the unit of a manifest row (AVA and RefAVA)."""
+
+    split: str
+    video: str
+    timestamp: int
+    person_id: int
+    box: tuple[float, float, float, float]
+    labels: list[int]
+    extra: dict = field(default_factory=dict)
+
+
+def require_root(name: str, root: str | Path | None, layout: str = LAYOUT) -> Path:
+    """ROOT as a Path; None or a missing directory is a DatasetError."""
+    if root is None:
+        raise DatasetError(name, f"--root is required (the {name} directory):\n{layout}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(root, "dataset root not found")
+    return root
+
+
+def parse_pbtxt(path: Path) -> list[tuple[int, str]]:
+    """(id, name) of each ``label { name: "..." label_id: N }`` block, in file order.
+
+    ``item { name: ... id: N }`` blocks (the ActivityNet list) are read too; other fields
+    (label_type) are ignored.  Errors name ``path:line``.
+    """
+    if not path.is_file():
+        raise DatasetError(path, "AVA label map not found")
+    token = re.compile(r'"(?:[^"\\]|\\.)*"|[{}:]|#.*|[^\s{}:"#]+|\S')
+    tokens = [(m.group(), n) for n, text in enumerate(path.read_text().splitlines(), 1)
+              for m in token.finditer(text) if not m.group().startswith("#")]
+    out: list[tuple[int, str]] = []
+    i = 0
+
+    def take(what: str, line: int) -> tuple[str, int]:
+        nonlocal i
+        if i >= len(tokens):
+            raise DatasetError(path, f"unexpected end of file, expected {what}", line=line)
+        i += 1
+        return tokens[i - 1]
+
+    while i < len(tokens):
+        word, line = take("a block", 0)
+        if word not in ("label", "item"):
+            raise DatasetError(path, f"expected 'label {{', got {word!r}", line=line)
+        brace, n = take("'{'", line)
+        if brace == ":":  # text format allows "label: {"
+            brace, n = take("'{'", n)
+        if brace != "{":
+            raise DatasetError(path, f"expected '{{' after {word!r}, got {brace!r}", line=n)
+        fields: dict[str, tuple[str, int]] = {}
+        while True:
+            key, n = take("'}'", line)
+            if key == "}":
+                break
+            colon, n = take("':'", n)
+            value, n = take("a value", n)
+            if colon != ":" or value in "{}:" or not re.fullmatch(r"\w+", key):
+                raise DatasetError(path, f"expected 'field: value', got {key} {colon} {value}",
+                                   line=n)
+            fields[key] = (value, n)
+        name, n_name = fields.get("name", ("", line))
+        if len(name) < 2 or not name.startswith('"') or not name.endswith('"'):
+            raise DatasetError(path, "block needs name: \"...\"", line=n_name)
+        raw_id, n_id = fields.get("label_id", fields.get("id", ("", line)))
+        if not raw_id.isdigit() or int(raw_id) < 1:
+            raise DatasetError(path, f"block needs a positive integer label_id, got "
+                               f"{raw_id!r}", line=n_id)
+        if int(raw_id) in {k for k, _ in out}:
+            raise DatasetError(path, f"label_id {raw_id} is listed twice", line=n_id)
+        out.append((int(raw_id), re.sub(r"\\(.)", r"\1", name[1:-1])))
+    if not out:
+        raise DatasetError(path, "no label blocks")
+    return out
+
+
+def read_excluded(path: Path) -> set[tuple[str, int]]:
+    """(video, timestamp) keyframes to drop; an absent file excludes nothing (optional)."""
+    out: set[tuple[str, int]] = set()
+    if not path.is_file():
+        return out
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        for row in filter(None, reader):
+            if len(row) != 2 or not row[0].strip() or not row[1].strip().isdigit():
+                raise DatasetError(path, f"expected 'video_id,timestamp', got {','.join(row)!r}",
+                                   line=reader.line_num)
+            out.add((row[0].strip(), int(row[1])))
+    return out
+
+
+def box_problem(box) -> str | None:
+    """Why ``box`` is not a normalised [x1, y1, x2, y2] with x1 < x2, y1 < y2; None if it is."""
+    if len(box) != 4 or not all(math.isfinite(v) for v in box):
+        return "a box needs 4 finite numbers"
+    x1, y1, x2, y2 = box
+    # 1e-6: a coordinate written as 1.0000001 by a float round trip is not an error.
+    if min(box) < -1e-6 or max(box) > 1 + 1e-6 or not (x1 < x2 and y1 < y2):
+        return f"box {list(box)} is not normalised with x1 < x2 and y1 < y2"
+    return None
+
+
+def read_annotations(path: Path, split: str, id_to_index: dict[int, int],
+                     drop_unlisted: bool, excluded: set[tuple[str, int]]) -> list[Keyframe]:
+    """Keyframes of an AVA CSV (errors name path:line); excluded ones checked, then dropped."""
+    if not path.is_file():
+        raise DatasetError(path, "AVA annotation CSV not found")
+    people: dict[tuple[str, int, int], Keyframe] = {}
+    first: dict[tuple[str, int, int], int] = {}
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        for row in filter(None, reader):
+            n = reader.line_num
+            if len(row) != 8:
+                raise DatasetError(path, f"expected 8 fields (video_id,timestamp,x1,y1,x2,y2,"
+                                   f"action_id,person_id), got {len(row)}", line=n)
+            vid = row[0].strip()
+            try:
+                ts, action, pid = int(row[1]), int(row[6]), int(row[7])
+                box = tuple(float(v) for v in row[2:6])
+            except ValueError:
+                raise DatasetError(path, "timestamp, action_id and person_id must be integers, "
+                                   "the box coordinates numbers", line=n) from None
+            problem = box_problem(box) or ("" if vid and ts >= 0 else "empty video id or "
+                                           "negative timestamp")
+            if problem:
+                raise DatasetError(path, problem, line=n)
+            if action not in id_to_index and not drop_unlisted:
+                raise DatasetError(path, f"action id {action} is not in the label map", line=n)
+            if (vid, ts) in excluded:
+                continue
+            key = (vid, ts, pid)
+            if key not in people:
+                people[key] = Keyframe(split, vid, ts, pid, box, [])
+                first[key] = n
+            elif max(abs(a - b) for a, b in zip(people[key].box, box)) > 1e-3:
+                # Every line of a person at a keyframe repeats its box; a different box
+                # means two people share an id, and merging them would corrupt both.
+                raise DatasetError(path, f"person {pid} at {vid} {ts} has box {list(box)} "
+                                   f"but {list(people[key].box)} on line {first[key]}", line=n)
+            index = id_to_index.get(action)
+            if index is not None and index not in people[key].labels:
+                people[key].labels.append(index)
+    # a person can be left without labels only by drop_unlisted
+    return [replace(kf, labels=sorted(kf.labels)) for kf in people.values() if kf.labels]
+
+
+def find_videos(folder: Path) -> dict[str, str]:
+    """File name of each video stem in ``folder`` (one scan; mp4 before mkv before webm)."""
+    rank = {ext: i for i, ext in enumerate(VIDEO_EXTS)}
+    out: dict[str, str] = {}
+    names = os.listdir(folder) if folder.is_dir() else []
+    for name in sorted(names, key=lambda n: (rank.get(Path(n).suffix, 9), n)):
+        if Path(name).suffix in rank:
+            out.setdefault(Path(name).stem, name)
+    return out
+
+
+def keyframe_tables(name: str, root: Path, keyframes: list[Keyframe], window_sec: float,
+                    time_offset: float, fps: float | None,
+                    probe: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Manifest (one row per keyframe person) and boxes (None when no fps is known)."""
+    from vidattn.video import VideoDecodeError
+    from vidattn.video import probe as probe_file
+
+    if not window_sec > 0 or (fps is not None and not fps > 0):
+        raise DatasetError(name, f"need window_sec > 0 and fps > 0, got {window_sec}, {fps}")
+    if not keyframes:
+        raise DatasetError(root, "no annotated keyframes")
+    videos = find_videos(root / "videos")
+    rates: dict[str, float | None] = {}
+    rows, boxes = [], []
+    for kf in sorted(keyframes, key=lambda k: (k.split, k.video, k.timestamp, k.person_id)):
+        file = videos.get(kf.video)
+        t = kf.timestamp - time_offset
+        if t < 0:
+            raise DatasetError(root, f"keyframe {kf.timestamp} of {kf.video} lies before the "
+                               f"file start with time_offset={time_offset}")
+        rate = fps
+        if probe and file is not None:
+            if kf.video not in rates:  # one probe per movie, not per person
+                try:
+                    rates[kf.video] = probe_file(root / "videos" / file)["fps"]
+                except VideoDecodeError:
+                    rates[kf.video] = None  # unreadable: extraction records the failure
+            rate = rates[kf.video] or fps
+        start, end = max(0.0, t - window_sec / 2), t + window_sec / 2
+        vid = f"{kf.video}__{kf.timestamp:04d}__{kf.person_id}"
+        extra = {"timestamp": kf.timestamp, "person_id": kf.person_id,
+                 "box": [float(v) for v in kf.box], **kf.extra}
+        rows.append({"video_id": vid, "path": f"videos/{file or kf.video + '.mp4'}",
+                     "split": kf.split, "labels": list(kf.labels), "role": "action",
+                     "group": kf.video, "start_sec": start, "end_sec": end, "dataset": name,
+                     "fps": rate, "n_frames": round((end - start) * rate) if rate else None,
+                     "status": "ok" if file else "missing", "extra": json.dumps(extra)})
+        if rate:
+            x1, y1, x2, y2 = kf.box
+            boxes.append({"video_id": vid, "frame": math.floor(t * rate + _EPS),
+                          "x1": x1, "y1": y1, "x2": x2, "y2": y2})
+    manifest = pd.DataFrame(rows)
+    dup = manifest.video_id[manifest.video_id.duplicated()]
+    if len(dup):
+        raise DatasetError(root, f"keyframe person {dup.iloc[0]} is listed in two splits")
+    if not (manifest.status == "ok").any():
+        raise DatasetError(root / "videos", f"none of the {manifest.group.nunique()} videos "
+                           f"exist (expected videos/<video_id>.mp4, .mkv or .webm)")
+    box_table = conform("boxes", pd.DataFrame(boxes)).to_pandas() if boxes else None
+    return conform("manifest", manifest).to_pandas(), box_table
+
+
+def empty_pairs() -> pd.DataFrame:
+    """A PAIRS_SCHEMA table without rows (AVA has no conjugates)."""
+    return conform("pairs", pd.DataFrame({c: [] for c in PAIRS_SCHEMA.names})).to_pandas()
+
+
+def parse_splits(name: str, text: str, known: tuple[str, ...]) -> list[str]:
+    """``"train,val"`` -> ["train", "val"]; an unknown or empty list is a DatasetError."""
+    splits = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in splits if s not in known]
+    if bad or not splits:
+        raise DatasetError(name, f"splits must be a comma-separated subset of "
+                           f"{','.join(known)}, got {text!r}")
+    return splits
+
+
+def under(root: Path, path: str) -> Path:
+    """``path`` itself when absolute, else ROOT/path."""
+    return Path(path) if Path(path).is_absolute() else root / path
+
+
+def load(root: str | Path | None = None, options: dict | None = None) -> DatasetTables:
+    """AVA v2.2 person keyframes as a multi-label manifest (see the module docstring)."""
+    opts = parse_options(Options, options)
+    root = require_root("ava", root)
+    label_map = parse_pbtxt(under(root, opts.label_map))
+    id_to_index = {action_id: i for i, (action_id, _) in enumerate(label_map)}
+    keyframes: list[Keyframe] = []
+    for split in parse_splits("ava", opts.splits, ("train", "val")):
+        excluded = read_excluded(root / f"ava_{split}_excluded_timestamps_v2.2.csv")
+        keyframes += read_annotations(root / f"ava_{split}_v2.2.csv", split, id_to_index,
+                                      opts.drop_unlisted, excluded)
+    manifest, boxes = keyframe_tables("ava", root, keyframes, opts.window_sec,
+                                      opts.time_offset, opts.fps, opts.probe)
+    return DatasetTables("ava", root, [n for _, n in label_map], manifest, empty_pairs(),
+                         boxes, multilabel=True)
+
+
+_COLS = ("video", "timestamp", "x1", "y1", "x2", "y2", "label")
+
+
+def ground_truth(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The (video, timestamp, x1, y1, x2, y2, label) table of an AVA or RefAVA manifest."""
+    rows = []
+    for r in manifest.itertuples():
+        e = json.loads(r.extra)
+        rows += [(r.group, e["timestamp"], *e["box"], int(k)) for k in r.labels]
+    return pd.DataFrame(rows, columns=list(_COLS))
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, m) IoU of [x1, y1, x2, y2] boxes; areas without the +1 of pixel boxes."""
+    a, b = np.asarray(a, np.float64)[:, None], np.asarray(b, np.float64)[None]
+    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = w * h
+    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
+    union = area(a) + area(b) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def voc_ap(tp: np.ndarray, n_gt: int) -> float:
+    """AP from TP flags in descending score order: PASCAL VOC 2010+ all-point interpolation
+    (precision made non-increasing, area under the recall steps), as AVA's evaluation."""
+    tp = np.asarray(tp, bool)
+    if n_gt == 0 or not len(tp):
+        return float("nan") if n_gt == 0 else 0.0
+    hits = np.cumsum(tp)
+    recall = np.concatenate([[0.0], hits / n_gt])
+    precision = hits / np.arange(1, len(tp) + 1)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(np.sum(np.diff(recall) * envelope))
+
+
+def _frame_keyed(df: pd.DataFrame, what: str, cols: tuple[str, ...],
+                 excluded: set[tuple[str, int]]) -> pd.DataFrame:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"frame_map: {what} lacks columns {missing}")
+    df = df.assign(video=df.video.astype(str), timestamp=df.timestamp.astype(np.int64),
+                   label=df.label.astype(np.int64))
+    if excluded:
+        keep = [(v, t) not in excluded for v, t in zip(df.video, df.timestamp)]
+        df = df[np.asarray(keep, bool)]
+    return df
+
+
+def frame_map(pred: pd.DataFrame, gt: pd.DataFrame, iou: float = 0.5,
+              excluded: Iterable[tuple[str, int]] | None = None) -> dict:
+    """AVA frame-mAP: ``{"mAP", "per_class": {label: AP}, "n_classes"}``.
+
+    pred: video, timestamp, x1, y1, x2, y2, label, score; gt: the same without score
+    (:func:`ground_truth`).  AVA's official (PASCAL) rules: per class, detections in
+    descending score order each take the ground-truth box of their class and frame they
+    overlap most: a true positive when that IoU >= ``iou`` and the box is not matched yet,
+    else a false positive (a duplicate, or a frame without such a box).  AP: :func:`voc_ap`;
+    the mean runs over classes with a ground-truth box (no detection: AP 0).  Keyframes in
+    ``excluded`` are dropped from both tables.
+    """
+    skip = {(str(v), int(t)) for v, t in (excluded or ())}
+    gt = _frame_keyed(gt, "gt", _COLS, skip)
+    pred = _frame_keyed(pred, "pred", _COLS + ("score",), skip)
+    gt_boxes = {k: g[list(_COLS[2:6])].to_numpy()
+                for k, g in gt.groupby(["label", "video", "timestamp"], sort=False)}
+    n_gt = gt.label.value_counts().to_dict()
+    ap: dict[int, float] = {}
+    for c in sorted(n_gt):
+        scores, flags = [], []
+        for (video, ts), d in pred[pred.label == c].groupby(["video", "timestamp"], sort=False):
+            order = np.argsort(-d.score.to_numpy(np.float64), kind="stable")
+            tp = np.zeros(len(d), bool)
+            g = gt_boxes.get((c, video, ts))
+            if g is not None:
+                ious = iou_matrix(d[list(_COLS[2:6])].to_numpy()[order], g)
+                best, taken = ious.argmax(1), np.zeros(len(g), bool)
+                for i, j in enumerate(best):
+                    if ious[i, j] >= iou and not taken[j]:
+                        tp[i] = taken[j] = True
+            scores.append(d.score.to_numpy(np.float64)[order])
+            flags.append(tp)
+        order = np.argsort(-np.concatenate(scores or [[]]), kind="stable")
+        ap[int(c)] = voc_ap(np.concatenate(flags or [[]])[order].astype(bool), int(n_gt[c]))
+    m = float(np.mean(list(ap.values()))) if ap else float("nan")
+    return {"mAP": m, "per_class": ap, "n_classes": len(ap)}

@@ -49,12 +49,14 @@ def main() -> None:
               help="Videos per store part (one writer, one shard each).")
 @click.option("--retry-failed", is_flag=True, help="Redo parts that hold failed videos.")
 @click.option("--limit", type=int, default=None, help="Only the first N manifest rows.")
-def extract(**kw) -> None:
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Dataset option (see `vidattn manifest --help`), e.g. -o crop_frames=48.")
+def extract(options, **kw) -> None:
     """Decode videos and store frozen I3D Mixed_5c maps (resumable)."""
     from vidattn.pipeline import extract as pipeline
 
     try:
-        res = pipeline.run(pipeline.ExtractConfig(**kw))
+        res = pipeline.run(pipeline.ExtractConfig(**kw, options=_options(options)))
     except Exception as e:
         _fail(e)
     click.echo(f"store: {res.store}")
@@ -67,6 +69,44 @@ def extract(**kw) -> None:
         click.echo(f"  failed {vid}: {err}", err=True)
     if res.failures:
         sys.exit(2)
+
+
+@main.command()
+@click.option("--dataset", required=True, help="hollywood2 | actionthread | hacs | hacs30 | "
+              "ava | refava | folder | sample")
+@click.option("--root", default=None, help="Dataset root.")
+@click.option("--out", default=None, help="Parquet path [default: manifests/DATASET.parquet].")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Dataset option (the adapter's Options), e.g. -o gap_sec=2.")
+def manifest(dataset, root, out, options) -> None:
+    """Read a dataset's annotations into a manifest; print counts and missing files."""
+    from vidattn.pipeline import manifest as pipeline
+
+    try:
+        ds, path = pipeline.run(pipeline.ManifestConfig(dataset, root, out, _options(options)))
+    except Exception as e:
+        _fail(e)
+    click.echo(pipeline.summary(ds))
+    click.echo(f"manifest: {path}")
+
+
+@main.command("mine-conjugates")
+@click.option("--store", required=True, help="Store path or URL (features already extracted).")
+@click.option("--rule", default="auto", show_default=True,
+              help="auto | same-group | nearest-negative")
+@click.option("--k", type=int, default=3, show_default=True,
+              help="Conjugates per positive (nearest-negative).")
+@click.option("--stream", default="rgb", show_default=True)
+def mine_conjugates(store, rule, k, stream) -> None:
+    """Pair every action clip with conjugates (same context, no action) in the store."""
+    from vidattn.pipeline import mine as pipeline
+
+    try:
+        pairs = pipeline.run(pipeline.MineConfig(store, rule, k, stream))
+    except Exception as e:
+        _fail(e)
+    rules = ", ".join(f"{r}: {n}" for r, n in pairs.rule.value_counts().items())
+    click.echo(f"pairs: {len(pairs)} for {pairs.video_id.nunique()} clips ({rules})")
 
 
 @main.command()

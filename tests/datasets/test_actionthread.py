@@ -150,6 +150,11 @@ def test_conjugate_bounds_unit():
     assert A.conjugate_bounds(1, acts, opts, 6.0) == (None, (4.0, 6.0))
     assert A.conjugate_bounds(0, acts, opts, 6.0) == ((0.0, 1.0), None)
     assert A.conjugate_bounds(0, acts, opts, None) == ((0.0, 1.0), None)
+    # Three actions, 0.5 s margins: each segment stops at the nearest other action.
+    acts, opts = [(1.0, 2.0), (4.0, 5.0), (8.0, 9.0)], A.Options(gap_sec=0.5, min_len_sec=0.5)
+    assert A.conjugate_bounds(2, acts, opts, 10.0) == ((5.5, 7.5), (9.5, 10.0))
+    assert A.conjugate_bounds(0, acts, opts, 10.0) == ((0.0, 0.5), (2.5, 3.5))
+    assert A.conjugate_bounds(1, acts, opts, 10.0) == ((2.5, 3.5), (5.5, 7.5))
 
 
 def test_single_label_and_custom_classes(tree):

@@ -7,7 +7,7 @@ dataset never slow down or break the others.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -61,4 +61,11 @@ def load_dataset(name: str, root: str | Path | None = None,
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
     module_name, _, func_name = DATASETS[name].partition(":")
     loader = getattr(importlib.import_module(module_name), func_name)
-    return loader(root=root, options=options) if options else loader(root=root)
+    ds = loader(root=root, options=options) if options else loader(root=root)
+    # every adapter's tables leave here in the store's exact layout (optional columns filled)
+    from vidattn.stores.schema import conform
+
+    pairs = ds.pairs if len(ds.pairs) else pd.DataFrame(
+        {"video_id": [], "conjugate_id": [], "rule": [], "distance": []})
+    return replace(ds, manifest=conform("manifest", ds.manifest).to_pandas(),
+                   pairs=conform("pairs", pairs).to_pandas())

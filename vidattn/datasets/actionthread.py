@@ -169,25 +169,21 @@ def conjugate_bounds(i: int, actions: list[tuple[float, float]], opts: Options,
     start, end = actions[i]
     gap, cap = opts.gap_sec, opts.max_len_sec
     blocked = [(s - gap, e + gap) for s, e in actions]
-    pre: tuple | None = None
+    # Keep the part nearest the action: the pre segment starts after every blocked span
+    # reaching into it, the post one ends before.  A span covering the end next to the
+    # action leaves a non-positive length, dropped below with the too-short ones.
     hi = start - gap
     lo = 0.0 if cap is None else max(0.0, hi - cap)
-    hits = [b for b in blocked if b[0] < hi and b[1] > lo]
-    # A block that reaches the segment's end would cut it off from the action: drop it.
-    if hi > lo and not any(b1 >= hi for _, b1 in hits):
-        lo = max([lo, *(b1 for _, b1 in hits)])
-        pre = (round(lo, 6), round(hi, 6))
-    post: tuple | None = None
+    lo = max([lo, *(b1 for b0, b1 in blocked if b0 < hi and b1 > lo)])
+    segments: list[tuple[float, float] | None] = [(lo, hi), None]
     if duration is not None:
         lo = end + gap
         hi = duration if cap is None else min(duration, lo + cap)
-        hits = [b for b in blocked if b[0] < hi and b[1] > lo]
-        if hi > lo and not any(b0 <= lo for b0, _ in hits):
-            hi = min([hi, *(b0 for b0, _ in hits)])
-            post = (round(lo, 6), round(hi, 6))
-    # Rounding to microseconds keeps bounds like 2.9999999999 from leaking into tables.
-    keep = [s if s is not None and s[1] - s[0] >= opts.min_len_sec - 1e-9 else None
-            for s in (pre, post)]
+        hi = min([hi, *(b0 for b0, b1 in blocked if b0 < hi and b1 > lo)])
+        segments[1] = (lo, hi)
+    # Rounding to microseconds keeps bounds like 2.9999999999 out of the tables.
+    keep = [None if seg is None or seg[1] - seg[0] < opts.min_len_sec - 1e-9
+            else (round(seg[0], 6), round(seg[1], 6)) for seg in segments]
     return keep[0], keep[1]
 
 
@@ -199,6 +195,16 @@ def _probe(path: Path) -> tuple[str, dict | None, str | None]:
         return "ok", probe(path), None
     except VideoDecodeError as e:  # exists: listed "ok", extraction records the failure
         return "ok", None, e.reason
+
+
+def _row(common: dict, vid: str, span: tuple[float, float], labels: list[int], role: str,
+         extra: dict) -> dict:
+    """One manifest row; ``common`` holds the fields shared by a thread's rows."""
+    fps = common["fps"]
+    return {**common, "video_id": vid, "labels": labels, "role": role,
+            "start_sec": span[0], "end_sec": span[1],
+            "n_frames": None if fps is None else round((span[1] - span[0]) * fps),
+            "extra": json.dumps(extra, sort_keys=True)}
 
 
 def load(root: str | Path | None = None, options: dict | None = None) -> DatasetTables:
@@ -237,13 +243,6 @@ def load(root: str | Path | None = None, options: dict | None = None) -> Dataset
         common = {"path": thread.video, "split": thread.split, "group": tid, "dataset": NAME,
                   "fps": fps, "status": status}
 
-        def row(vid: str, span: tuple, labels: list[int], role: str, extra: dict,
-                common: dict = common) -> dict:
-            n = None if common["fps"] is None else round((span[1] - span[0]) * common["fps"])
-            return {**common, "video_id": vid, "labels": labels, "role": role,
-                    "start_sec": span[0], "end_sec": span[1], "n_frames": n,
-                    "extra": json.dumps(extra, sort_keys=True)}
-
         for k, (_, e, labels, line) in enumerate(acts):
             vid = tid if len(acts) == 1 else f"{tid}_{k + 1}"
             extra: dict = {"line": line}
@@ -251,13 +250,14 @@ def load(root: str | Path | None = None, options: dict | None = None) -> Dataset
                 extra["end_clamped_from"] = e
             if error:
                 extra["probe_error"] = error
-            rows.append(row(vid, spans[k], labels, "action", extra))
+            rows.append(_row(common, vid, spans[k], labels, "action", extra))
             for side, span in zip(("pre", "post"), conjugate_bounds(k, spans, opts, duration)):
                 if span is None:
                     continue
                 if span not in conj_ids:
                     conj_ids[span] = f"{vid}_{side}"
-                    rows.append(row(conj_ids[span], span, [], "conjugate", {"side": side}))
+                    rows.append(_row(common, conj_ids[span], span, [], "conjugate",
+                                     {"side": side}))
                 pairs.append({"video_id": vid, "conjugate_id": conj_ids[span], "rule": RULE,
                               "distance": opts.gap_sec})
     if n_present == 0:

@@ -63,7 +63,8 @@ def _scores(run_dir: str, store_url: str | None, split: str, device: str):
     if store.classes != config["classes"]:
         raise ValueError(f"{store.url}: its classes differ from those {run_dir} was trained on")
     manifest = store.manifest()
-    ids = manifest.loc[(manifest.role == "action") & (manifest.split == split), "video_id"]
+    labelled = (manifest.role != "conjugate") & (manifest.labels.map(len) > 0)
+    ids = manifest.loc[labelled & (manifest.split == split), "video_id"]
     data_split = data.load_split(store, ids.tolist(), config["stream"], config["multilabel"],
                                  False, f"read {split}")
     if len(data_split) == 0:

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vidattn.pipeline.mine import NEAREST_NEGATIVE
 from vidattn.progress import bar as progress
 from vidattn.registry import EXTRACTORS, resolve
 from vidattn.stores import open_store
@@ -40,6 +41,8 @@ class ExtractConfig:
     part_size: int = 16  # videos per part (= per shard, per writer)
     retry_failed: bool = False
     limit: int | None = None  # extract only the first N manifest rows (quick looks)
+    options: dict = field(default_factory=dict)  # the dataset adapter's Options, key -> str
+    mine: bool = True  # mine feature-based conjugates (HACS) once features are stored
 
 
 @dataclass
@@ -84,7 +87,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     from vidattn.video import load_clip, to_model_input
 
     t0 = time.time()
-    ds = load_dataset(cfg.dataset, cfg.root)
+    ds = load_dataset(cfg.dataset, cfg.root, cfg.options or None)
     url = cfg.store or f"stores/{ds.name}"
     device = pick_device(cfg.device)
     decode = decode_config(cfg, ds.name)
@@ -99,7 +102,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     store.set_classes(list(ds.classes))
     manifest = ds.manifest if cfg.limit is None else ds.manifest.head(cfg.limit)
     manifest = store.merge_manifest(manifest)
-    store.write_table("pairs", ds.pairs)
+    if len(ds.pairs) or not len(store.pairs()):  # keep pairs mined earlier from features
+        store.write_table("pairs", ds.pairs)
     if ds.boxes is not None:
         store.write_table("boxes", ds.boxes)
     store.group.attrs["dataset"] = {"name": ds.name, "root": str(Path(ds.root).resolve()),
@@ -155,6 +159,11 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     result.failures += [
         (r.video_id, r.error) for r in failed.itertuples() if r.video_id not in seen
     ]
+    if cfg.mine and ds.name in NEAREST_NEGATIVE and not result.failures:
+        from vidattn.pipeline.mine import MineConfig
+        from vidattn.pipeline.mine import run as mine
+
+        mine(MineConfig(url, stream=first))
     result.seconds = round(time.time() - t0, 2)
     return result
 

@@ -52,8 +52,9 @@ class TrainConfig:
 
 
 def split_ids(manifest, val_fraction: float, seed: int) -> dict[str, list[str]]:
-    """Action ids per split; a val split is carved out of train (stratified) if absent."""
-    actions = manifest[manifest.role == "action"]
+    """Labelled clip ids per split (actions, and background clips that carry a class, as in
+    HACS-30); a val split is carved out of train (stratified) if absent."""
+    actions = manifest[(manifest.role != "conjugate") & (manifest.labels.map(len) > 0)]
     ids = {
         s: actions.loc[actions.split == s, "video_id"].tolist() for s in ("train", "val", "test")
     }

@@ -1,0 +1,296 @@
+"""RefAVA (RefAtomNet, Peng et al. ECCV 2024): AVA persons named by a sentence.
+
+Referring atomic video action recognition: given a video and a text describing one person
+("the man in the blue shirt on the left"), predict that person's AVA actions (80,
+multi-label) and box.  RefAVA re-annotates AVA keyframes: 36,630 instances, split
+train / val / test.  Its release is three pickles per split, each a dict keyed
+``"<video>___<timestamp>___<person_id>"``.  The value layout below is this adapter's
+reading of the release (it could not be checked against the files) and is validated
+strictly, so a file that differs fails with a message naming it rather than loading wrong:
+
+* keyframe: the person's box ``[x1, y1, x2, y2]`` at the keyframe, normalised to [0, 1]
+  (a list, tuple or numpy array of 4 numbers);
+* label: the person's AVA action ids (1..80, a list or integer array), or an 80-long
+  0/1 multi-hot vector (unambiguous: an id list never holds a 0);
+* description: the referring sentence (a non-empty str).
+
+Pickles are read with :func:`vidattn.safeload.load_numpy_pickle`, which resolves numpy's
+array constructors and nothing else, so a pickle cannot run code on load.  Rows, segments
+and boxes follow :mod:`vidattn.datasets.ava`, with the sentence in ``extra``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vidattn.datasets import DatasetError, DatasetTables
+from vidattn.datasets.ava import (
+    LABEL_MAP,
+    Keyframe,
+    box_problem,
+    empty_pairs,
+    keyframe_tables,
+    parse_pbtxt,
+    parse_splits,
+    require_root,
+    under,
+)
+from vidattn.options import parse_options
+from vidattn.safeload import UnsafePickleError, load_numpy_pickle
+
+LAYOUT = """\
+ROOT/
+  <split>_set_keyframe_crr_final.pkl      {"<video>___<timestamp>___<person_id>": [x1,y1,x2,y2]}
+  <split>_set_label_crr_final.pkl         {key: [AVA action ids 1..80]} (or 80-long 0/1)
+  <split>_set_description_crr_final.pkl   {key: "referring sentence"}
+                                          for each split of train, val, test
+  ava_action_list_v2.2.pbtxt              optional class names; else action_1 .. action_80
+  videos/<video>.mp4|.mkv|.webm
+"""
+SPLITS = ("train", "val", "test")
+KINDS = ("keyframe", "label", "description")
+N_ACTIONS = 80
+# Greedy video part: a video id holding "___" still leaves timestamp and person last.
+_KEY = re.compile(r"(.+)___(\d+)___(-?\d+)")
+
+
+@dataclass(frozen=True)
+class Options:
+    """splits: comma-separated of train, val, test.  window_sec, time_offset, fps, probe:
+    as for AVA (segment centred on the keyframe; seconds subtracted from timestamps; native
+    rate to assume; read fps from the files).  label_map: AVA pbtxt naming the classes;
+    None = ROOT/ava_action_list_v2.2.pbtxt when present, else action_1 .. action_80.
+    """
+
+    splits: str = "train,val,test"
+    window_sec: float = 2.0
+    time_offset: float = 0.0
+    label_map: str | None = None
+    fps: float | None = None
+    probe: bool = False
+
+
+def pickle_path(root: Path, split: str, kind: str) -> Path:
+    """ROOT/<split>_set_<kind>_crr_final.pkl."""
+    return root / f"{split}_set_{kind}_crr_final.pkl"
+
+
+def read_pickle(path: Path) -> dict:
+    """A RefAVA dict through the restricted unpickler; anything else is a DatasetError."""
+    if not path.is_file():
+        raise DatasetError(path, "RefAVA annotation pickle not found")
+    try:
+        obj = load_numpy_pickle(path)
+    except UnsafePickleError as e:
+        raise DatasetError(path, f"unsafe pickle, not loaded: {e}") from None
+    except Exception as e:  # a damaged pickle fails in many ways; each is one answer
+        raise DatasetError(path, f"not a readable pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(path, f"expected a dict keyed '<video>___<timestamp>___"
+                           f"<person_id>', got {type(obj).__name__}")
+    return obj
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _numbers(value, kinds: str) -> np.ndarray | None:
+    """A 1-d array of ``value`` when it is a list/tuple/array of numbers of ``kinds``."""
+    if isinstance(value, np.ndarray):
+        arr = value
+    elif isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            for v in value):
+        arr = np.asarray(value)
+    else:
+        return None
+    return arr if arr.ndim == 1 and arr.dtype.kind in kinds else None
+
+
+def parse_key(path: Path, key) -> tuple[str, int, int]:
+    """``"<video>___<timestamp>___<person_id>"`` -> (video, timestamp, person_id)."""
+    m = _KEY.fullmatch(key) if isinstance(key, str) else None
+    if m is None:
+        raise DatasetError(path, f"key {_short(key)} is not '<video>___<timestamp>___"
+                           f"<person_id>'")
+    return m.group(1), int(m.group(2)), int(m.group(3))
+
+
+def parse_box(path: Path, key: str, value) -> tuple[float, float, float, float]:
+    """The keyframe value: 4 normalised numbers with x1 < x2 and y1 < y2."""
+    arr = _numbers(value, "iuf")
+    problem = "not a list of 4 numbers" if arr is None else box_problem(
+        tuple(float(v) for v in arr))
+    if problem:
+        raise DatasetError(path, f"key {key!r}: keyframe box {_short(value)}: {problem}")
+    return tuple(float(v) for v in arr)  # type: ignore[return-value]
+
+
+def parse_actions(path: Path, key: str, value) -> list[int]:
+    """The label value: sorted unique AVA action ids (from ids or an 80-long multi-hot)."""
+    arr = _numbers(value, "iufb")
+    if arr is not None and len(arr) == N_ACTIONS and np.isin(arr, (0, 1)).all():
+        ids = [int(i) + 1 for i in np.flatnonzero(arr)]
+    elif arr is not None and arr.dtype.kind in "iu":
+        ids = [int(i) for i in arr]
+    else:
+        raise DatasetError(path, f"key {key!r}: label {_short(value)} is neither a list of "
+                           f"action ids nor an {N_ACTIONS}-long 0/1 vector")
+    bad = [i for i in ids if not 1 <= i <= N_ACTIONS]
+    if bad or not ids:
+        raise DatasetError(path, f"key {key!r}: label {_short(value)} needs action ids in "
+                           f"1..{N_ACTIONS}" + (f", got {bad[0]}" if bad else ", got none"))
+    return sorted(set(ids))
+
+
+def _check_keys(split: str, paths: dict[str, Path], data: dict[str, dict]) -> None:
+    union = set().union(*(d.keys() for d in data.values()))
+    problems = []
+    for kind, d in data.items():
+        lacking = sorted(map(str, union - d.keys()))
+        if lacking:
+            problems.append(f"{paths[kind].name} lacks {len(lacking)} key(s), e.g. "
+                            f"{', '.join(map(repr, lacking[:3]))}")
+    if problems:
+        raise DatasetError(paths["keyframe"].parent, f"the {split} pickles do not hold the "
+                           f"same keys: {'; '.join(problems)}")
+
+
+def read_split(root: Path, split: str, id_to_index: dict[int, int],
+               map_name: str) -> list[Keyframe]:
+    """The Keyframes of one split, every value validated (errors name the pickle)."""
+    paths = {kind: pickle_path(root, split, kind) for kind in KINDS}
+    data = {kind: read_pickle(path) for kind, path in paths.items()}
+    _check_keys(split, paths, data)
+    out = []
+    for key, box_value in data["keyframe"].items():
+        video, ts, pid = parse_key(paths["keyframe"], key)
+        box = parse_box(paths["keyframe"], key, box_value)
+        ids = parse_actions(paths["label"], key, data["label"][key])
+        unknown = [i for i in ids if i not in id_to_index]
+        if unknown:
+            raise DatasetError(paths["label"], f"key {key!r}: action id {unknown[0]} is not "
+                               f"in {map_name}")
+        text = data["description"][key]
+        if not isinstance(text, str) or not text.strip():
+            raise DatasetError(paths["description"], f"key {key!r}: description "
+                               f"{_short(text)} is not a non-empty str")
+        out.append(Keyframe(split, video, ts, pid, box, [id_to_index[i] for i in ids],
+                            {"description": text.strip()}))
+    return out
+
+
+def _classes(root: Path, opts: Options) -> tuple[list[str], dict[int, int], str]:
+    """Class names, action id -> class index, and what defined them (for messages)."""
+    path = under(root, opts.label_map) if opts.label_map else root / LABEL_MAP
+    if opts.label_map or path.is_file():
+        label_map = parse_pbtxt(path)
+        return ([n for _, n in label_map], {a: i for i, (a, _) in enumerate(label_map)},
+                str(path))
+    ids = range(1, N_ACTIONS + 1)
+    return [f"action_{i}" for i in ids], {i: i - 1 for i in ids}, f"1..{N_ACTIONS}"
+
+
+def load(root: str | Path | None = None, options: dict | None = None) -> DatasetTables:
+    """RefAVA as a multi-label manifest with boxes (see the module docstring)."""
+    opts = parse_options(Options, options)
+    root = require_root("refava", root, LAYOUT)
+    classes, id_to_index, map_name = _classes(root, opts)
+    keyframes: list[Keyframe] = []
+    for split in parse_splits("refava", opts.splits, SPLITS):
+        keyframes += read_split(root, split, id_to_index, map_name)
+    manifest, boxes = keyframe_tables("refava", root, keyframes, opts.window_sec,
+                                      opts.time_offset, opts.fps, opts.probe)
+    return DatasetTables("refava", root, classes, manifest, empty_pairs(), boxes,
+                         multilabel=True)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N,) IoU of row i of ``a`` with row i of ``b``, both (N, 4) [x1, y1, x2, y2]."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    w = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    h = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = w * h
+    union = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+             + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter)
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    """Non-interpolated AP, tied scores taken as one threshold.
+
+    sum over distinct thresholds of (recall step) x precision.  Without ties this is the
+    mean precision at each positive (``vidattn.metrics.average_precision``); with ties it
+    does not depend on row order -- which matters here, as gating zeroes many scores.
+    """
+    pos = np.asarray(positives, bool)
+    if not pos.any():
+        return float("nan")
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    s, p = np.asarray(scores, np.float64)[order], pos[order]
+    last = np.r_[s[1:] != s[:-1], True]  # the last row of each run of equal scores
+    tp = np.cumsum(p)[last]
+    precision = tp / (np.flatnonzero(last) + 1)
+    return float(np.sum(np.diff(np.r_[0.0, tp / pos.sum()]) * precision))
+
+
+def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """ROC AUC by the rank-sum (Mann-Whitney) formula with average ranks for ties.
+
+    AUC = (sum of positive ranks - P (P + 1) / 2) / (P N): the chance that a random positive
+    outscores a random negative, a tie counting one half.  NaN without both kinds.
+    """
+    x, pos = np.asarray(scores, np.float64), np.asarray(positives, bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.r_[True, xs[1:] != xs[:-1]]
+    first = np.flatnonzero(starts)
+    counts = np.diff(np.r_[first, len(x)])
+    ranks = np.empty(len(x))
+    ranks[order] = (first + (counts + 1) / 2)[np.cumsum(starts) - 1]  # 1-based mean rank
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def refava_metrics(scores: np.ndarray, targets: np.ndarray, pred_boxes: np.ndarray,
+                   gt_boxes: np.ndarray, iou: float = 0.5) -> dict:
+    """RefAVA's metrics: ``{"mIoU", "mAP", "AUROC", "n_classes"}`` as fractions in [0, 1]
+    (the paper prints percentages).
+
+    scores (N, K) class probabilities in [0, 1]; targets (N, K) multi-hot; boxes (N, 4).
+    mIoU: mean IoU of each predicted box with its ground truth.  Recognition counts only
+    for the right person: a row whose box has IoU < ``iou`` gets all scores zeroed (0 is
+    the lowest probability, hence the range check).  mAP: per-class AP weighted by the
+    class's positive count; AUROC: macro mean over classes with a positive and a negative.
+    """
+    s, t = np.asarray(scores, np.float64), np.asarray(targets)
+    pb, gb = np.asarray(pred_boxes, np.float64), np.asarray(gt_boxes, np.float64)
+    if s.ndim != 2 or t.shape != s.shape or pb.shape != gb.shape or pb.shape != (len(s), 4):
+        raise ValueError(f"refava_metrics: need scores and targets (N, K), boxes (N, 4); got "
+                         f"{s.shape}, {t.shape}, {pb.shape}, {gb.shape}")
+    if not np.isin(t, (0, 1)).all():
+        raise ValueError("refava_metrics: targets must be multi-hot 0/1")
+    if not (np.isfinite(s).all() and s.min(initial=0) >= 0 and s.max(initial=0) <= 1):
+        raise ValueError("refava_metrics: scores must be probabilities in [0, 1]")
+    t = t.astype(bool)
+    ious = box_iou(pb, gb)
+    gated = np.where((ious >= iou)[:, None], s, 0.0)
+    n_pos = t.sum(0)
+    has = np.flatnonzero(n_pos)
+    ap = np.array([average_precision(gated[:, c], t[:, c]) for c in has])
+    auc = np.array([auroc(gated[:, c], t[:, c]) for c in has])
+    auc = auc[np.isfinite(auc)]
+    return {
+        "mIoU": float(ious.mean()) if len(ious) else float("nan"),
+        "mAP": float(np.sum(ap * n_pos[has]) / n_pos[has].sum()) if len(has) else float("nan"),
+        "AUROC": float(auc.mean()) if len(auc) else float("nan"),
+        "n_classes": int(len(has)),
+    }

@@ -155,10 +155,13 @@ def test_load_dataset(small, tables):
     d = load_dataset("sample", small)
     assert isinstance(d, DatasetTables) and d.name == "sample" and d.root == small
     assert d.classes == list(SMALL.classes)
-    pd.testing.assert_frame_equal(d.manifest, tables["manifest"])
+    # load_dataset fills the manifest's optional columns (status ok, the rest null)
+    pd.testing.assert_frame_equal(d.manifest[tables["manifest"].columns], tables["manifest"])
+    assert (d.manifest.status == "ok").all() and d.manifest.extra.isna().all()
     pd.testing.assert_frame_equal(d.pairs, tables["pairs"])
     assert d.boxes is not None and len(d.boxes) == len(tables["boxes"])
-    assert DATASETS == {"sample": "vidattn.datasets.sample:load"}
+    assert DATASETS["sample"] == "vidattn.datasets.sample:load"
+    assert all(":" in spec for spec in DATASETS.values())  # lazy "module:function" strings
     with pytest.raises(ValueError, match="sample"):
         load_dataset("kinetics-9000")
 

@@ -1,15 +1,13 @@
 """AVA v2.2: atomic actions of every person at one keyframe per second, with boxes.
 
-AVA is multi-label per person: each (video, keyframe, person) is one manifest row whose
-segment is a ``window_sec`` window centred on the keyframe (clips are read around
-keyframes); labels = the person's actions as class indices in the label map's order;
-group = the AVA video id (every person of a movie shares its context).
-
-The boxes table holds the person's box at the keyframe.  Its ``frame`` is, as for every
-boxes table of the project (``pipeline/localize.py``, ``pipeline/explain.py``), the
-source frame index in the *file* at the native rate, floor(t * fps): it needs the fps, so
-boxes come with ``probe=true`` (one probe per movie) or ``fps=RATE``; otherwise the table
-is None and each box stays in ``extra["box"]``.  :func:`frame_map` is AVA's frame-mAP.
+Multi-label per person: each (video, keyframe, person) is one manifest row, its segment a
+``window_sec`` window centred on the keyframe (clips are read around keyframes), labels
+the person's actions as indices in label-map order, group the AVA video (its context).
+The boxes table holds the person's box at the keyframe; its ``frame`` is, as for every
+boxes table here (``pipeline/localize.py``, ``pipeline/explain.py``), the source frame
+index in the *file*, floor(t * fps), so boxes need the fps: ``probe=true`` (one probe per
+movie) or ``fps=RATE``; without it the table is None and boxes stay in ``extra["box"]``.
+:func:`frame_map` is AVA's frame-mAP.
 """
 
 from __future__ import annotations
@@ -20,15 +18,17 @@ import math
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from vidattn.datasets import DatasetError, DatasetTables
 from vidattn.options import parse_options
-from vidattn.stores.schema import PAIRS_SCHEMA, conform
+from vidattn.stores.schema import BOXES_SCHEMA, MANIFEST_SCHEMA, PAIRS_SCHEMA, conform
 
 LAYOUT = """\
 ROOT/
@@ -41,6 +41,10 @@ ROOT/
 LABEL_MAP = "ava_action_list_v2.2.pbtxt"
 VIDEO_EXTS = (".mp4", ".mkv", ".webm")  # preferred in this order when several exist
 _EPS = 1e-6  # slack when mapping a time to a frame, as in video.py
+# Protocol-buffer text format, as far as label maps use it: blocks of "field: value".
+_PB_STRING = r'"(?:[^"\\\n]|\\.)*"'
+_PB_BLOCK = re.compile(r"(\w+)\s*:?\s*\{([^{}]*)\}")
+_PB_FIELD = re.compile(rf'\s*(\w+)\s*:\s*({_PB_STRING}|[^\s{{}}:"]+)')
 
 
 @dataclass(frozen=True)
@@ -75,10 +79,10 @@ class Keyframe:
     extra: dict = field(default_factory=dict)
 
 
-def require_root(name: str, root: str | Path | None, layout: str = LAYOUT) -> Path:
+def require_root(name: str, root: str | Path | None, holding: str) -> Path:
     """ROOT as a Path; None or a missing directory is a DatasetError."""
     if root is None:
-        raise DatasetError(name, f"--root is required (the {name} directory):\n{layout}")
+        raise DatasetError(name, f"--root is required (the directory holding {holding})")
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(root, "dataset root not found")
@@ -93,49 +97,41 @@ def parse_pbtxt(path: Path) -> list[tuple[int, str]]:
     """
     if not path.is_file():
         raise DatasetError(path, "AVA label map not found")
-    token = re.compile(r'"(?:[^"\\]|\\.)*"|[{}:]|#.*|[^\s{}:"#]+|\S')
-    tokens = [(m.group(), n) for n, text in enumerate(path.read_text().splitlines(), 1)
-              for m in token.finditer(text) if not m.group().startswith("#")]
+    # Blank out comments (not a '#' inside a quoted name) so offsets, hence lines, stay put.
+    text = re.sub(rf"{_PB_STRING}|#[^\n]*", lambda m: m.group() if m.group()[0] == '"'
+                  else " " * len(m.group()), path.read_text())
+
+    def fail(pos: int, message: str) -> NoReturn:
+        pos += len(text[pos:]) - len(text[pos:].lstrip())  # the line of the next token
+        raise DatasetError(path, message, line=text.count("\n", 0, pos) + 1)
+
     out: list[tuple[int, str]] = []
-    i = 0
-
-    def take(what: str, line: int) -> tuple[str, int]:
-        nonlocal i
-        if i >= len(tokens):
-            raise DatasetError(path, f"unexpected end of file, expected {what}", line=line)
-        i += 1
-        return tokens[i - 1]
-
-    while i < len(tokens):
-        word, line = take("a block", 0)
-        if word not in ("label", "item"):
-            raise DatasetError(path, f"expected 'label {{', got {word!r}", line=line)
-        brace, n = take("'{'", line)
-        if brace == ":":  # text format allows "label: {"
-            brace, n = take("'{'", n)
-        if brace != "{":
-            raise DatasetError(path, f"expected '{{' after {word!r}, got {brace!r}", line=n)
+    pos = 0
+    for block in _PB_BLOCK.finditer(text):
+        if text[pos:block.start()].strip():
+            fail(pos, f"expected 'label {{ ... }}', got {text[pos:block.start()].split()[0]!r}")
+        if block.group(1) not in ("label", "item"):
+            fail(block.start(), f"expected 'label {{', got {block.group(1)!r}")
         fields: dict[str, tuple[str, int]] = {}
-        while True:
-            key, n = take("'}'", line)
-            if key == "}":
-                break
-            colon, n = take("':'", n)
-            value, n = take("a value", n)
-            if colon != ":" or value in "{}:" or not re.fullmatch(r"\w+", key):
-                raise DatasetError(path, f"expected 'field: value', got {key} {colon} {value}",
-                                   line=n)
-            fields[key] = (value, n)
-        name, n_name = fields.get("name", ("", line))
-        if len(name) < 2 or not name.startswith('"') or not name.endswith('"'):
-            raise DatasetError(path, "block needs name: \"...\"", line=n_name)
-        raw_id, n_id = fields.get("label_id", fields.get("id", ("", line)))
+        at = block.start(2)
+        while text[at:block.end(2)].strip():
+            f = _PB_FIELD.match(text, at, block.end(2))
+            if f is None:
+                fail(at, f"expected 'field: value', got {text[at:block.end(2)].split()[0]!r}")
+            fields[f.group(1)] = (f.group(2), f.start(1))
+            at = f.end()
+        name, at_name = fields.get("name", ("", block.start()))
+        if len(name) < 2 or not name.startswith('"'):
+            fail(at_name, 'block needs name: "..."')
+        raw_id, at_id = fields.get("label_id", fields.get("id", ("", block.start())))
         if not raw_id.isdigit() or int(raw_id) < 1:
-            raise DatasetError(path, f"block needs a positive integer label_id, got "
-                               f"{raw_id!r}", line=n_id)
+            fail(at_id, f"block needs a positive integer label_id, got {raw_id!r}")
         if int(raw_id) in {k for k, _ in out}:
-            raise DatasetError(path, f"label_id {raw_id} is listed twice", line=n_id)
+            fail(at_id, f"label_id {raw_id} is listed twice")
         out.append((int(raw_id), re.sub(r"\\(.)", r"\1", name[1:-1])))
+        pos = block.end()
+    if text[pos:].strip():
+        fail(pos, f"unclosed block or stray text {text[pos:].split()[0]!r}")
     if not out:
         raise DatasetError(path, "no label blocks")
     return out
@@ -158,7 +154,8 @@ def read_excluded(path: Path) -> set[tuple[str, int]]:
 
 def box_problem(box) -> str | None:
     """Why ``box`` is not a normalised [x1, y1, x2, y2] with x1 < x2, y1 < y2; None if it is."""
-    if len(box) != 4 or not all(math.isfinite(v) for v in box):
+    # one isfinite on the sum: NaN and inf propagate through it (this runs per CSV line)
+    if len(box) != 4 or not math.isfinite(sum(box)):
         return "a box needs 4 finite numbers"
     x1, y1, x2, y2 = box
     # 1e-6: a coordinate written as 1.0000001 by a float round trip is not an error.
@@ -184,7 +181,7 @@ def read_annotations(path: Path, split: str, id_to_index: dict[int, int],
             vid = row[0].strip()
             try:
                 ts, action, pid = int(row[1]), int(row[6]), int(row[7])
-                box = tuple(float(v) for v in row[2:6])
+                box = (float(row[2]), float(row[3]), float(row[4]), float(row[5]))
             except ValueError:
                 raise DatasetError(path, "timestamp, action_id and person_id must be integers, "
                                    "the box coordinates numbers", line=n) from None
@@ -200,7 +197,8 @@ def read_annotations(path: Path, split: str, id_to_index: dict[int, int],
             if key not in people:
                 people[key] = Keyframe(split, vid, ts, pid, box, [])
                 first[key] = n
-            elif max(abs(a - b) for a, b in zip(people[key].box, box)) > 1e-3:
+            elif people[key].box != box and max(
+                    abs(a - b) for a, b in zip(people[key].box, box)) > 1e-3:
                 # Every line of a person at a keyframe repeats its box; a different box
                 # means two people share an id, and merging them would corrupt both.
                 raise DatasetError(path, f"person {pid} at {vid} {ts} has box {list(box)} "
@@ -208,19 +206,18 @@ def read_annotations(path: Path, split: str, id_to_index: dict[int, int],
             index = id_to_index.get(action)
             if index is not None and index not in people[key].labels:
                 people[key].labels.append(index)
+    for kf in people.values():
+        kf.labels.sort()
     # a person can be left without labels only by drop_unlisted
-    return [replace(kf, labels=sorted(kf.labels)) for kf in people.values() if kf.labels]
+    return [kf for kf in people.values() if kf.labels]
 
 
 def find_videos(folder: Path) -> dict[str, str]:
     """File name of each video stem in ``folder`` (one scan; mp4 before mkv before webm)."""
     rank = {ext: i for i, ext in enumerate(VIDEO_EXTS)}
-    out: dict[str, str] = {}
-    names = os.listdir(folder) if folder.is_dir() else []
-    for name in sorted(names, key=lambda n: (rank.get(Path(n).suffix, 9), n)):
-        if Path(name).suffix in rank:
-            out.setdefault(Path(name).stem, name)
-    return out
+    names = [n for n in (os.listdir(folder) if folder.is_dir() else []) if Path(n).suffix in rank]
+    # worst first, so the preferred extension is written last and wins
+    return {Path(n).stem: n for n in sorted(names, key=lambda n: (-rank[Path(n).suffix], n))}
 
 
 def keyframe_tables(name: str, root: Path, keyframes: list[Keyframe], window_sec: float,
@@ -236,7 +233,9 @@ def keyframe_tables(name: str, root: Path, keyframes: list[Keyframe], window_sec
         raise DatasetError(root, "no annotated keyframes")
     videos = find_videos(root / "videos")
     rates: dict[str, float | None] = {}
-    rows, boxes = [], []
+    # Column lists and typed arrays, not a list of dicts: ~200k rows for AVA.
+    cols: dict[str, list] = {n: [] for n in MANIFEST_SCHEMA.names}
+    box_cols: dict[str, list] = {n: [] for n in BOXES_SCHEMA.names}
     for kf in sorted(keyframes, key=lambda k: (k.split, k.video, k.timestamp, k.person_id)):
         file = videos.get(kf.video)
         t = kf.timestamp - time_offset
@@ -253,26 +252,32 @@ def keyframe_tables(name: str, root: Path, keyframes: list[Keyframe], window_sec
             rate = rates[kf.video] or fps
         start, end = max(0.0, t - window_sec / 2), t + window_sec / 2
         vid = f"{kf.video}__{kf.timestamp:04d}__{kf.person_id}"
-        extra = {"timestamp": kf.timestamp, "person_id": kf.person_id,
-                 "box": [float(v) for v in kf.box], **kf.extra}
-        rows.append({"video_id": vid, "path": f"videos/{file or kf.video + '.mp4'}",
-                     "split": kf.split, "labels": list(kf.labels), "role": "action",
-                     "group": kf.video, "start_sec": start, "end_sec": end, "dataset": name,
-                     "fps": rate, "n_frames": round((end - start) * rate) if rate else None,
-                     "status": "ok" if file else "missing", "extra": json.dumps(extra)})
+        extra = {"timestamp": kf.timestamp, "person_id": kf.person_id, "box": list(kf.box),
+                 **kf.extra}
+        row = (vid, f"videos/{file or kf.video + '.mp4'}", kf.split, kf.labels, "action",
+               kf.video, start, end, name, rate, round((end - start) * rate) if rate else None,
+               "ok" if file else "missing", json.dumps(extra))
+        for col, value in zip(cols.values(), row):
+            col.append(value)
         if rate:
-            x1, y1, x2, y2 = kf.box
-            boxes.append({"video_id": vid, "frame": math.floor(t * rate + _EPS),
-                          "x1": x1, "y1": y1, "x2": x2, "y2": y2})
-    manifest = pd.DataFrame(rows)
-    dup = manifest.video_id[manifest.video_id.duplicated()]
-    if len(dup):
-        raise DatasetError(root, f"keyframe person {dup.iloc[0]} is listed in two splits")
-    if not (manifest.status == "ok").any():
-        raise DatasetError(root / "videos", f"none of the {manifest.group.nunique()} videos "
+            for col, value in zip(box_cols.values(),
+                                  (vid, math.floor(t * rate + _EPS), *kf.box)):
+                col.append(value)
+    dup = pd.Series(cols["video_id"]).duplicated().to_numpy()
+    if dup.any():
+        raise DatasetError(root, f"keyframe person {cols['video_id'][dup.argmax()]} is listed "
+                           f"in two splits")
+    if "ok" not in cols["status"]:
+        raise DatasetError(root / "videos", f"none of the {len(set(cols['group']))} videos "
                            f"exist (expected videos/<video_id>.mp4, .mkv or .webm)")
-    box_table = conform("boxes", pd.DataFrame(boxes)).to_pandas() if boxes else None
-    return conform("manifest", manifest).to_pandas(), box_table
+    return _typed("manifest", MANIFEST_SCHEMA, cols), (
+        _typed("boxes", BOXES_SCHEMA, box_cols) if box_cols["video_id"] else None)
+
+
+def _typed(table: str, schema: pa.Schema, cols: dict[str, list]) -> pd.DataFrame:
+    """Columns to a conformed DataFrame, typed up front (inferring them costs seconds)."""
+    return conform(table, {k: pa.array(v, schema.field(k).type) for k, v in cols.items()}
+                   ).to_pandas()
 
 
 def empty_pairs() -> pd.DataFrame:
@@ -283,8 +288,7 @@ def empty_pairs() -> pd.DataFrame:
 def parse_splits(name: str, text: str, known: tuple[str, ...]) -> list[str]:
     """``"train,val"`` -> ["train", "val"]; an unknown or empty list is a DatasetError."""
     splits = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in splits if s not in known]
-    if bad or not splits:
+    if not splits or not set(splits) <= set(known):
         raise DatasetError(name, f"splits must be a comma-separated subset of "
                            f"{','.join(known)}, got {text!r}")
     return splits
@@ -298,7 +302,7 @@ def under(root: Path, path: str) -> Path:
 def load(root: str | Path | None = None, options: dict | None = None) -> DatasetTables:
     """AVA v2.2 person keyframes as a multi-label manifest (see the module docstring)."""
     opts = parse_options(Options, options)
-    root = require_root("ava", root)
+    root = require_root("ava", root, "ava_train_v2.2.csv and videos/")
     label_map = parse_pbtxt(under(root, opts.label_map))
     id_to_index = {action_id: i for i, (action_id, _) in enumerate(label_map)}
     keyframes: list[Keyframe] = []
@@ -317,11 +321,9 @@ _COLS = ("video", "timestamp", "x1", "y1", "x2", "y2", "label")
 
 def ground_truth(manifest: pd.DataFrame) -> pd.DataFrame:
     """The (video, timestamp, x1, y1, x2, y2, label) table of an AVA or RefAVA manifest."""
-    rows = []
-    for r in manifest.itertuples():
-        e = json.loads(r.extra)
-        rows += [(r.group, e["timestamp"], *e["box"], int(k)) for k in r.labels]
-    return pd.DataFrame(rows, columns=list(_COLS))
+    extras = [json.loads(e) for e in manifest.extra]
+    return pd.DataFrame([(g, e["timestamp"], *e["box"], int(k)) for g, e, labels in zip(
+        manifest.group, extras, manifest.labels) for k in labels], columns=list(_COLS))
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -338,10 +340,9 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def voc_ap(tp: np.ndarray, n_gt: int) -> float:
     """AP from TP flags in descending score order: PASCAL VOC 2010+ all-point interpolation
     (precision made non-increasing, area under the recall steps), as AVA's evaluation."""
-    tp = np.asarray(tp, bool)
-    if n_gt == 0 or not len(tp):
-        return float("nan") if n_gt == 0 else 0.0
-    hits = np.cumsum(tp)
+    if n_gt == 0:
+        return float("nan")
+    hits = np.cumsum(np.asarray(tp, bool))
     recall = np.concatenate([[0.0], hits / n_gt])
     precision = hits / np.arange(1, len(tp) + 1)
     envelope = np.maximum.accumulate(precision[::-1])[::-1]
@@ -355,10 +356,8 @@ def _frame_keyed(df: pd.DataFrame, what: str, cols: tuple[str, ...],
         raise ValueError(f"frame_map: {what} lacks columns {missing}")
     df = df.assign(video=df.video.astype(str), timestamp=df.timestamp.astype(np.int64),
                    label=df.label.astype(np.int64))
-    if excluded:
-        keep = [(v, t) not in excluded for v, t in zip(df.video, df.timestamp)]
-        df = df[np.asarray(keep, bool)]
-    return df
+    return df[np.array([(v, t) not in excluded for v, t in zip(df.video, df.timestamp)],
+                       bool)] if excluded else df
 
 
 def frame_map(pred: pd.DataFrame, gt: pd.DataFrame, iou: float = 0.5,

@@ -9,10 +9,18 @@ reading of the release (it could not be checked against the files) and is valida
 strictly, so a file that differs fails with a message naming it rather than loading wrong:
 
 * keyframe: the person's box ``[x1, y1, x2, y2]`` at the keyframe, normalised to [0, 1]
-  (a list, tuple or numpy array of 4 numbers);
+  (4 numbers as a list, tuple or numpy array), or a list of boxes whose first is the
+  person's (its first 4 numbers);
 * label: the person's AVA action ids (1..80, a list or integer array), or an 80-long
   0/1 multi-hot vector (unambiguous: an id list never holds a 0);
-* description: the referring sentence (a non-empty str).
+* description: the referring sentence (a non-empty str), or a list of sentences whose
+  first is used.
+
+The list forms and the key layout follow a published copy of the RAVAR training loader
+(keys split on ``___``, ``np.array(boxes)[0][:4]``, ``captions[0]``, labels binarised over
+ids 1..80); unlike it, values are matched by key, never by dict order.  That loader reads
+frames at ``(timestamp - 900) * 30``: keys carry AVA movie times, so files cut to the
+15-minute span need ``time_offset=900``.
 
 Pickles are read with :func:`vidattn.safeload.load_numpy_pickle`, which resolves numpy's
 array constructors and nothing else, so a pickle cannot run code on load.  Rows, segments
@@ -44,9 +52,10 @@ from vidattn.safeload import UnsafePickleError, load_numpy_pickle
 
 LAYOUT = """\
 ROOT/
-  <split>_set_keyframe_crr_final.pkl      {"<video>___<timestamp>___<person_id>": [x1,y1,x2,y2]}
+  <split>_set_keyframe_crr_final.pkl      {"<video>___<timestamp>___<person_id>": [x1,y1,x2,y2]
+                                           or [[x1,y1,x2,y2], ...] (the first is the person)}
   <split>_set_label_crr_final.pkl         {key: [AVA action ids 1..80]} (or 80-long 0/1)
-  <split>_set_description_crr_final.pkl   {key: "referring sentence"}
+  <split>_set_description_crr_final.pkl   {key: "referring sentence" or ["sentence", ...]}
                                           for each split of train, val, test
   ava_action_list_v2.2.pbtxt              optional class names; else action_1 .. action_80
   videos/<video>.mp4|.mkv|.webm
@@ -100,17 +109,16 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _numbers(value, kinds: str) -> np.ndarray | None:
-    """A 1-d array of ``value`` when it is a list/tuple/array of numbers of ``kinds``."""
-    if isinstance(value, np.ndarray):
-        arr = value
-    elif isinstance(value, (list, tuple)) and all(
-            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-            for v in value):
-        arr = np.asarray(value)
-    else:
+def _numbers(value, kinds: str, ndim: int = 1) -> np.ndarray | None:
+    """``value`` as an array when it is a list/tuple/array of ``ndim`` dimensions holding
+    numbers of dtype kinds ``kinds`` (strings, objects and ragged nesting give None)."""
+    if not isinstance(value, (list, tuple, np.ndarray)):
         return None
-    return arr if arr.ndim == 1 and arr.dtype.kind in kinds else None
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # ragged nesting
+        return None
+    return arr if arr.ndim == ndim and arr.dtype.kind in kinds else None
 
 
 def parse_key(path: Path, key) -> tuple[str, int, int]:
@@ -123,9 +131,15 @@ def parse_key(path: Path, key) -> tuple[str, int, int]:
 
 
 def parse_box(path: Path, key: str, value) -> tuple[float, float, float, float]:
-    """The keyframe value: 4 normalised numbers with x1 < x2 and y1 < y2."""
+    """The keyframe value: 4 normalised numbers with x1 < x2 and y1 < y2, or a list of
+    boxes of which the first is the person's.  The RAVAR loader reads ``value[0][:4]``, so
+    rows of a list may carry more than the 4 coordinates; the rest is ignored."""
     arr = _numbers(value, "iuf")
-    problem = "not a list of 4 numbers" if arr is None else box_problem(
+    if arr is None:
+        boxes = _numbers(value, "iuf", ndim=2)
+        if boxes is not None and boxes.shape[0] and boxes.shape[1] >= 4:
+            arr = boxes[0, :4]
+    problem = "not 4 numbers or a list of boxes" if arr is None else box_problem(
         tuple(float(v) for v in arr))
     if problem:
         raise DatasetError(path, f"key {key!r}: keyframe box {_short(value)}: {problem}")
@@ -137,7 +151,7 @@ def parse_actions(path: Path, key: str, value) -> list[int]:
     arr = _numbers(value, "iufb")
     if arr is not None and len(arr) == N_ACTIONS and np.isin(arr, (0, 1)).all():
         ids = [int(i) + 1 for i in np.flatnonzero(arr)]
-    elif arr is not None and arr.dtype.kind in "iu":
+    elif arr is not None and (arr.dtype.kind in "iu" or arr.size == 0):
         ids = [int(i) for i in arr]
     else:
         raise DatasetError(path, f"key {key!r}: label {_short(value)} is neither a list of "
@@ -178,6 +192,8 @@ def read_split(root: Path, split: str, id_to_index: dict[int, int],
             raise DatasetError(paths["label"], f"key {key!r}: action id {unknown[0]} is not "
                                f"in {map_name}")
         text = data["description"][key]
+        if isinstance(text, (list, tuple, np.ndarray)) and len(text):
+            text = text[0]  # a list of sentences: the RAVAR loader uses the first
         if not isinstance(text, str) or not text.strip():
             raise DatasetError(paths["description"], f"key {key!r}: description "
                                f"{_short(text)} is not a non-empty str")
@@ -200,7 +216,7 @@ def _classes(root: Path, opts: Options) -> tuple[list[str], dict[int, int], str]
 def load(root: str | Path | None = None, options: dict | None = None) -> DatasetTables:
     """RefAVA as a multi-label manifest with boxes (see the module docstring)."""
     opts = parse_options(Options, options)
-    root = require_root("refava", root, LAYOUT)
+    root = require_root("refava", root, "train_set_*_crr_final.pkl and videos/")
     classes, id_to_index, map_name = _classes(root, opts)
     keyframes: list[Keyframe] = []
     for split in parse_splits("refava", opts.splits, SPLITS):

@@ -115,3 +115,23 @@ def test_bool_option_typo_is_refused():
 
     with pytest.raises(ValueError, match="use_satt expects true/false"):
         parse_options(Config, {"use_satt": "ture"})
+
+
+def test_ava_frame_map_uses_ground_truth_boxes():
+    import json
+
+    import pandas as pd
+
+    from vidattn.pipeline.evaluate import ava_frame_map
+
+    def row(vid, person, box, labels):
+        return {"video_id": f"v__0902__{person}", "group": vid, "labels": labels,
+                "extra": json.dumps({"timestamp": 902, "person_id": person, "box": box})}
+
+    man = pd.DataFrame([row("v", 0, [0.1, 0.1, 0.4, 0.9], [0]),
+                        row("v", 1, [0.5, 0.1, 0.9, 0.9], [1, 2])])
+    ids = man.video_id.tolist()
+    perfect = np.array([[0.9, 0.1, 0.1], [0.1, 0.8, 0.7]])
+    assert ava_frame_map(man, ids, perfect)["frame_mAP"] == pytest.approx(1.0)
+    swapped = perfect[::-1].copy()  # each person gets the other's scores
+    assert ava_frame_map(man, ids, swapped)["frame_mAP"] < 1.0

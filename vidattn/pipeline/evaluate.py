@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from vidattn import metrics as M
 from vidattn.pipeline import data
@@ -95,6 +96,24 @@ def localization(head, store, split: data.Split, device: str) -> dict | None:
             "area": float(np.mean(areas)), "n": len(shares)}
 
 
+def ava_frame_map(manifest, ids: list[str], scores: np.ndarray) -> dict:
+    """AVA's frame-mAP@0.5 with the ground-truth person boxes as detections (the "GT boxes"
+    setting): each person row contributes its box with every class score, so the metric
+    measures the action classification the heads do, localisation being given."""
+    from vidattn.datasets.ava import frame_map, ground_truth
+
+    man = manifest.set_index("video_id").loc[ids].reset_index()
+    rows = []
+    for i, (group, extra) in enumerate(zip(man.group, man.extra)):
+        e = json.loads(extra)
+        rows += [(group, e["timestamp"], *e["box"], k, float(scores[i, k]))
+                 for k in range(scores.shape[1])]
+    pred = pd.DataFrame(rows, columns=["video", "timestamp", "x1", "y1", "x2", "y2", "label",
+                                       "score"])
+    res = frame_map(pred, ground_truth(man))
+    return {"protocol": "AVA frame-mAP@0.5, ground-truth person boxes", "frame_mAP": res["mAP"]}
+
+
 def run(cfg: EvaluateConfig) -> dict:
     """Score the action clips of ``cfg.split``; with ``fuse_with``, average two runs' scores
     (two-stream late fusion).  Writes eval-<split>[-fusion].json into the (first) run dir."""
@@ -112,6 +131,8 @@ def run(cfg: EvaluateConfig) -> dict:
         name = f"{config['head']}({config['stream']})+{config2['head']}({config2['stream']})"
     summary = summarize(scores, targets, config["classes"], config["multilabel"])
     summary.update(split=cfg.split, head=name, store=store.url)
+    if store.group.attrs.get("dataset", {}).get("name") == "ava" and not cfg.fuse_with:
+        summary.update(ava_frame_map(store.manifest(), split.ids, scores))
     if not cfg.fuse_with:
         loc = localization(head, store, split, device)
         if loc is not None:

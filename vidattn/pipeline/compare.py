@@ -41,7 +41,8 @@ def run(cfg: CompareConfig) -> pd.DataFrame:
         res = evaluate(EvaluateConfig(run_dir, split=cfg.split, device=cfg.device))
         config = json.loads((Path(run_dir) / "config.json").read_text())
         metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-        row = {"method": config["head"], "run": str(run_dir), "stream": config["stream"],
+        method = config["head"] + (" +MFR" if config["train"].get("teacher") else "")
+        row = {"method": method, "run": str(run_dir), "stream": config["stream"],
                "params": metrics.get("n_params", 0), "mAP": res["mAP"]}
         for key in ("mAcc", "top1", "top5"):
             if key in res:

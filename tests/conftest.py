@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,3 +31,24 @@ def tiny_store(tiny_sample, tmp_path_factory) -> str:
     res = run(ExtractConfig(root=str(tiny_sample), store=store, part_size=4, device="cpu"))
     assert not res.failures, res.failures
     return store
+
+
+def write_video(path: Path, n_frames: int, fps: int = 25, codec: str | None = None) -> None:
+    """A tiny real 64x48 video whose probe reports exactly ``n_frames`` at ``fps``.
+
+    The container follows the suffix; the codec defaults to MPEG-4 part 2 for .avi (as
+    Hollywood2's files) and H.264 otherwise.  Frame k is a flat grey of level 3k.
+    """
+    import av
+
+    codec = codec or ("mpeg4" if path.suffix.lower() == ".avi" else "libx264")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps), options={"threads": "1"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(n_frames):
+            img = np.full((48, 64, 3), 3 * i % 256, np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
+from conftest import write_video
 
 from vidattn.datasets import DatasetError, load_dataset
 from vidattn.datasets import actionthread as A
@@ -26,18 +25,6 @@ ROWS = [
 ]
 SECONDS = {"threads/t1.mp4": 8, "threads/t2.mp4": 10, "t4.mp4": 4}
 
-
-def write_video(path: Path, n_frames: int) -> None:
-    """A tiny 64x48 H.264 video at FPS whose probe reports exactly ``n_frames``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(FPS), options={"threads": "1"})
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i % 256, np.uint8), "rgb24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
 
 
 def write_csv(root: Path, rows: list[str], header: str = HEADER) -> Path:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_video
 
 from vidattn.datasets import DatasetError, load_dataset
 from vidattn.datasets import ava as A
@@ -38,24 +38,11 @@ TRAIN = [  # line numbers 1.. in the CSV
 VAL = ["vidC,1000,0.3,0.3,0.4,0.4,1,7"]  # vidC has no video file
 
 
-def write_mp4(path: Path, seconds: float, fps: int) -> None:
-    """A tiny real H.264 file (64x48): probing then reads a true rate."""
-    import av
-
-    with av.open(str(path), "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=Fraction(fps))
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(int(seconds * fps)):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i, np.uint8), format="rgb24")
-            frame.pts = i
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ava_video") / "v.mp4"
-    write_mp4(path, seconds=6.0, fps=10)
+    write_video(path, 60, fps=10)
     return path
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_video
 
 from vidattn.datasets import DatasetError, load_dataset
 from vidattn.datasets import folder as F
@@ -25,20 +24,6 @@ sub/b.MP4,run|walk,
 gone.mp4,run,test
 """
 
-
-def write_video(path: Path, n_frames: int) -> None:
-    """A tiny 64x48 video at FPS: H.264 in mp4/mkv/mov, MPEG-4 part 2 in avi."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    codec = "mpeg4" if path.suffix.lower() == ".avi" else "libx264"
-    fmt = {".mp4": "mp4", ".mkv": "matroska", ".avi": "avi"}[path.suffix.lower()]
-    with av.open(str(path), "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=Fraction(FPS))
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i % 256, np.uint8), "rgb24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_video
 
 from vidattn.datasets import DatasetError, load_dataset
 from vidattn.datasets import hacs as H
@@ -26,26 +26,11 @@ ROWS = [
 ]
 
 
-def write_mp4(path: Path, seconds: float = 3.0, fps: int = 10) -> None:
-    """A tiny real H.264 file (64x48), so probing reads a true rate and duration."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=Fraction(fps))
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(int(seconds * fps)):
-            img = np.full((48, 64, 3), (i * 8) % 256, np.uint8)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("hacs_video") / "v.mp4"
-    write_mp4(path)
+    write_video(path, 30, fps=10)
     return path
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_video
 
 from vidattn.datasets import DatasetError, load_dataset
 from vidattn.datasets import hollywood2 as H
@@ -31,18 +30,6 @@ TEST = {
     "actioncliptest00002": (None, {"FightPerson"}),
 }
 
-
-def write_video(path: Path, n_frames: int, codec: str = "mpeg4") -> None:
-    """A tiny 64x48 video at FPS whose probe reports exactly ``n_frames``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=Fraction(FPS))
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for i in range(n_frames):
-            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 3 * i % 256, np.uint8), "rgb24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
 
 
 def write_clipsets(root: Path, split: str, clips: dict, sep: str = "  ", tail: str = "",

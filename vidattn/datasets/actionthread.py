@@ -27,7 +27,6 @@ it requires ``ROOT/classes.txt``, which, when present, always defines the classe
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from vidattn.datasets import DatasetError, DatasetTables
+from vidattn.datasets.csvfile import read_rows
 from vidattn.options import parse_options
 from vidattn.stores.schema import PAIRS_SCHEMA, conform
 from vidattn.video import VideoDecodeError, probe
@@ -113,47 +113,35 @@ def _seconds(text: str, what: str, path: Path, line: int) -> float:
 def _read_annotations(path: Path, classes: list[str], custom: bool) -> dict[str, _Thread]:
     """Parse annotations.csv into threads (file order); DatasetError names file:line."""
     threads: dict[str, _Thread] = {}
-    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheet exports
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        if header != HEADER:
-            raise DatasetError(path, f"header must be {','.join(HEADER)}, got "
-                               f"{','.join(header) or 'nothing'}", line=1)
-        for row in reader:
-            line = reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(HEADER):
-                raise DatasetError(path, f"expected {len(HEADER)} fields, got {len(row)}",
-                                   line=line)
-            tid, video, label_text, start_text, end_text, split = (c.strip() for c in row)
-            video_path = PurePosixPath(video)
-            if not tid or not video or video_path.is_absolute() or ".." in video_path.parts:
-                raise DatasetError(path, "thread_id and video (a path relative to the root, "
-                                   "without '..') must be given", line=line)
-            if split not in SPLITS:
-                raise DatasetError(path, f"split must be one of {'|'.join(SPLITS)}, got "
-                                   f"{split!r}", line=line)
-            start = _seconds(start_text, "action_start", path, line)
-            end = _seconds(end_text, "action_end", path, line)
-            if end <= start:
-                raise DatasetError(path, f"action_end {end} is not after action_start {start}",
-                                   line=line)
-            labels = []
-            for name in (n.strip() for n in label_text.split("|")):
-                if name not in classes:
-                    hint = ("not in classes.txt" if custom else "not in the default class "
-                            "list; list the dataset's classes in ROOT/classes.txt")
-                    raise DatasetError(path, f"unknown label {name!r} ({hint})", line=line)
-                labels.append(classes.index(name))
-            thread = threads.setdefault(tid, _Thread(video, split, line))
-            if (thread.video, thread.split) != (video, split):
-                raise DatasetError(path, f"thread {tid} was given video {thread.video} and "
-                                   f"split {thread.split} at line {thread.line}", line=line)
-            if any((s, e) == (start, end) for s, e, _, _ in thread.actions):
-                raise DatasetError(path, f"thread {tid} already has an action at [{start}, "
-                                   f"{end}]; list several labels as A|B", line=line)
-            thread.actions.append((start, end, sorted(set(labels)), line))
+    for line, _, cells in read_rows(path, [HEADER]):
+        tid, video, label_text, start_text, end_text, split = cells
+        video_path = PurePosixPath(video)
+        if not tid or not video or video_path.is_absolute() or ".." in video_path.parts:
+            raise DatasetError(path, "thread_id and video (a path relative to the root, "
+                               "without '..') must be given", line=line)
+        if split not in SPLITS:
+            raise DatasetError(path, f"split must be one of {'|'.join(SPLITS)}, got "
+                               f"{split!r}", line=line)
+        start = _seconds(start_text, "action_start", path, line)
+        end = _seconds(end_text, "action_end", path, line)
+        if end <= start:
+            raise DatasetError(path, f"action_end {end} is not after action_start {start}",
+                               line=line)
+        labels = []
+        for name in (n.strip() for n in label_text.split("|")):
+            if name not in classes:
+                hint = ("not in classes.txt" if custom else "not in the default class "
+                        "list; list the dataset's classes in ROOT/classes.txt")
+                raise DatasetError(path, f"unknown label {name!r} ({hint})", line=line)
+            labels.append(classes.index(name))
+        thread = threads.setdefault(tid, _Thread(video, split, line))
+        if (thread.video, thread.split) != (video, split):
+            raise DatasetError(path, f"thread {tid} was given video {thread.video} and "
+                               f"split {thread.split} at line {thread.line}", line=line)
+        if any((s, e) == (start, end) for s, e, _, _ in thread.actions):
+            raise DatasetError(path, f"thread {tid} already has an action at [{start}, "
+                               f"{end}]; list several labels as A|B", line=line)
+        thread.actions.append((start, end, sorted(set(labels)), line))
     if not threads:
         raise DatasetError(path, "no annotation rows")
     return threads

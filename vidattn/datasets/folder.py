@@ -24,7 +24,6 @@ There are no conjugates: ``pairs`` is empty and each video is its own group.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -32,9 +31,12 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 
 from vidattn.datasets import DatasetError, DatasetTables
+from vidattn.datasets.csvfile import read_rows
 from vidattn.options import parse_options
 from vidattn.stores.schema import PAIRS_SCHEMA, conform
 from vidattn.video import VideoDecodeError, probe
+
+HEADERS = (["path", "label"], ["path", "label", "split"])  # the labels CSV
 
 NAME = "folder"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
@@ -84,36 +86,23 @@ def _read_labels(path: Path) -> dict[str, tuple[list[str], str | None, int]]:
     if not path.is_file():
         raise DatasetError(path, "labels file not found")
     rows: dict[str, tuple[list[str], str | None, int]] = {}
-    with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheet exports
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        if header not in (["path", "label"], ["path", "label", "split"]):
-            raise DatasetError(path, "header must be path,label or path,label,split, got "
-                               f"{','.join(header) or 'nothing'}", line=1)
-        for row in reader:
-            line = reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise DatasetError(path, f"expected {len(header)} fields, got {len(row)}",
-                                   line=line)
-            cells = [c.strip() for c in row]
-            rel = PurePosixPath(cells[0])
-            if not cells[0] or rel.is_absolute() or ".." in rel.parts:
-                raise DatasetError(path, f"path must be relative to the root, without '..', "
-                                   f"got {cells[0]!r}", line=line)
-            key = rel.as_posix()  # "./a.mp4" and "a.mp4" are one file
-            if key in rows:
-                raise DatasetError(path, f"{key} already listed at line {rows[key][2]}",
-                                   line=line)
-            names = [n.strip() for n in cells[1].split("|")] if cells[1] else []
-            if any(not n for n in names):
-                raise DatasetError(path, f"empty class name in label {cells[1]!r}", line=line)
-            split = cells[2] if len(cells) == 3 and cells[2] else None
-            if split is not None and split not in SPLITS:
-                raise DatasetError(path, f"split must be one of {'|'.join(SPLITS)}, got "
-                                   f"{split!r}", line=line)
-            rows[key] = (names, split, line)
+    for line, _, cells in read_rows(path, HEADERS):
+        rel = PurePosixPath(cells[0])
+        if not cells[0] or rel.is_absolute() or ".." in rel.parts:
+            raise DatasetError(path, f"path must be relative to the root, without '..', "
+                               f"got {cells[0]!r}", line=line)
+        key = rel.as_posix()  # "./a.mp4" and "a.mp4" are one file
+        if key in rows:
+            raise DatasetError(path, f"{key} already listed at line {rows[key][2]}",
+                               line=line)
+        names = [n.strip() for n in cells[1].split("|")] if cells[1] else []
+        if any(not n for n in names):
+            raise DatasetError(path, f"empty class name in label {cells[1]!r}", line=line)
+        split = cells[2] if len(cells) == 3 and cells[2] else None
+        if split is not None and split not in SPLITS:
+            raise DatasetError(path, f"split must be one of {'|'.join(SPLITS)}, got "
+                               f"{split!r}", line=line)
+        rows[key] = (names, split, line)
     return rows
 
 

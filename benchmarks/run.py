@@ -147,8 +147,9 @@ def bench_heads(rows: list, device: str, steps: int = 5) -> None:
     temporal crops of in-memory float16 maps -> a device tensor), which must stay >= 3x ahead.
     """
     from vidattn.heads.lightgbm import pool_list
+    from vidattn.options import parse_options
     from vidattn.pipeline import data
-    from vidattn.pipeline.runs import build_head, parse_options
+    from vidattn.pipeline.runs import build_head
     from vidattn.pipeline.train import train_step
     from vidattn.registry import HEADS, head_config_class, head_trainer
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from vidattn.pipeline.runs import build_head, parse_options
+from vidattn.options import parse_options
+from vidattn.pipeline.runs import build_head
 from vidattn.registry import HEADS, head_config_class, head_trainer
 
 # heads trained by gradient descent; the others (lightgbm) have their own conformance test

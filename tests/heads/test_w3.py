@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidattn.heads.w3 import W3, Config, build, build_cbam
-from vidattn.pipeline.runs import build_head, parse_options
+from vidattn.options import parse_options
+from vidattn.pipeline.runs import build_head
 
 D, K = 16, 3
 BUILDERS = {"w3": build, "cbam": build_cbam}

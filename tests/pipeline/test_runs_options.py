@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from vidattn.heads import actx, avgpool
+from vidattn.options import parse_options
 from vidattn.pipeline.data import batch, channels_first, crop
-from vidattn.pipeline.runs import parse_options
 
 
 # ---------------------------------------------------------------------------- options
@@ -111,7 +111,7 @@ def test_batch_stacks_crops_as_float32():
 
 def test_bool_option_typo_is_refused():
     from vidattn.heads.actx import Config
-    from vidattn.pipeline.runs import parse_options
+    from vidattn.options import parse_options
 
     with pytest.raises(ValueError, match="use_satt expects true/false"):
         parse_options(Config, {"use_satt": "ture"})

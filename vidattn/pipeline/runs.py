@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidattn.options import parse_options  # noqa: F401  (re-exported)
 from vidattn.registry import HEADS, head_config_class, head_trainer, resolve
 
 

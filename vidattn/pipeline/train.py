@@ -17,11 +17,11 @@ import torch
 
 from vidattn.heads.common import mature_feature_loss
 from vidattn.metrics import mean_ap
+from vidattn.options import parse_options
 from vidattn.pipeline import data
 from vidattn.pipeline.runs import (
     build_head,
     load_run,
-    parse_options,
     pick_device,
     predict,
     save_json,
@@ -128,11 +128,17 @@ def load_teacher(cfg: TrainConfig, device: str):
 
 def fit_torch(cfg: TrainConfig, head, train: data.Split, val: data.Split, multilabel: bool,
               num_classes: int, device: str, rng: np.random.Generator):
-    """The training loop -> (history, selected epoch, best state dict)."""
+    """The training loop; leaves the best-validation weights in ``head``.
+
+    Returns (history, selected epoch, the (H, W) training batches were cropped to).
+    """
     uses_conj = bool(getattr(head, "uses_conjugates", False))
     teacher = load_teacher(cfg, device)
-    if teacher is not None and "attended" not in head(data.to_tensor(train.maps[:1], device)):
-        raise ValueError(f"head {cfg.head!r} has no attended map for MFR (--teacher)")
+    if teacher is not None:
+        with torch.no_grad():  # eval mode: the probe must not draw dropout randomness
+            has_attended = "attended" in head.eval()(data.to_tensor(train.maps[:1], device))
+        if not has_attended:
+            raise ValueError(f"head {cfg.head!r} has no attended map for MFR (--teacher)")
     hw = data.common_hw(train)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history, best, best_state = [], None, None

@@ -7,12 +7,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # 4 classes x (2 train + 1 test) actions, each with its conjugate: 24 clips of 16 frames.
 TINY = {"n_train_per_class": 2, "n_test_per_class": 1, "n_frames": 16}
+
+
+@pytest.fixture()
+def one_thread():
+    """Small convolutions: one intra-op thread is fastest and immune to busy CPUs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

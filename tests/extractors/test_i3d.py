@@ -29,13 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 REAL_VIDEO = REPO / ".." / "shared" / "data" / "activitynet_walking_the_dog.mp4"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convolutions: one intra-op thread is fastest and immune to busy CPUs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small convolutions: 1 thread is fastest
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,9 @@
-"""Heads run on tiny maps: one intra-op thread is fastest and immune to busy CPUs."""
-
-from __future__ import annotations
+"""Heads run on tiny maps: every test here runs on one intra-op thread (see one_thread)."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _single_threaded(one_thread):
+    """Applies the shared one_thread fixture to the whole directory."""
     yield
-    torch.set_num_threads(before)

@@ -161,3 +161,7 @@ def test_lightgbm_fits_sixteen_samples_and_round_trips(multilabel, tmp_path):
     again = LightGBMHead.load(head.cfg, tmp_path)
     assert torch.allclose(again(x)["logits"], scores)
     assert head.n_params() > 0 and not head.map_names and not head.uses_conjugates
+
+
+def test_head_tests_run_single_threaded():
+    assert torch.get_num_threads() == 1  # the directory's autouse fixture is in force

@@ -51,6 +51,16 @@ class DatasetTables:
     multilabel: bool = False  # clips may carry several labels: BCE and per-class AP
 
 
+def require_root(name: str, root: str | Path | None, holding: str) -> Path:
+    """ROOT as a Path; None or a missing directory is a one-line DatasetError."""
+    if root is None:
+        raise DatasetError(name, f"--root is required (the directory holding {holding})")
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(root, f"dataset root not found (expected {holding} inside)")
+    return root
+
+
 def load_dataset(name: str, root: str | Path | None = None,
                  options: dict[str, str] | None = None) -> DatasetTables:
     """Load dataset ``name`` (a key of DATASETS) from ``root`` (None = its default place).

@@ -34,7 +34,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from vidattn.datasets import DatasetError, DatasetTables
+from vidattn.datasets import DatasetError, DatasetTables, require_root
 from vidattn.datasets.csvfile import read_rows
 from vidattn.options import parse_options
 from vidattn.stores.schema import PAIRS_SCHEMA, conform
@@ -198,12 +198,7 @@ def _row(common: dict, vid: str, span: tuple[float, float], labels: list[int], r
 def load(root: str | Path | None = None, options: dict | None = None) -> DatasetTables:
     """Read ActionThread from ``root`` (see LAYOUT); ``options`` set :class:`Options`."""
     opts = parse_options(Options, options)
-    if root is None:
-        raise DatasetError(NAME, "--root is required: the directory holding annotations.csv "
-                           "and the thread videos")
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(root, "dataset root not found (expected annotations.csv inside)")
+    root = require_root(NAME, root, "annotations.csv and the thread videos")
     ann = root / "annotations.csv"
     if not ann.is_file():
         raise DatasetError(ann, "annotation file not found")

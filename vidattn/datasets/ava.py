@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from vidattn.datasets import DatasetError, DatasetTables
+from vidattn.datasets import DatasetError, DatasetTables, require_root
 from vidattn.options import parse_options
 from vidattn.stores.schema import BOXES_SCHEMA, MANIFEST_SCHEMA, PAIRS_SCHEMA, conform
 
@@ -78,15 +78,6 @@ class Keyframe:
     labels: list[int]
     extra: dict = field(default_factory=dict)
 
-
-def require_root(name: str, root: str | Path | None, holding: str) -> Path:
-    """ROOT as a Path; None or a missing directory is a DatasetError."""
-    if root is None:
-        raise DatasetError(name, f"--root is required (the directory holding {holding})")
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(root, "dataset root not found")
-    return root
 
 
 def parse_pbtxt(path: Path) -> list[tuple[int, str]]:

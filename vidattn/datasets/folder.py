@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from vidattn.datasets import DatasetError, DatasetTables
+from vidattn.datasets import DatasetError, DatasetTables, require_root
 from vidattn.datasets.csvfile import read_rows
 from vidattn.options import parse_options
 from vidattn.stores.schema import PAIRS_SCHEMA, conform
@@ -109,11 +109,7 @@ def _read_labels(path: Path) -> dict[str, tuple[list[str], str | None, int]]:
 def load(root: str | Path | None = None, options: dict | None = None) -> DatasetTables:
     """List the videos under ``root`` (see the module docstring); options set :class:`Options`."""
     opts = parse_options(Options, options)
-    if root is None:
-        raise DatasetError(NAME, "--root is required: the directory to search for videos")
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(root, "dataset root not found")
+    root = require_root(NAME, root, "the videos, at any depth")
     on_disk = scan(root)
     labelled: dict[str, tuple[list[str], str | None, int]] = {}
     if opts.labels is not None:

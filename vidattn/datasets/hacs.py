@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from vidattn.datasets import DatasetError, DatasetTables
+from vidattn.datasets import DatasetError, DatasetTables, require_root
 from vidattn.options import parse_options
 from vidattn.stores.schema import MANIFEST_SCHEMA, conform
 
@@ -76,16 +76,6 @@ class Hacs30Options(Options):
 
 # One parsed CSV row: classname, youtube_id, split, start, end, positive, line number.
 _Row = tuple[str, str, str, float, float, bool, int]
-
-
-def _require_root(name: str, root: str | Path | None) -> Path:
-    if root is None:
-        raise DatasetError(name, "--root is required (the directory holding "
-                           "HACS_clips_v1.1.1.csv and <Class_Name>/v_<youtube_id>.mp4)")
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(root, "dataset root not found")
-    return root
 
 
 def _find_csv(root: Path, opts: Options) -> Path:
@@ -288,7 +278,7 @@ def _under(root: Path, path: str) -> Path:
 
 def _read(name: str, root, options, cls) -> tuple[Path, Options, Path, list[_Row]]:
     opts = parse_options(cls, options)
-    root = _require_root(name, root)
+    root = require_root(name, root, "HACS_clips_v1.1.1.csv and <Class_Name>/v_<youtube_id>.mp4")
     path = _find_csv(root, opts)
     return root, opts, path, read_clips(path)
 

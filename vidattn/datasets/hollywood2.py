@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vidattn.datasets import DatasetError, DatasetTables
+from vidattn.datasets import DatasetError, DatasetTables, require_root
 from vidattn.options import parse_options
 from vidattn.stores.schema import PAIRS_SCHEMA, conform
 from vidattn.video import VideoDecodeError, probe
@@ -146,12 +146,7 @@ def _row(clip_id: str, clip: str, split: str, labels: list[int], role: str,
 def load(root: str | Path | None = None, options: dict | None = None) -> DatasetTables:
     """Read Hollywood2 from ``root`` (see LAYOUT); ``options`` set :class:`Options`."""
     opts = parse_options(Options, options)
-    if root is None:
-        raise DatasetError(NAME, "--root is required: the directory holding ClipSets/ and "
-                           "AVIClips/ of the Hollywood2 release")
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(root, "dataset root not found (expected ClipSets/ and AVIClips/)")
+    root = require_root(NAME, root, "ClipSets/ and AVIClips/ of the Hollywood2 release")
     sets = root / "ClipSets"
     if not sets.is_dir():
         raise DatasetError(sets, "annotation directory not found")

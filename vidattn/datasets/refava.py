@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidattn.datasets import DatasetError, DatasetTables
+from vidattn.datasets import DatasetError, DatasetTables, require_root
 from vidattn.datasets.ava import (
     LABEL_MAP,
     Keyframe,
@@ -44,7 +44,6 @@ from vidattn.datasets.ava import (
     keyframe_tables,
     parse_pbtxt,
     parse_splits,
-    require_root,
     under,
 )
 from vidattn.options import parse_options

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vidattn.heads.common import classification_loss
+from vidattn.heads.common import classification_only
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,7 @@ class AvgPool(nn.Module):
 
     def loss(self, out: dict, fmap: torch.Tensor, target: torch.Tensor,
              conj: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        l_c = classification_loss(out["logits"], target, self.cfg.multilabel)
-        return l_c, {"L_c": l_c.item()}
+        return classification_only(out, target, self.cfg.multilabel)
 
 
 def build(cfg: Config) -> AvgPool:

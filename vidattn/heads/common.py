@@ -22,6 +22,13 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor,
     return F.cross_entropy(logits, target)
 
 
+def classification_only(out: dict, target: torch.Tensor,
+                        multilabel: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    """The whole ``loss`` of heads without auxiliary terms: (L_c, {"L_c": value})."""
+    l_c = classification_loss(out["logits"], target, multilabel)
+    return l_c, {"L_c": l_c.item()}
+
+
 def mature_feature_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """W3's mature-feature-guided regularisation, eq. (9): ||y_Q - y_P||_2 per frame.
 

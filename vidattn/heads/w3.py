@@ -47,7 +47,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from vidattn.heads.common import classification_loss
+from vidattn.heads.common import classification_only
 
 # Scale of the last layer before each mask's sigmoid, relative to PyTorch's default init
 # (its bias starts at zero).  Small, so every mask starts within a few percent of
@@ -175,8 +175,7 @@ class W3(nn.Module):
     def loss(self, out: dict, fmap: torch.Tensor, target: torch.Tensor,
              conj: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Classification loss only; MFR (eq. 9) is added by the trainer when it has a teacher."""
-        l_c = classification_loss(out["logits"], target, self.cfg.multilabel)
-        return l_c, {"L_c": l_c.item()}
+        return classification_only(out, target, self.cfg.multilabel)
 
 
 def build(cfg: Config) -> W3:

@@ -9,10 +9,15 @@ Layouts understood:
 - ``pytorch-i3d``: ``Conv3d_1a_7x7.conv3d.weight``, ``Mixed_3b.b1a.bn.running_var``,
   ``logits.conv3d.bias``...  (also with a ``module.`` prefix from DataParallel, and with
   any number of logits classes, e.g. Charades' 157).
+- ``hassony2`` (the layout of video_features' ``i3d_rgb.pt`` / ``i3d_flow.pt``):
+  ``conv3d_1a_7x7.batch3d.running_var``, ``mixed_3b.branch_1.0.conv3d.weight`` (branch 1/2
+  are Sequentials of two units, branch 3 of a pool and a unit), ``conv3d_0c_1x1.conv3d.bias``.
+  Its BatchNorm layers use PyTorch's default eps 1e-5, and the model is built to match.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import warnings
 from importlib import metadata
@@ -117,6 +122,14 @@ def _as_tensor_dict(state: dict) -> dict[str, torch.Tensor]:
     }
 
 
+# BatchNorm eps each layout was trained with (DeepMind's Sonnet: 1e-3; PyTorch default: 1e-5).
+LAYOUT_EPS = {"deepmind-flax": 1e-3, "pytorch-i3d": 1e-3, "hassony2": 1e-5}
+
+# hassony2 module paths -> pytorch-i3d ones, inside a Mixed block
+_HASSONY2_BRANCHES = {"branch_0": "b0", "branch_1.0": "b1a", "branch_1.1": "b1b",
+                      "branch_2.0": "b2a", "branch_2.1": "b2b", "branch_3.1": "b3b"}
+
+
 def detect_layout(state: dict) -> str:
     """Name the layout of a loaded checkpoint, or raise naming what was expected."""
     if "params" in state and "batch_stats" in state:
@@ -124,10 +137,28 @@ def detect_layout(state: dict) -> str:
     keys = [k.removeprefix("module.") for k in state]
     if "Conv3d_1a_7x7.conv3d.weight" in keys:
         return "pytorch-i3d"
+    if "conv3d_1a_7x7.conv3d.weight" in keys:
+        return "hassony2"
     raise ValueError(
-        "unrecognised I3D checkpoint layout: expected deepmind-flax (params/batch_stats) or "
-        f"pytorch-i3d (Conv3d_1a_7x7.conv3d.weight, ...); first keys: {sorted(keys)[:5]}"
+        "unrecognised I3D checkpoint layout: expected deepmind-flax (params/batch_stats), "
+        "pytorch-i3d (Conv3d_1a_7x7.conv3d.weight, ...) or hassony2/video_features "
+        f"(conv3d_1a_7x7.conv3d.weight, ...); first keys: {sorted(keys)[:5]}"
     )
+
+
+def rename_hassony2(key: str) -> str:
+    """``mixed_3b.branch_1.0.batch3d.weight`` -> ``Mixed_3b.b1a.bn.weight`` etc.; keys that
+    match no rule come back unchanged (and are then reported as unexpected)."""
+    key = key.replace(".batch3d.", ".bn.")
+    if key.startswith("conv3d_0c_1x1."):
+        return "logits." + key.removeprefix("conv3d_0c_1x1.")
+    m = re.match(r"conv3d_(\w+?)\.(.*)$", key)
+    if m and not key.startswith("conv3d_0c"):
+        return f"Conv3d_{m.group(1)}.{m.group(2)}"
+    m = re.match(r"mixed_(\w+?)\.(branch_\d(?:\.\d)?)\.(.*)$", key)
+    if m and m.group(2) in _HASSONY2_BRANCHES:
+        return f"Mixed_{m.group(1)}.{_HASSONY2_BRANCHES[m.group(2)]}.{m.group(3)}"
+    return key
 
 
 def to_state_dict(state: dict, path: Path) -> tuple[dict[str, torch.Tensor], str]:
@@ -136,10 +167,13 @@ def to_state_dict(state: dict, path: Path) -> tuple[dict[str, torch.Tensor], str
     if layout == "deepmind-flax":
         return convert_deepmind_flax(state, path), layout
     sd = {k.removeprefix("module."): v for k, v in _as_tensor_dict(state).items()}
+    if layout == "hassony2":
+        sd = {rename_hassony2(k): v for k, v in sd.items()}
     return sd, layout
 
 
-def build_from_state(sd: dict[str, torch.Tensor], modality: str, path: Path) -> I3D:
+def build_from_state(sd: dict[str, torch.Tensor], modality: str, path: Path,
+                     bn_eps: float = 1e-3) -> I3D:
     """Build an I3D sized to the checkpoint and load it strictly (a clear key report)."""
     stem = sd.get("Conv3d_1a_7x7.conv3d.weight")
     in_ch = {"rgb": 3, "flow": 2}[modality]
@@ -150,7 +184,7 @@ def build_from_state(sd: dict[str, torch.Tensor], modality: str, path: Path) -> 
         )
     logits = sd.get("logits.conv3d.weight")
     num_classes = int(logits.shape[0]) if logits is not None else 400
-    model = I3D(I3DConfig(modality=modality, num_classes=num_classes))
+    model = I3D(I3DConfig(modality=modality, num_classes=num_classes, bn_eps=bn_eps))
     expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
     given = {k for k in sd if not k.endswith("num_batches_tracked")}
     missing, unexpected = sorted(expected - given), sorted(given - expected)
@@ -189,7 +223,7 @@ def load(path: str | Path | None, modality: str = "rgb") -> I3D:
         return random_init(I3D(I3DConfig(modality=modality)))
     path = packaged_weights_path() if path is None else Path(path)
     sd, layout = to_state_dict(load_state(path), path)
-    model = build_from_state(sd, modality, path)
+    model = build_from_state(sd, modality, path, LAYOUT_EPS[layout])
     model.weights_source = f"{layout}:{path}"
     model.weights_sha256 = sha256_file(path)
     return model

@@ -235,15 +235,53 @@ EXTRACTOR_VERSION = 1
 @dataclass(frozen=True)
 class I3DExtractorConfig:
     """rgb_weights: None (packaged Kinetics-400), "random", or a checkpoint path.
-    device: cpu | cuda.  amp: bf16 autocast on CUDA (ignored on CPU)."""
+    device: cpu | cuda.  amp: bf16 autocast on CUDA (ignored on CPU).
+    window_steps / margin_steps: long clips run in windows of this many output steps (8
+    frames each) with this much context on each side (see :func:`windowed_forward`)."""
 
     rgb_weights: str | None = None
     device: str = "cpu"
     amp: bool = True
+    window_steps: int = 32  # 256 frames: a window's float input stays ~150 MB at 224²
+    margin_steps: int = 7  # 56 frames, beyond the 48 needed for exactness (see below)
+
+
+def windowed_forward(model: I3D, frames, window_steps: int, margin_steps: int,
+                     device: str, amp: bool = False) -> torch.Tensor:
+    """Mixed_5c of a clip of any length, computed window by window, equal to one pass.
+
+    frames: (N, h, w, 3) uint8 -> (1024, ceil(N/8), H', W') float32 on the CPU.  Only one
+    window is ever converted to float and held on the device, so memory is bounded by the
+    window, not the clip.  Why the result equals a single pass (max abs diff ~1e-5, float
+    rounding): Mixed_5c's temporal receptive field is 99 frames, so an output step depends
+    on about 49 frames each side of it; every window carries ``margin_steps`` steps (x8
+    frames) of real context on both sides and keeps only its core steps.  TF "SAME" padding
+    puts one frame more before the data for odd lengths at the three temporal strides, so
+    windows start at multiples of 8 and their length is kept congruent to N modulo 8: the
+    padding then falls exactly as in the single pass.
+    """
+    from vidattn.video import to_model_input
+
+    n = len(frames)
+    steps = -(-n // 8)
+    use_amp = amp and device.startswith("cuda")
+    cores = []
+    for c0 in range(0, steps, window_steps):
+        c1 = min(steps, c0 + window_steps)
+        start, end = max(0, 8 * (c0 - margin_steps)), min(n, 8 * (c1 + margin_steps))
+        if end < n:
+            end += n % 8  # same length parity as the whole clip (see above); stays <= n
+        x = torch.from_numpy(to_model_input(frames[start:end]))[None].to(device)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            out = model(x)[0].float()
+        first = c0 - start // 8
+        cores.append(out[:, first : first + (c1 - c0)].cpu())
+    return torch.cat(cores, dim=1)
 
 
 class I3DExtractor:
-    """Frozen RGB I3D: a (3, N, h, w) clip in [-1, 1] -> {"rgb": (T, H, W, 1024) float32}."""
+    """Frozen RGB I3D: (N, h, w, 3) uint8 frames -> {"rgb": (T, H, W, 1024) float32},
+    T = ceil(N / 8), computed in windows for long clips (:func:`windowed_forward`)."""
 
     streams = ("rgb",)
 
@@ -264,13 +302,11 @@ class I3DExtractor:
             "vidattn_version": __version__,
         }
 
-    @torch.no_grad()
-    def __call__(self, clip) -> dict:
-        x = torch.as_tensor(clip, dtype=torch.float32, device=self.cfg.device)[None]
-        use_amp = self.cfg.amp and self.cfg.device.startswith("cuda")
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            fmap = self.model(x)
-        return {"rgb": fmap[0].float().permute(1, 2, 3, 0).cpu().numpy()}
+    def __call__(self, frames) -> dict:
+        c = self.cfg
+        fmap = windowed_forward(self.model, frames, c.window_steps, c.margin_steps, c.device,
+                                c.amp)
+        return {"rgb": fmap.permute(1, 2, 3, 0).numpy()}
 
 
 def build(cfg: I3DExtractorConfig) -> I3DExtractor:

@@ -84,7 +84,7 @@ def one_line(e: BaseException) -> str:
 def run(cfg: ExtractConfig) -> ExtractResult:
     from vidattn.datasets import load_dataset
     from vidattn.pipeline.runs import pick_device
-    from vidattn.video import load_clip, to_model_input
+    from vidattn.video import load_clip
 
     t0 = time.time()
     ds = load_dataset(cfg.dataset, cfg.root, cfg.options or None)
@@ -136,7 +136,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
             try:
                 clip = load_clip(path, decode, _opt(meta.start_sec), _opt(meta.end_sec))
                 row.update(n_frames=len(clip.frames), fps=clip.fps)
-                out = extractor(to_model_input(clip.frames))
+                out = extractor(clip.frames)
                 for stream, fmap in out.items():
                     ARRAYS[stream].check(fmap)  # NaN/Inf or a wrong shape fails this video only
                     maps[stream][vid] = fmap

@@ -1,0 +1,215 @@
+"""Dense optical flow between consecutive video frames, and its I3D flow-stream encoding.
+
+``compute_flow`` turns a clip of RGB frames into per-pair flow fields with OpenCV:
+
+* ``"tvl1"`` -- Dual TV-L1 (Zach, Pock & Bischof 2007) with OpenCV's default parameters.
+  This is the flow I3D's flow stream was trained on, so it is the default.  It is slow
+  (order of a second per 224x224 pair), so frame pairs are spread over worker processes.
+* ``"dis"`` -- DIS (Kroeger et al. 2016), MEDIUM preset: an opt-in fast approximation,
+  two orders of magnitude cheaper but not the distribution I3D was trained on.
+* ``"tvl1-torch"`` -- reserved for a batched PyTorch TV-L1 on CUDA; that is a separate
+  piece of work and is not available yet (asking for it raises a ValueError).
+
+``flow_to_input`` then clips and rescales flow the way Carreira & Zisserman prepared
+the Kinetics flow stream: values truncated to [-20, 20] pixels and mapped to [-1, 1],
+optionally through the uint8 (JPEG-era) quantisation of the original pipeline.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+import cv2
+import numpy as np
+
+__all__ = ["AVAILABLE_METHODS", "compute_flow", "flow_to_input"]
+
+#: Methods ``compute_flow`` accepts in this release.
+AVAILABLE_METHODS: tuple[str, ...] = ("tvl1", "dis")
+
+# Methods that are planned but not shipped; named in the error so callers know why.
+_PLANNED_METHODS: dict[str, str] = {
+    "tvl1-torch": "the batched PyTorch TV-L1 (CUDA) is a separate piece of work, not yet shipped",
+}
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    """Validate a clip and return it as a C-contiguous array.
+
+    frames: (N, H, W, 3) uint8 RGB with N >= 2.
+    """
+    if not isinstance(frames, np.ndarray):
+        raise ValueError(f"frames must be a numpy array, got {type(frames).__name__}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 RGB, got dtype {frames.dtype}")
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must have shape (N, H, W, 3), got {frames.shape}")
+    if frames.shape[0] < 2:
+        raise ValueError(f"flow needs at least 2 frames, got N={frames.shape[0]}")
+    if frames.shape[1] < 1 or frames.shape[2] < 1:
+        raise ValueError(f"frames must have a non-empty image, got {frames.shape}")
+    return np.ascontiguousarray(frames)
+
+
+def _to_gray(frames: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB -> (N, H, W) uint8 luma (ITU-R BT.601 weights, as OpenCV)."""
+    return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
+
+
+def _make_estimator(method: str) -> cv2.DenseOpticalFlow:
+    """A fresh OpenCV dense-flow estimator for ``method`` (one of AVAILABLE_METHODS)."""
+    if method == "tvl1":
+        # OpenCV's defaults on purpose: tau 0.25, lambda 0.15, theta 0.3, 5 scales,
+        # 5 warps, epsilon 0.01 -- the settings common I3D flow-extraction scripts used.
+        return cv2.optflow.DualTVL1OpticalFlow_create()
+    return cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+
+
+def _flow_chunk(gray: np.ndarray, method: str) -> np.ndarray:
+    """Flow between each consecutive pair of a run of grayscale frames.
+
+    gray: (M, H, W) uint8 with M >= 2. Returns (M - 1, H, W, 2) float32, flow[i] taking
+    pixel p of gray[i] to p + flow[i][p] in gray[i + 1]; channel 0 is x, channel 1 is y.
+    This is a module-level function so that spawned worker processes can import it.
+    """
+    estimator = _make_estimator(method)
+    m, h, w = gray.shape
+    out = np.empty((m - 1, h, w, 2), dtype=np.float32)
+    for i in range(m - 1):
+        # A fresh None flow each time: without OPTFLOW_USE_INITIAL_FLOW the estimator keeps
+        # no state between calls, which is what makes chunked and whole-clip runs agree.
+        out[i] = _make_flow(estimator, gray[i], gray[i + 1])
+    return out
+
+
+def _make_flow(estimator: cv2.DenseOpticalFlow, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    """(H, W) uint8 prev, next -> (H, W, 2) float32 flow from prev to next."""
+    return estimator.calc(prev, nxt, None)
+
+
+def _worker_init() -> None:
+    """Per-process setup: one OpenCV thread, since the processes are the parallelism.
+
+    Without this every worker would also start cpu_count() OpenCV threads and the machine
+    would be oversubscribed workers-fold.
+    """
+    cv2.setNumThreads(1)
+
+
+def _chunk_bounds(n_pairs: int, n_chunks: int) -> list[tuple[int, int]]:
+    """Split pair indices [0, n_pairs) into n_chunks contiguous, near-equal [start, stop)."""
+    edges = np.linspace(0, n_pairs, n_chunks + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def _resolve_workers(workers: int | None, method: str, n_pairs: int) -> int:
+    """How many processes to use: never more than there are pairs to share out."""
+    if workers is None:
+        # DIS costs milliseconds a pair, far less than starting a Python process, so it
+        # only goes parallel when asked; TV-L1 is slow enough to use every core.
+        workers = (os.cpu_count() or 1) if method == "tvl1" else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int or None, got {workers!r}")
+    return min(workers, n_pairs)
+
+
+def _check_method_device(method: str, device: str) -> None:
+    """Reject unknown / unshipped methods and devices a method cannot run on."""
+    if method in _PLANNED_METHODS:
+        raise ValueError(
+            f"flow method {method!r} is not available: {_PLANNED_METHODS[method]}; "
+            f"available methods: {', '.join(AVAILABLE_METHODS)}"
+        )
+    if method not in AVAILABLE_METHODS:
+        raise ValueError(
+            f"unknown flow method {method!r}; available methods: {', '.join(AVAILABLE_METHODS)}"
+        )
+    if str(device) != "cpu":
+        if method == "tvl1":
+            raise ValueError(
+                f"method 'tvl1' is CPU-only (OpenCV), got device={device!r}; the CUDA path "
+                "will be 'tvl1-torch' (a batched PyTorch TV-L1, not yet available)"
+            )
+        raise ValueError(f"method {method!r} is CPU-only (OpenCV), got device={device!r}")
+
+
+def compute_flow(
+    frames: np.ndarray,
+    method: str = "tvl1",
+    device: str = "cpu",
+    workers: int | None = None,
+) -> np.ndarray:
+    """Dense optical flow between consecutive frames.
+
+    frames: (N, H, W, 3) uint8 RGB, N >= 2. Flow is computed on grayscale frames.
+    method: ``"tvl1"`` (OpenCV Dual TV-L1, default parameters) or ``"dis"`` (OpenCV DIS,
+        MEDIUM preset, the fast opt-in). ``"tvl1-torch"`` is reserved and raises.
+    device: must be ``"cpu"``; both OpenCV methods are CPU-only.
+    workers: processes to spread frame pairs over, in contiguous chunks. None means
+        ``os.cpu_count()`` for tvl1 and 1 for dis; 1 runs in this process. The result does
+        not depend on ``workers``. Workers are started with forkserver/spawn, so a script
+        that asks for more than one must guard its entry point with
+        ``if __name__ == "__main__":`` (the children re-import the main module).
+
+    Returns (N - 1, H, W, 2) float32 flow in pixels, channel 0 = x (right), 1 = y (down):
+    flow[i] maps frame i to frame i + 1, i.e. frames[i] at p moves to p + flow[i][p] in
+    frames[i + 1] (OpenCV's calcOpticalFlow convention, prev = frame i, next = frame i + 1).
+    """
+    _check_method_device(method, device)
+    frames = _check_frames(frames)
+    gray = _to_gray(frames)
+    n_pairs = gray.shape[0] - 1
+    n_workers = _resolve_workers(workers, method, n_pairs)
+    if n_workers == 1:
+        return _flow_chunk(gray, method)
+
+    bounds = _chunk_bounds(n_pairs, n_workers)
+    # "spawn"/"forkserver", never "fork": OpenCV keeps a thread pool alive once it has run a
+    # parallel loop, and a forked child inherits the pool's locks but none of its threads,
+    # so the child's first parallel call can wait forever on a lock no thread will release.
+    # forkserver forks from a clean single-threaded server (cheap); spawn is the portable
+    # fallback where forkserver does not exist (Windows, macOS defaults).
+    method_names = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in method_names else "spawn")
+    with ProcessPoolExecutor(
+        max_workers=len(bounds), mp_context=ctx, initializer=_worker_init
+    ) as pool:
+        # Chunk [a, b) of pairs needs frames a .. b inclusive: neighbours share one frame.
+        futures = [pool.submit(_flow_chunk, gray[a : b + 1].copy(), method) for a, b in bounds]
+        parts = [f.result() for f in futures]
+    return np.concatenate(parts, axis=0)
+
+
+def flow_to_input(flow: np.ndarray, bound: float = 20.0, quantize: bool = False) -> np.ndarray:
+    """Encode flow for an I3D flow stream: clip to +-bound pixels and scale to [-1, 1].
+
+    flow: (N, H, W, 2) float flow in pixels (x, y), as returned by ``compute_flow``.
+    bound: truncation in pixels (Carreira & Zisserman used 20).
+    quantize: reproduce the uint8 round trip of the original JPEG pipeline,
+        ``q = round((clip(f, -b, b) + b) * 255 / (2 b))`` stored as uint8, read back as
+        ``q / 127.5 - 1``. Rounding is numpy's (half to even). The step is 2 b / 255
+        pixels, and the map is biased: zero flow lands on 127.5, which rounds to 128, so it
+        comes back as 128 / 127.5 - 1 = +1/255 ~ +0.0039 rather than 0 (every value is off
+        by at most half a step, 0.5 / 127.5).
+
+    Returns (2, N, H, W) float32 in [-1, 1], channel 0 = x, channel 1 = y -- the
+    channels-first (C, T, H, W) layout the I3D flow stream takes.
+    """
+    flow = np.asarray(flow)
+    if flow.ndim != 4 or flow.shape[-1] != 2:
+        raise ValueError(f"flow must have shape (N, H, W, 2), got {flow.shape}")
+    if not np.issubdtype(flow.dtype, np.floating):
+        raise ValueError(f"flow must be a float array, got dtype {flow.dtype}")
+    if not (np.isfinite(bound) and bound > 0):
+        raise ValueError(f"bound must be a positive finite number, got {bound!r}")
+    b = np.float32(bound)
+    clipped = np.clip(flow.astype(np.float32, copy=False), -b, b)
+    if quantize:
+        q = np.rint((clipped + b) * (np.float32(255.0) / (2 * b))).astype(np.uint8)
+        scaled = q.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+    else:
+        scaled = clipped / b
+    # Channels first: (N, H, W, 2) -> (2, N, H, W), contiguous for torch.from_numpy.
+    return np.ascontiguousarray(np.moveaxis(scaled, -1, 0), dtype=np.float32)

@@ -41,6 +41,12 @@ def main() -> None:
 @click.option("--store", default=None, help="Store path or fsspec URL [default: stores/DATASET].")
 @click.option("--i3d-rgb", default=None,
               help="RGB I3D checkpoint, or 'random' [default: packaged Kinetics-400 weights].")
+@click.option("--i3d-flow", default=None,
+              help="Flow I3D checkpoint, or 'random' [default: seeded random, with a warning: "
+                   "no flow weights ship with any package].")
+@click.option("--streams", default="rgb", show_default=True, help="rgb | flow | rgb,flow")
+@click.option("--flow-method", default="tvl1", show_default=True,
+              help="tvl1 (OpenCV TV-L1, the I3D recipe) | dis (fast)")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--fps", type=float, default=None, help="Resample rate [default: 25].")
 @click.option("--short-side", type=int, default=None, help="Resize short side [default: 256].")

@@ -6,7 +6,7 @@ import importlib
 from typing import Any
 
 EXTRACTORS: dict[str, str] = {
-    "i3d": "vidattn.extractors.i3d:build",
+    "i3d": "vidattn.extractors.two_stream:build",
 }
 
 HEADS: dict[str, str] = {

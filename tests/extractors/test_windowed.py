@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from vidattn.extractors.i3d import I3D, I3DConfig, random_init, windowed_forward
+from vidattn.extractors.i3d import I3D, I3DConfig, random_init
+from vidattn.extractors.two_stream import windowed_forward
 from vidattn.video import to_model_input
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,7 +45,7 @@ def test_too_little_context_is_not_exact(model):
 
 
 def test_extractor_takes_uint8_frames(model):
-    from vidattn.extractors.i3d import I3DExtractor, I3DExtractorConfig
+    from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig
 
     ex = I3DExtractor(I3DExtractorConfig(rgb_weights="random", window_steps=3))
     out = ex(_frames(50))["rgb"]

@@ -34,6 +34,9 @@ class ExtractConfig:
     store: str | None = None  # path or fsspec URL; None = stores/<dataset>
     extractor: str = "i3d"
     i3d_rgb: str | None = None  # None = packaged Kinetics-400 weights; "random"; or a path
+    i3d_flow: str | None = None  # no packaged flow weights: None = seeded random, loudly
+    streams: str = "rgb"  # "rgb", "flow" or "rgb,flow" (maps aligned in time)
+    flow_method: str = "tvl1"  # tvl1 (OpenCV, the I3D recipe) | dis (fast)
     device: str = "auto"
     fps: float | None = None  # None = dataset default, else DEFAULT_DECODE
     short_side: int | None = None
@@ -70,10 +73,13 @@ def decode_config(cfg: ExtractConfig, dataset: str):
 
 
 def build_extractor(cfg: ExtractConfig, device: str):
-    from vidattn.extractors.i3d import I3DExtractorConfig
+    from vidattn.extractors.two_stream import I3DExtractorConfig
 
+    streams = tuple(s.strip() for s in cfg.streams.split(",") if s.strip())
     build = resolve(EXTRACTORS, cfg.extractor, "extractor")
-    return build(I3DExtractorConfig(rgb_weights=cfg.i3d_rgb, device=device))
+    return build(I3DExtractorConfig(rgb_weights=cfg.i3d_rgb, flow_weights=cfg.i3d_flow,
+                                    streams=streams, flow_method=cfg.flow_method,
+                                    device=device))
 
 
 def one_line(e: BaseException) -> str:
@@ -92,13 +98,11 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     device = pick_device(cfg.device)
     decode = decode_config(cfg, ds.name)
     extractor = build_extractor(cfg, device)
-    prov = extractor.provenance(
-        {"fps": decode.fps, "short_side": decode.short_side, "crop": decode.crop,
-         "scale": "[-1, 1]"}
-    )
+    prep = {"fps": decode.fps, "short_side": decode.short_side, "crop": decode.crop,
+            "scale": "[-1, 1]"}
     store = open_store(url, mode="a")
     for stream in extractor.streams:  # refuse before writing anything
-        store.claim_stream(stream, prov)
+        store.claim_stream(stream, extractor.provenance(prep, stream))
     store.set_classes(list(ds.classes))
     manifest = ds.manifest if cfg.limit is None else ds.manifest.head(cfg.limit)
     manifest = store.merge_manifest(manifest)
@@ -117,17 +121,20 @@ def run(cfg: ExtractConfig) -> ExtractResult:
                              cfg.part_size)
 
     first = extractor.streams[0]
-    done = store.done_parts(first)
+    # a part is done per stream: adding the flow stream to an RGB store redoes flow only
+    done = {s: store.done_parts(s) for s in extractor.streams}
     if cfg.retry_failed:
-        idx = store.index(first)
-        done -= set(idx.loc[idx.status == "failed", "part"].tolist())
+        for s in extractor.streams:
+            idx = store.index(s)
+            done[s] -= set(idx.loc[idx.status == "failed", "part"].tolist())
     rows_by_id = manifest.set_index("video_id")
-    todo = plan[~plan.part.isin(done)]
+    todo = plan[~plan.part.isin(set.intersection(*done.values()))]
     result = ExtractResult(store=url, n_videos=len(plan), n_skipped=len(plan) - len(todo),
                            missing=missing.video_id.tolist())
     bar = progress(total=len(todo), desc=f"extract {','.join(extractor.streams)}", unit="video")
     for part, group in todo.groupby("part", sort=True):
-        rows, maps = [], {s: {} for s in extractor.streams}
+        needed = tuple(s for s in extractor.streams if part not in done[s])
+        rows, maps = [], {s: {} for s in needed}
         for vid in group.video_id:
             meta = rows_by_id.loc[vid]
             path = Path(meta.path) if Path(meta.path).is_absolute() else Path(ds.root) / meta.path
@@ -136,7 +143,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
             try:
                 clip = load_clip(path, decode, _opt(meta.start_sec), _opt(meta.end_sec))
                 row.update(n_frames=len(clip.frames), fps=clip.fps)
-                out = extractor(clip.frames)
+                out = extractor(clip.frames, needed)
                 for stream, fmap in out.items():
                     ARRAYS[stream].check(fmap)  # NaN/Inf or a wrong shape fails this video only
                     maps[stream][vid] = fmap
@@ -150,7 +157,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
             rows.append(row)
             bar.update(1)
             bar.set_postfix(part=int(part), failed=len(result.failures))
-        for stream in extractor.streams:
+        for stream in needed:
             store.write_part(stream, int(part), rows, maps[stream])
     bar.close()
     idx = store.index(first)

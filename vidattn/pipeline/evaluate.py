@@ -77,14 +77,15 @@ def _scores(run_dir: str, store_url: str | None, split: str, device: str):
 def localization(head, store, split: data.Split, device: str) -> dict | None:
     """Mean share of the head's first map on the ground-truth region (see localize.py)."""
     from vidattn.pipeline.explain import attention_maps
-    from vidattn.pipeline.localize import mass_share, video_cover
+    from vidattn.pipeline.localize import mass_share, video_covers
 
     names = getattr(head, "map_names", ())
-    if not names or store.boxes() is None:
+    if not names:
         return None
+    covers = video_covers(store, {v: tuple(m.shape[1:]) for v, m in zip(split.ids, split.maps)})
     shares, areas = [], []
     for vid, fmap in zip(split.ids, split.maps):
-        cover = video_cover(store, vid, tuple(fmap.shape[1:]))
+        cover = covers.get(vid)
         if cover is None:
             continue
         maps, _ = attention_maps(head, fmap, device)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from vidattn.pipeline.data import channels_first, to_tensor
+from vidattn.pipeline.localize import segment_start
 from vidattn.pipeline.runs import load_run, pick_device
 from vidattn.stores import open_store
 
@@ -70,8 +71,7 @@ def run(cfg: ExplainConfig) -> tuple[str, str]:
     prep = store.provenance(config["stream"])["preprocessing"]
     root = Path(store.group.attrs.get("dataset", {}).get("root", "."))
     path = Path(row.path) if Path(row.path).is_absolute() else root / row.path
-    start = None if row.start_sec != row.start_sec else row.start_sec
-    end = None if row.end_sec != row.end_sec else row.end_sec
+    start, end = segment_start(row.start_sec), segment_start(row.end_sec)
     clip = load_clip(path, DecodeConfig(prep["fps"], prep["short_side"], prep["crop"]), start, end)
     frames = clip.frames
     boxes = store.boxes()

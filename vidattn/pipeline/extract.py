@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vidattn.pipeline.localize import segment_start
 from vidattn.pipeline.mine import NEAREST_NEGATIVE
 from vidattn.progress import bar as progress
 from vidattn.registry import EXTRACTORS, resolve
@@ -141,7 +142,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
             row = {"video_id": vid, "status": "done", "error": None, "n_frames": 0,
                    "fps": decode.fps or 0.0}
             try:
-                clip = load_clip(path, decode, _opt(meta.start_sec), _opt(meta.end_sec))
+                clip = load_clip(path, decode, segment_start(meta.start_sec),
+                                 segment_start(meta.end_sec))
                 row.update(n_frames=len(clip.frames), fps=clip.fps)
                 out = extractor(clip.frames, needed)
                 for stream, fmap in out.items():
@@ -174,6 +176,3 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     result.seconds = round(time.time() - t0, 2)
     return result
 
-
-def _opt(x) -> float | None:
-    return None if x is None or x != x else float(x)  # NaN (missing in parquet) -> None

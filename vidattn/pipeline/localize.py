@@ -56,22 +56,35 @@ def mass_share(attn: np.ndarray, cover: np.ndarray) -> float:
     return float((attn * cover).sum() / total) if total > 0 else float("nan")
 
 
-def video_cover(store, video_id: str, shape: tuple[int, int, int]) -> np.ndarray | None:
-    """Coverage for one stored video, or None when it has no boxes."""
+def video_covers(store, shapes: dict[str, tuple[int, int, int]]) -> dict[str, np.ndarray]:
+    """Coverage (T, H, W) of every video in ``shapes`` that has ground-truth boxes.
+
+    The store's tables are read once for all videos; each video file is probed for its
+    native size and rate (the crop box and the box frame indices depend on them).
+    """
     from vidattn.video import DecodeConfig, crop_box, probe
 
     boxes = store.boxes()
     if boxes is None:
-        return None
-    boxes = boxes[boxes.video_id == video_id]
-    if not len(boxes):
-        return None
-    row = store.manifest().set_index("video_id").loc[video_id]
+        return {}
+    by_video = {v: g for v, g in boxes.groupby("video_id") if v in shapes}
+    if not by_video:
+        return {}
+    manifest = store.manifest().set_index("video_id")
     prep = store.provenance("rgb")["preprocessing"]
-    root = Path(store.group.attrs.get("dataset", {}).get("root", "."))
-    path = Path(row.path) if Path(row.path).is_absolute() else root / row.path
-    info = probe(path)
     cfg = DecodeConfig(prep["fps"], prep["short_side"], prep["crop"])
-    start = 0.0 if row.start_sec != row.start_sec or row.start_sec is None else row.start_sec
-    return cell_cover(boxes, shape, crop_box(info["height"], info["width"], cfg),
-                      prep["fps"] or info["fps"], info["fps"], float(start))
+    root = Path(store.group.attrs.get("dataset", {}).get("root", "."))
+    covers = {}
+    for vid, vboxes in by_video.items():
+        row = manifest.loc[vid]
+        path = Path(row.path) if Path(row.path).is_absolute() else root / row.path
+        info = probe(path)
+        start = segment_start(row.start_sec)
+        covers[vid] = cell_cover(vboxes, shapes[vid], crop_box(info["height"], info["width"], cfg),
+                                 prep["fps"] or info["fps"], info["fps"], start or 0.0)
+    return covers
+
+
+def segment_start(value) -> float | None:
+    """A manifest bound as a float, or None when it is null (NaN once read by pandas)."""
+    return None if value is None or value != value else float(value)

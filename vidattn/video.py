@@ -3,85 +3,60 @@
 Two backends produce the same frames: decord (fast random access, but unmaintained and
 fragile on odd files) and PyAV (robust, sequential).  Both pick frames by one rule:
 output frame ``j`` shows the source frame on screen at time ``start + j / fps``, i.e. the
-nearest *preceding* source frame.  In ``auto`` mode decord is tried first and any failure
-of it falls back to PyAV, so a bad file never depends on decord's quirks.
+nearest *preceding* source frame.  In ``auto`` mode decord is tried first and a failure
+of it before any frame is handed out falls back to PyAV, so a bad file never depends on
+decord's quirks.
+
+:func:`open_clip` decodes on demand, a chunk of frames at a time, so a long video never
+sits in memory whole; :func:`load_clip` is the same stream gathered into one array.
+
+The backends themselves (frame shaping, the decord and PyAV sources, the timeout guard)
+live in :mod:`vidattn.decoders`; this module is the public API.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import threading
-from dataclasses import dataclass
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
-# Slack when comparing a target time with a frame timestamp: timestamps are rationals
-# converted to floats, so an exact coincidence (e.g. 0.2 s at 25 and 30 fps) must not be
-# decided by rounding noise.  Far below any frame period.
-_TIME_EPS = 1e-6
-# decord reads frames in batches of this many so a long video never sits in memory whole.
-_DECORD_BATCH = 32
-# PyAV seeks only when the segment starts this far in; for short offsets decoding from
-# the start is as cheap and avoids seeking quirks.
-_SEEK_MIN_SEC = 1.0
-_BACKENDS = ("auto", "decord", "pyav")
+from vidattn.decoders import (
+    DecodeConfig,
+    PathLike,
+    VideoDecodeError,
+    _DecordSource,
+    _open_decord,
+    _open_pyav,
+    _pyav_errors,
+    _PyAVSource,
+    _rate_from_packets,
+    _Shaper,
+    _stream_rate,
+    _with_timeout,
+)
+
+__all__ = [
+    "Clip",
+    "ClipStream",
+    "DecodeConfig",
+    "PathLike",
+    "VideoDecodeError",
+    "crop_box",
+    "load_clip",
+    "open_clip",
+    "probe",
+    "to_model_input",
+]
+
+# Chunk size load_clip reads its stream with (it keeps every frame anyway).
+_LOAD_CHUNK = 64
 _log = logging.getLogger(__name__)
-
-PathLike = str | os.PathLike
-
-
-@dataclass(frozen=True)
-class DecodeConfig:
-    """How frames are sampled and shaped.
-
-    fps: resample to this rate (None keeps the native rate); short_side: resize so the
-    short side has this many pixels; crop: centre crop ``crop x crop`` (None keeps the
-    whole resized frame); backend: ``auto`` (decord, then PyAV), ``decord`` or ``pyav``;
-    decord_timeout_s: decord calls that take longer are abandoned (``auto`` then falls back
-    to PyAV) -- decord can hang on damaged files; None waits forever.
-    """
-
-    fps: float | None = 25.0
-    short_side: int = 256
-    crop: int | None = 224
-    backend: str = "auto"
-    decord_timeout_s: float | None = 120.0
-
-    def __post_init__(self) -> None:
-        if self.fps is not None and not self.fps > 0:
-            raise ValueError(f"DecodeConfig: fps must be positive or None, got {self.fps}")
-        if self.short_side < 1:
-            raise ValueError(f"DecodeConfig: short_side must be >= 1, got {self.short_side}")
-        # The resized short side equals short_side exactly, so this is the only way the
-        # crop can be larger than the resized frame.
-        if self.crop is not None and not 1 <= self.crop <= self.short_side:
-            raise ValueError(
-                f"DecodeConfig: crop {self.crop} does not fit in a frame whose short side "
-                f"is resized to {self.short_side}"
-            )
-        if self.backend not in _BACKENDS:
-            raise ValueError(
-                f"DecodeConfig: backend must be one of {_BACKENDS}, got {self.backend!r}"
-            )
-
-
-class VideoDecodeError(RuntimeError):
-    """A video could not be decoded; ``str(e)`` is one line, ``"<path>: <reason>"``."""
-
-    def __init__(self, path: PathLike, reason: str) -> None:
-        self.path = str(path)
-        # Library messages may span lines; logs and the store's error column want one.
-        self.reason = " ".join(str(reason).split()) or "unknown error"
-        super().__init__(f"{self.path}: {self.reason}")
-
-    def __reduce__(self):
-        # Default pickling would call cls(message) and lose `reason`; worker processes
-        # send these back to the parent, so keep both arguments.
-        return (type(self), (self.path, self.reason))
 
 
 @dataclass
@@ -102,169 +77,179 @@ class Clip:
     backend: str
 
 
-class _Shaper:
-    """Resize (short side, PIL bilinear) then centre crop; the geometry is fixed per clip."""
-
-    def __init__(self, height: int, width: int, cfg: DecodeConfig) -> None:
-        self.src = (height, width)
-        s = cfg.short_side
-        # Pin the short side to exactly `s` so rounding can never make it smaller than crop.
-        if height <= width:
-            new_h, new_w = s, max(s, round(width * s / height))
-        else:
-            new_h, new_w = max(s, round(height * s / width)), s
-        self.size = (new_w, new_h)  # PIL order
-        self.resize = (new_w, new_h) != (width, height)
-        c = cfg.crop
-        left, top = (0, 0) if c is None else ((new_w - c) // 2, (new_h - c) // 2)
-        self.box = (left, top, new_w if c is None else left + c, new_h if c is None else top + c)
-        # The resize maps the whole frame onto the whole frame, so coordinates normalised
-        # to the resized frame are normalised to the original one as well.
-        x1, y1, x2, y2 = self.box
-        self.crop_box = (x1 / new_w, y1 / new_h, x2 / new_w, y2 / new_h)
-
-    def __call__(self, frame: np.ndarray) -> np.ndarray:
-        if self.resize:
-            frame = np.asarray(Image.fromarray(frame).resize(self.size, Image.BILINEAR))
-        x1, y1, x2, y2 = self.box
-        return np.ascontiguousarray(frame[y1:y2, x1:x2])
-
-
 def crop_box(height: int, width: int, cfg: DecodeConfig) -> tuple[float, float, float, float]:
     """(x1, y1, x2, y2) of the region ``cfg`` keeps of a height x width frame, normalised."""
     return _Shaper(height, width, cfg).crop_box
 
 
-def _n_out(span: float, fps: float) -> int:
-    """How many output times ``j / fps`` lie in ``[0, span)``."""
-    return max(0, math.ceil(span * fps - _TIME_EPS)) if span > 0 else 0
+@dataclass(eq=False)
+class ClipStream:
+    """Frames of a clip, decoded on demand: ``chunks(n)`` yields (k, h, w, 3) uint8 RGB.
 
+    fps, src_fps, src_size, crop_box, backend: as in :class:`Clip`, known once the stream
+    is open.  n_frames: the exact number of frames the stream yields when known at open
+    (decord: always; PyAV: None).  Should decord fail in ``auto`` mode before the first
+    chunk is yielded, the stream switches to PyAV and these fields are updated before
+    that chunk is yielded.  Use as a context manager, or call :meth:`close`; exhausting
+    the stream or dropping it also releases the decoder.
+    """
 
-def _outside(start: float, end: float, duration: float) -> str:
-    shown = "end" if math.isinf(end) else f"{end:.3f}s"
-    return f"segment [{start:.3f}s, {shown}] lies outside the video (duration {duration:.3f}s)"
+    fps: float
+    src_fps: float
+    src_size: tuple[int, int]
+    crop_box: tuple[float, float, float, float]
+    backend: str
+    n_frames: int | None = None
+    _source: Any = field(default=None, init=False, repr=False)
+    _finalizer: Any = field(default=None, init=False, repr=False)
+    # (path, cfg, start, end): what a fallback to PyAV reopens
+    _args: tuple = field(default=(), init=False, repr=False)
+    _started: bool = field(default=False, init=False, repr=False)
+    _yielded: int = field(default=0, init=False, repr=False)
+    # decord failed after yielding frames, in auto mode (load_clip then redoes the clip)
+    _decord_broke: bool = field(default=False, init=False, repr=False)
 
+    @classmethod
+    def _over(cls, source: _DecordSource | _PyAVSource, args: tuple) -> ClipStream:
+        stream = cls(0.0, 0.0, (0, 0), (0.0, 0.0, 0.0, 0.0), "")
+        stream._args = args
+        stream._use(source)
+        return stream
 
-def _stream_rate(stream) -> float | None:
-    """The stream's frame rate from metadata, or None when it declares none."""
-    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
-        if rate is not None and float(rate) > 0:
-            return float(rate)
-    return None
+    def _use(self, source: _DecordSource | _PyAVSource) -> None:
+        if self._finalizer is not None:
+            self._finalizer()  # closes the source being replaced
+        self._source = source
+        # Not a method of self: the finalizer must not keep the stream alive.
+        self._finalizer = weakref.finalize(self, source.close)
+        self.fps, self.src_fps = float(source.fps), float(source.src_fps)
+        self.src_size, self.crop_box = source.shaper.src, source.shaper.crop_box
+        self.backend, self.n_frames = source.backend, source.n_frames
 
+    def chunks(self, n: int = 64) -> Iterator[np.ndarray]:
+        """Yield all frames in order as fresh (k, h, w, 3) uint8 RGB arrays, 1 <= k <= n;
+        only the last chunk may be shorter.  A stream can be iterated once; raises
+        ValueError when it is closed or already iterated, VideoDecodeError (naming the
+        file) when decoding fails.
+        """
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise ValueError(f"ClipStream.chunks: n must be a positive integer, got {n!r}")
+        if self._source is None:
+            raise ValueError(f"{self._where()}: ClipStream is closed")
+        if self._started:
+            raise ValueError(f"{self._where()}: ClipStream.chunks() can be iterated only once")
+        self._started = True
+        return self._iterate(int(n))
 
-def _rate_from_packets(container, stream) -> tuple[float | None, int]:
-    """Estimate the rate from packet timestamps (median spacing); also count packets."""
-    packets = [p.pts for p in container.demux(stream) if p.size]
-    count = len(packets)
-    pts = sorted(t for t in packets if t is not None)
-    gaps = np.diff(np.asarray(pts, dtype=np.float64)) * float(stream.time_base)
-    gaps = gaps[gaps > 0]
-    return (1.0 / float(np.median(gaps)) if gaps.size else None), count
+    def _iterate(self, n: int) -> Iterator[np.ndarray]:
+        try:
+            while (chunk := self._read(n)) is not None:
+                k = len(chunk)
+                self._yielded += k
+                yield chunk
+                # Hold no reference while decoding the next chunk: the caller decides
+                # whether the last one stays alive.
+                del chunk
+                if k < n:
+                    return
+        finally:
+            self.close()
 
-
-def _decode_decord(path: Path, cfg: DecodeConfig, start: float, end: float):
-    import decord  # optional dependency; imported only when this backend is used
-
-    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1, fault_tol=0.1)
-    n_src, src_fps = len(vr), float(vr.get_avg_fps())
-    if n_src < 1 or not math.isfinite(src_fps) or src_fps <= 0:
-        raise RuntimeError(f"decord reports {n_src} frames at {src_fps} fps")
-    fps = src_fps if cfg.fps is None else float(cfg.fps)
-    # decord indexes frames as if the rate were constant.  For variable-rate files use the
-    # frame timestamps instead (as PyAV does), so both backends pick the same frames.
-    stamps = vr.get_frame_timestamp(np.arange(n_src)).astype(np.float64)
-    starts = stamps[:, 0] - stamps[0, 0]
-    vfr = np.abs(starts - np.arange(n_src) / src_fps).max() > 0.5 / src_fps
-    duration = stamps[-1, 1] - stamps[0, 0] if vfr else n_src / src_fps
-    n = _n_out(min(end, duration) - start, fps)
-    if n < 1:
-        raise VideoDecodeError(path, _outside(start, end, duration))
-    times = start + np.arange(n) / fps
-    if vfr:  # timestamps are float32: allow for their rounding
-        idx = np.searchsorted(starts, times + 1e-4, side="right") - 1
-    else:
-        idx = np.floor((times + _TIME_EPS) * src_fps).astype(np.int64)
-    idx = np.clip(idx, 0, n_src - 1)
-    out: list[np.ndarray] = []
-    shaper = None
-    for i in range(0, n, _DECORD_BATCH):
-        batch = vr.get_batch(idx[i : i + _DECORD_BATCH].tolist()).asnumpy()
-        shaper = shaper or _Shaper(batch.shape[1], batch.shape[2], cfg)
-        out.extend(shaper(f) for f in batch)
-    return out, src_fps, fps, shaper
-
-
-def _decode_pyav(path: Path, cfg: DecodeConfig, start: float, end: float):
-    import av
-
-    src_fps: float | None = None
-    for seek in (start >= _SEEK_MIN_SEC, False):
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise VideoDecodeError(path, "no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            src_fps = src_fps or _stream_rate(stream)
-            if src_fps is None:
-                # No rate in the metadata: learn it from timestamps, then start over.
-                src_fps = _rate_from_packets(container, stream)[0] or 25.0
-                container.seek(0)
-            tb = stream.time_base
-            origin = None if stream.start_time is None else float(stream.start_time * tb)
-            seek = seek and origin is not None
-            if seek:
-                container.seek(int((start + origin) / tb), stream=stream)
-            got = _select_pyav(path, container, stream, cfg, start, end, origin, seek, src_fps)
-        # None: the seek landed after `start` (inexact on some formats), or on nothing.
-        if got is not None:
-            return got
-    raise AssertionError("unreachable: decoding from the start never asks to retry")
-
-
-def _select_pyav(path, container, stream, cfg, start, end, origin, seeked, src_fps):
-    """Walk the decoded frames once, keeping the nearest preceding frame of each output time."""
-    fps = src_fps if cfg.fps is None else float(cfg.fps)
-    n_max = _n_out(end - start, fps) if math.isfinite(end) else None
-    out: list[np.ndarray] = []
-    shaper: _Shaper | None = None
-    prev_t, prev = None, None
-
-    def emit(frame) -> None:
-        nonlocal shaper
-        arr = frame.to_ndarray(format="rgb24")
-        shaper = shaper or _Shaper(arr.shape[0], arr.shape[1], cfg)
-        out.append(shaper(arr))
-
-    for frame in container.decode(stream):
-        if frame.time is None:
-            # No timestamp: assume one frame period after the previous frame.
-            t = 0.0 if prev_t is None else prev_t + 1.0 / src_fps
-        else:
-            origin = float(frame.time) if origin is None else origin
-            t = float(frame.time) - origin
-        if prev is None:
-            if seeked and t > start + _TIME_EPS:
+    def _read(self, n: int) -> np.ndarray | None:
+        """The next chunk of at most n frames, or None at the end."""
+        path, cfg, start, end = self._args
+        while True:
+            source = self._source
+            if source is None:
+                raise ValueError(f"{path}: ClipStream is closed")
+            want = n if self.n_frames is None else min(n, self.n_frames - self._yielded)
+            if want < 1:
                 return None
-        else:
-            # `prev` is on screen until `t`: it serves every output time before then.
-            while (n_max is None or len(out) < n_max) and start + len(out) / fps + _TIME_EPS < t:
-                emit(prev)
-        prev_t, prev = t, frame
-        if t >= end:
-            break
-    if prev is None:
-        if seeked:
-            return None
-        raise VideoDecodeError(path, "no frames could be decoded")
-    # The last frame stays on screen for one frame period.
-    duration = prev_t + 1.0 / src_fps
-    n_total = _n_out(min(end, duration) - start, fps)
-    while len(out) < n_total:
-        emit(prev)
-    if not out:
-        raise VideoDecodeError(path, _outside(start, end, duration))
-    return out, src_fps, fps, shaper
+            buf = np.empty((want, *source.shaper.out_shape), np.uint8)
+            pyav_errors = _pyav_errors() if source.backend == "pyav" else ()
+            try:
+                k = source.fill(buf)
+            except VideoDecodeError:
+                raise
+            except pyav_errors as e:
+                why = f"cannot decode ({type(e).__name__}: {e})"
+                raise VideoDecodeError(path, why) from e
+            except Exception as e:
+                if source.backend == "pyav":
+                    raise
+                if self._yielded == 0 and cfg.backend == "auto":
+                    # Nothing handed out yet: PyAV can still give the whole clip.
+                    _log.debug("decord failed on %s (%s); falling back to PyAV", path, e)
+                    self._use(_open_pyav(path, cfg, start, end, e))
+                    continue
+                # Frames already went out: switching decoders mid-clip could shift them
+                # (backends may differ by a grey level), so stop instead.
+                self._decord_broke = cfg.backend == "auto"
+                raise VideoDecodeError(
+                    path, f"decord failed after {self._yielded} frames: {type(e).__name__}: {e}"
+                ) from e
+            return buf[:k] if k else None
+
+    def _where(self) -> str:
+        return str(self._args[0]) if self._args else "ClipStream"
+
+    def close(self) -> None:
+        """Release the decoder; calling it again is harmless."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._source = None
+
+    def __enter__(self) -> ClipStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _segment(path: Path, start_sec: float | None, end_sec: float | None) -> tuple[float, float]:
+    # NaN is how pandas shows a null segment bound in a manifest: treat it as None.
+    start = 0.0 if start_sec is None or math.isnan(start_sec) else float(start_sec)
+    end = math.inf if end_sec is None or math.isnan(end_sec) else float(end_sec)
+    if not (start >= 0 and end > start):
+        raise VideoDecodeError(path, f"invalid segment [{start_sec}, {end_sec}]")
+    return start, end
+
+
+def open_clip(
+    path: PathLike,
+    cfg: DecodeConfig = DecodeConfig(),  # noqa: B008 - frozen, safe to share
+    start_sec: float | None = None,
+    end_sec: float | None = None,
+) -> ClipStream:
+    """Open ``[start_sec, end_sec)`` of a video for decoding in chunks (None or NaN = from
+    the start / to the end).
+
+    The stream yields the frames :func:`load_clip` returns, at most one chunk of them
+    decoded at a time.  Raises VideoDecodeError naming the file when it is missing,
+    empty or unreadable, has no video stream, or (where the backend knows it up front)
+    the segment lies outside the video; other failures surface while iterating.
+    """
+    path = Path(path)
+    _check_file(path)
+    start, end = _segment(path, start_sec, end_sec)
+    args = (path, cfg, start, end)
+    decord_error: BaseException | None = None
+    if cfg.backend in ("auto", "decord"):
+        try:
+            # Looked up in this module's globals: tests patch video._open_decord.
+            source = _with_timeout(_open_decord, cfg.decord_timeout_s, *args)
+            return ClipStream._over(source, args)
+        except ImportError:
+            if cfg.backend == "decord":
+                raise
+        except Exception as e:  # decord is unmaintained: any failure means "try PyAV"
+            if cfg.backend == "decord":
+                if isinstance(e, VideoDecodeError):
+                    raise
+                raise VideoDecodeError(path, f"decord: {type(e).__name__}: {e}") from e
+            decord_error = e
+            _log.debug("decord failed on %s (%s); falling back to PyAV", path, e)
+    return ClipStream._over(_open_pyav(*args, decord_error), args)
 
 
 def _check_file(path: Path) -> None:
@@ -275,14 +260,6 @@ def _check_file(path: Path) -> None:
         raise VideoDecodeError(path, "not a regular file")
     if path.stat().st_size == 0:
         raise VideoDecodeError(path, "file is empty (0 bytes)")
-
-
-def _pyav_errors() -> tuple[type[BaseException], ...]:
-    import av
-
-    # Truncated or corrupt input surfaces as FFmpeg errors, or as value/index errors from
-    # PyAV's own checks; all of them mean "this file cannot be decoded".
-    return (av.FFmpegError, ValueError, IndexError, OSError, EOFError)
 
 
 def probe(path: PathLike) -> dict:
@@ -325,7 +302,7 @@ def probe(path: PathLike) -> dict:
 
 def load_clip(
     path: PathLike,
-    cfg: DecodeConfig = DecodeConfig(),
+    cfg: DecodeConfig = DecodeConfig(),  # noqa: B008 - frozen, safe to share
     start_sec: float | None = None,
     end_sec: float | None = None,
 ) -> Clip:
@@ -333,81 +310,46 @@ def load_clip(
 
     Returns a Clip whose frames are (N, h, w, 3) uint8 RGB with N >= 1; (h, w) is
     (crop, crop), or the resized frame when ``cfg.crop`` is None.  Any failure, including
-    a segment outside the video, raises VideoDecodeError naming the file.
+    a segment outside the video, raises VideoDecodeError naming the file.  This is
+    :func:`open_clip` with every chunk gathered.
     """
-    path = Path(path)
-    _check_file(path)
-    # NaN is how pandas shows a null segment bound in a manifest: treat it as None.
-    start = 0.0 if start_sec is None or math.isnan(start_sec) else float(start_sec)
-    end = math.inf if end_sec is None or math.isnan(end_sec) else float(end_sec)
-    if not (start >= 0 and end > start):
-        raise VideoDecodeError(path, f"invalid segment [{start_sec}, {end_sec}]")
-
-    decord_error: BaseException | None = None
-    if cfg.backend in ("auto", "decord"):
+    with open_clip(path, cfg, start_sec, end_sec) as stream:
         try:
-            got = _with_timeout(_decode_decord, cfg.decord_timeout_s, path, cfg, start, end)
-            if got[0]:
-                return _clip(got, "decord")
-            raise RuntimeError("decord returned no frames")
-        except ImportError:
-            if cfg.backend == "decord":
+            frames = _gather(stream)
+        except VideoDecodeError as e:
+            if not stream._decord_broke:
                 raise
-        except Exception as e:  # decord is unmaintained: any failure means "try PyAV"
-            if cfg.backend == "decord":
-                if isinstance(e, VideoDecodeError):
-                    raise
-                raise VideoDecodeError(path, f"decord: {type(e).__name__}: {e}") from e
-            decord_error = e
-            _log.debug("decord failed on %s (%s); falling back to PyAV", path, e)
-    try:
-        return _clip(_decode_pyav(path, cfg, start, end), "pyav")
-    except VideoDecodeError:
-        raise
-    except _pyav_errors() as e:
-        why = f"cannot decode ({type(e).__name__}: {e})"
-        if decord_error is not None:
-            why += f"; decord also failed ({type(decord_error).__name__})"
-        raise VideoDecodeError(path, why) from e
-
-
-def _with_timeout(fn, timeout_s: float | None, *args):
-    """Run ``fn(*args)`` in a daemon thread; TimeoutError if it outlives ``timeout_s``.
-
-    A hung native decoder cannot be killed from Python, but it can be abandoned: the
-    daemon thread never blocks interpreter exit, and decord's FFI releases the GIL, so
-    the caller goes on (to PyAV).  A subprocess with a hard kill is the cluster-grade guard.
-    """
-    if timeout_s is None:
-        return fn(*args)
-    box: dict = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn(*args)
-        except BaseException as e:  # re-raised in the caller's thread
-            box["error"] = e
-
-    worker = threading.Thread(target=target, daemon=True, name="vidattn-decord")
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
-        raise TimeoutError(f"decord did not finish within {timeout_s:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-def _clip(got, backend: str) -> Clip:
-    frames, src_fps, fps, shaper = got
+            # A stream cannot switch decoders once frames went out, but a whole clip can:
+            # in auto mode any decord failure means PyAV decodes the clip, as it always has.
+            _log.debug("decord failed on %s part way (%s); decoding again with PyAV", path, e)
+            frames = None
+    if frames is None:
+        return load_clip(path, replace(cfg, backend="pyav"), start_sec, end_sec)
     return Clip(
-        frames=np.stack(frames),
-        fps=float(fps),
-        src_fps=float(src_fps),
-        src_size=shaper.src,
-        crop_box=shaper.crop_box,
-        backend=backend,
+        frames=frames,
+        fps=stream.fps,
+        src_fps=stream.src_fps,
+        src_size=stream.src_size,
+        crop_box=stream.crop_box,
+        backend=stream.backend,
     )
+
+
+def _gather(stream: ClipStream) -> np.ndarray:
+    """All frames of ``stream`` as one (N, h, w, 3) array, copied once."""
+    out: np.ndarray | None = None
+    parts: list[np.ndarray] = []
+    k = 0
+    for chunk in stream.chunks(_LOAD_CHUNK):
+        # The count is final only once the first chunk is out (a fallback may change it).
+        if k == 0 and stream.n_frames is not None:
+            out = np.empty((stream.n_frames, *chunk.shape[1:]), np.uint8)
+        if out is not None:
+            out[k : k + len(chunk)] = chunk
+        else:
+            parts.append(chunk)
+        k += len(chunk)
+    return out[:k] if out is not None else np.concatenate(parts)
 
 
 def to_model_input(frames: np.ndarray) -> np.ndarray:

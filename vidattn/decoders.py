@@ -1,0 +1,402 @@
+"""Decoding backends behind :mod:`vidattn.video`: each turns one segment of a file into
+resampled, resized, centre-cropped RGB frames, a chunk at a time.
+
+Users import from :mod:`vidattn.video`, which re-exports :class:`DecodeConfig` and
+:class:`VideoDecodeError` (defined here because the backends need them, so the import
+goes one way only: ``video`` -> ``decoders``).  What lives here:
+
+- ``_Shaper``: the per-clip resize (short side, PIL bilinear) + centre crop.
+- ``_DecordSource`` / ``_open_decord``: decord, random access; output frame indices are
+  fixed at open and pixels are read in batches of at most ``_DECORD_BATCH``.
+- ``_PyAVSource`` / ``_open_pyav`` / ``_select_pyav``: PyAV, one sequential pass over
+  the decoded frames, seeking first when the segment starts far in.
+- ``_stream_rate`` / ``_rate_from_packets``: the frame rate from metadata, or estimated
+  from packet timestamps when the metadata has none.
+- ``_with_timeout``: the guard every decord call runs under.
+
+Frame selection, the same for both backends: output frame ``j`` shows the source frame
+on screen at time ``start + j / fps``, i.e. the nearest *preceding* source frame (with
+``_TIME_EPS`` of slack, so float rounding never decides a coincidence).  Variable-rate
+files are indexed by frame timestamps, not by ``index / rate``, so the backends agree.
+
+Why decord runs under a timeout: decord is unmaintained and can hang inside native code
+on damaged files, at open or on any later read.  A hung native call cannot be killed
+from Python, so it runs in a daemon thread that is abandoned after
+``DecodeConfig.decord_timeout_s``; the caller sees TimeoutError (and ``auto`` mode falls
+back to PyAV).
+
+Each source has the same small interface, used by :class:`vidattn.video.ClipStream`:
+``backend``, ``fps``, ``src_fps``, ``n_frames`` (None when unknown up front), ``shaper``,
+``fill(out) -> int`` and ``close()``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# Slack when comparing a target time with a frame timestamp: timestamps are rationals
+# converted to floats, so an exact coincidence (e.g. 0.2 s at 25 and 30 fps) must not be
+# decided by rounding noise.  Far below any frame period.
+_TIME_EPS = 1e-6
+# decord reads at most this many frames per call: its raw (unresized) frames stay bounded
+# whatever chunk size the caller asks for.
+_DECORD_BATCH = 32
+# PyAV seeks only when the segment starts this far in; for short offsets decoding from
+# the start is as cheap and avoids seeking quirks.
+_SEEK_MIN_SEC = 1.0
+_BACKENDS = ("auto", "decord", "pyav")
+
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How frames are sampled and shaped.
+
+    fps: resample to this rate (None keeps the native rate); short_side: resize so the
+    short side has this many pixels; crop: centre crop ``crop x crop`` (None keeps the
+    whole resized frame); backend: ``auto`` (decord, then PyAV), ``decord`` or ``pyav``;
+    decord_timeout_s: decord calls that take longer are abandoned (``auto`` then falls back
+    to PyAV) -- decord can hang on damaged files; None waits forever.
+    """
+
+    fps: float | None = 25.0
+    short_side: int = 256
+    crop: int | None = 224
+    backend: str = "auto"
+    decord_timeout_s: float | None = 120.0
+
+    def __post_init__(self) -> None:
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"DecodeConfig: fps must be positive or None, got {self.fps}")
+        if self.short_side < 1:
+            raise ValueError(f"DecodeConfig: short_side must be >= 1, got {self.short_side}")
+        # The resized short side equals short_side exactly, so this is the only way the
+        # crop can be larger than the resized frame.
+        if self.crop is not None and not 1 <= self.crop <= self.short_side:
+            raise ValueError(
+                f"DecodeConfig: crop {self.crop} does not fit in a frame whose short side "
+                f"is resized to {self.short_side}"
+            )
+        if self.backend not in _BACKENDS:
+            raise ValueError(
+                f"DecodeConfig: backend must be one of {_BACKENDS}, got {self.backend!r}"
+            )
+
+
+class VideoDecodeError(RuntimeError):
+    """A video could not be decoded; ``str(e)`` is one line, ``"<path>: <reason>"``."""
+
+    def __init__(self, path: PathLike, reason: str) -> None:
+        self.path = str(path)
+        # Library messages may span lines; logs and the store's error column want one.
+        self.reason = " ".join(str(reason).split()) or "unknown error"
+        super().__init__(f"{self.path}: {self.reason}")
+
+    def __reduce__(self):
+        # Default pickling would call cls(message) and lose `reason`; worker processes
+        # send these back to the parent, so keep both arguments.
+        return (type(self), (self.path, self.reason))
+
+
+class _Shaper:
+    """Resize (short side, PIL bilinear) then centre crop; the geometry is fixed per clip."""
+
+    def __init__(self, height: int, width: int, cfg: DecodeConfig) -> None:
+        self.src = (height, width)
+        s = cfg.short_side
+        # Pin the short side to exactly `s` so rounding can never make it smaller than crop.
+        if height <= width:
+            new_h, new_w = s, max(s, round(width * s / height))
+        else:
+            new_h, new_w = max(s, round(height * s / width)), s
+        self.size = (new_w, new_h)  # PIL order
+        self.resize = (new_w, new_h) != (width, height)
+        c = cfg.crop
+        left, top = (0, 0) if c is None else ((new_w - c) // 2, (new_h - c) // 2)
+        self.box = (left, top, new_w if c is None else left + c, new_h if c is None else top + c)
+        self.out_shape = (self.box[3] - top, self.box[2] - left, 3)  # (h, w, 3) of a frame
+        # The resize maps the whole frame onto the whole frame, so coordinates normalised
+        # to the resized frame are normalised to the original one as well.
+        x1, y1, x2, y2 = self.box
+        self.crop_box = (x1 / new_w, y1 / new_h, x2 / new_w, y2 / new_h)
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        if self.resize:
+            frame = np.asarray(Image.fromarray(frame).resize(self.size, Image.BILINEAR))
+        x1, y1, x2, y2 = self.box
+        return np.ascontiguousarray(frame[y1:y2, x1:x2])
+
+
+def _n_out(span: float, fps: float) -> int:
+    """How many output times ``j / fps`` lie in ``[0, span)``."""
+    return max(0, math.ceil(span * fps - _TIME_EPS)) if span > 0 else 0
+
+
+def _outside(start: float, end: float, duration: float) -> str:
+    shown = "end" if math.isinf(end) else f"{end:.3f}s"
+    return f"segment [{start:.3f}s, {shown}] lies outside the video (duration {duration:.3f}s)"
+
+
+def _stream_rate(stream) -> float | None:
+    """The stream's frame rate from metadata, or None when it declares none."""
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate is not None and float(rate) > 0:
+            return float(rate)
+    return None
+
+
+def _rate_from_packets(container, stream) -> tuple[float | None, int]:
+    """Estimate the rate from packet timestamps (median spacing); also count packets."""
+    packets = [p.pts for p in container.demux(stream) if p.size]
+    count = len(packets)
+    pts = sorted(t for t in packets if t is not None)
+    gaps = np.diff(np.asarray(pts, dtype=np.float64)) * float(stream.time_base)
+    gaps = gaps[gaps > 0]
+    return (1.0 / float(np.median(gaps)) if gaps.size else None), count
+
+
+class _DecordSource:
+    """decord behind the chunk interface: every output frame index is fixed at open (cheap,
+    from the frame count and timestamps); pixels are read when a chunk asks for them.
+
+    Built inside ``_with_timeout`` by :func:`_open_decord`.  The first output frame is
+    decoded right away: that proves the file decodes and gives the frame size.
+    """
+
+    backend = "decord"
+
+    def __init__(self, path: Path, cfg: DecodeConfig, start: float, end: float) -> None:
+        import decord  # optional dependency; imported only when this backend is used
+
+        vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1, fault_tol=0.1)
+        n_src, src_fps = len(vr), float(vr.get_avg_fps())
+        if n_src < 1 or not math.isfinite(src_fps) or src_fps <= 0:
+            raise RuntimeError(f"decord reports {n_src} frames at {src_fps} fps")
+        fps = src_fps if cfg.fps is None else float(cfg.fps)
+        # decord indexes frames as if the rate were constant.  For variable-rate files use
+        # the frame timestamps instead (as PyAV does), so both backends pick the same frames.
+        stamps = vr.get_frame_timestamp(np.arange(n_src)).astype(np.float64)
+        starts = stamps[:, 0] - stamps[0, 0]
+        vfr = np.abs(starts - np.arange(n_src) / src_fps).max() > 0.5 / src_fps
+        duration = stamps[-1, 1] - stamps[0, 0] if vfr else n_src / src_fps
+        n = _n_out(min(end, duration) - start, fps)
+        if n < 1:
+            raise VideoDecodeError(path, _outside(start, end, duration))
+        times = start + np.arange(n) / fps
+        if vfr:  # timestamps are float32: allow for their rounding
+            idx = np.searchsorted(starts, times + 1e-4, side="right") - 1
+        else:
+            idx = np.floor((times + _TIME_EPS) * src_fps).astype(np.int64)
+        self.idx = np.clip(idx, 0, n_src - 1)  # (n,) source frame of each output frame
+        self.n_frames, self.src_fps, self.fps = n, src_fps, fps
+        self._vr, self._timeout = vr, cfg.decord_timeout_s
+        first = self._read(self.idx[:1])  # already under the caller's timeout
+        self.shaper = _Shaper(first.shape[1], first.shape[2], cfg)
+        self._held: np.ndarray | None = self.shaper(first[0])
+        self._pos = 1  # next index of `idx` to read
+
+    def _read(self, indices: np.ndarray) -> np.ndarray:
+        """(k, H, W, 3) uint8 source frames at ``indices``."""
+        return self._vr.get_batch(indices.tolist()).asnumpy()
+
+    def fill(self, out: np.ndarray) -> int:
+        """Write the next output frames into ``out`` (k, h, w, 3); return how many (0: done)."""
+        k = 0
+        if self._held is not None:
+            out[0], self._held, k = self._held, None, 1
+        while k < len(out) and self._pos < self.n_frames:
+            take = min(len(out) - k, _DECORD_BATCH, self.n_frames - self._pos)
+            # decord can hang on damaged data anywhere in a file, not only at open.
+            batch = _with_timeout(self._read, self._timeout, self.idx[self._pos : self._pos + take])
+            for frame in batch:
+                out[k] = self.shaper(frame)
+                k += 1
+            self._pos += take
+        return k
+
+    def close(self) -> None:
+        # decord has no close: dropping the reader frees it (a thread abandoned by the
+        # timeout keeps its own reference until it returns).
+        self._vr = self._held = None
+
+
+def _open_decord(path: Path, cfg: DecodeConfig, start: float, end: float) -> _DecordSource:
+    """Open ``path`` with decord; the call ``open_clip`` runs under ``cfg.decord_timeout_s``."""
+    return _DecordSource(path, cfg, start, end)
+
+
+class _SeekMissed(Exception):
+    """The seek landed after the segment start (inexact on some formats), or on nothing."""
+
+
+def _select_pyav(path, container, stream, start, end, origin, seeked, src_fps, fps):
+    """Walk the decoded frames once; yield, for j = 0, 1, ..., the frame on screen at
+    ``start + j / fps`` (a frame serving several output times is yielded once per time).
+
+    Only the previous decoded frame is kept, so memory does not grow with the clip.
+    Raises _SeekMissed before yielding anything when a seek went wrong.
+    """
+    n_max = _n_out(end - start, fps) if math.isfinite(end) else None
+    j = 0
+    prev_t, prev = None, None
+    for frame in container.decode(stream):
+        if frame.time is None:
+            # No timestamp: assume one frame period after the previous frame.
+            t = 0.0 if prev_t is None else prev_t + 1.0 / src_fps
+        else:
+            origin = float(frame.time) if origin is None else origin
+            t = float(frame.time) - origin
+        if prev is None:
+            if seeked and t > start + _TIME_EPS:
+                raise _SeekMissed
+        else:
+            # `prev` is on screen until `t`: it serves every output time before then.
+            while (n_max is None or j < n_max) and start + j / fps + _TIME_EPS < t:
+                yield prev
+                j += 1
+        prev_t, prev = t, frame
+        if t >= end:
+            break
+    if prev is None:
+        if seeked:
+            raise _SeekMissed
+        raise VideoDecodeError(path, "no frames could be decoded")
+    # The last frame stays on screen for one frame period.
+    duration = prev_t + 1.0 / src_fps
+    n_total = _n_out(min(end, duration) - start, fps)
+    while j < n_total:
+        yield prev
+        j += 1
+    if j == 0:
+        raise VideoDecodeError(path, _outside(start, end, duration))
+
+
+class _PyAVSource:
+    """PyAV behind the chunk interface: a generator over ``container.decode``.
+
+    The first output frame is decoded at open (it fixes the frame size, and settles a
+    seek that has to be redone from the start).  Whether the segment lies in the video
+    is known only once decoding reaches it, so the frame count stays unknown.
+    """
+
+    backend = "pyav"
+    n_frames = None
+
+    def __init__(self, path: Path, cfg: DecodeConfig, start: float, end: float) -> None:
+        import av
+
+        src_fps: float | None = None
+        for seek in (start >= _SEEK_MIN_SEC, False):
+            container = av.open(str(path))
+            try:
+                if not container.streams.video:
+                    raise VideoDecodeError(path, "no video stream")
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                src_fps = src_fps or _stream_rate(stream)
+                if src_fps is None:
+                    # No rate in the metadata: learn it from timestamps, then start over.
+                    src_fps = _rate_from_packets(container, stream)[0] or 25.0
+                    container.seek(0)
+                tb = stream.time_base
+                origin = None if stream.start_time is None else float(stream.start_time * tb)
+                seek = seek and origin is not None
+                if seek:
+                    container.seek(int((start + origin) / tb), stream=stream)
+                fps = src_fps if cfg.fps is None else float(cfg.fps)
+                frames = _select_pyav(path, container, stream, start, end, origin, seek,
+                                      src_fps, fps)
+                first = next(frames)
+                arr = first.to_ndarray(format="rgb24")
+            except _SeekMissed:
+                container.close()
+                continue
+            except BaseException:
+                container.close()
+                raise
+            self._container, self._frames = container, frames
+            self.src_fps, self.fps = src_fps, fps
+            self.shaper = _Shaper(arr.shape[0], arr.shape[1], cfg)
+            self._held: np.ndarray | None = self.shaper(arr)
+            # Resampling up repeats frames: shape each decoded frame once.
+            self._last = (first, self._held)
+            return
+        raise AssertionError("unreachable: decoding from the start never asks to retry")
+
+    def fill(self, out: np.ndarray) -> int:
+        """Write the next output frames into ``out`` (k, h, w, 3); return how many (0: done)."""
+        k = 0
+        if self._held is not None:
+            out[0], self._held, k = self._held, None, 1
+        while k < len(out):
+            frame = next(self._frames, None)
+            if frame is None:
+                break
+            if frame is not self._last[0]:
+                self._last = (frame, self.shaper(frame.to_ndarray(format="rgb24")))
+            out[k] = self._last[1]
+            k += 1
+        return k
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._frames.close()  # leaves container.decode before the container goes
+            self._container.close()
+            self._container = self._held = self._last = None
+
+
+def _open_pyav(path: Path, cfg: DecodeConfig, start: float, end: float,
+               decord_error: BaseException | None = None) -> _PyAVSource:
+    try:
+        return _PyAVSource(path, cfg, start, end)
+    except VideoDecodeError:
+        raise
+    except _pyav_errors() as e:
+        why = f"cannot decode ({type(e).__name__}: {e})"
+        if decord_error is not None:
+            why += f"; decord also failed ({type(decord_error).__name__})"
+        raise VideoDecodeError(path, why) from e
+
+
+
+def _pyav_errors() -> tuple[type[BaseException], ...]:
+    import av
+
+    # Truncated or corrupt input surfaces as FFmpeg errors, or as value/index errors from
+    # PyAV's own checks; all of them mean "this file cannot be decoded".
+    return (av.FFmpegError, ValueError, IndexError, OSError, EOFError)
+
+
+def _with_timeout(fn, timeout_s: float | None, *args):
+    """Run ``fn(*args)`` in a daemon thread; TimeoutError if it outlives ``timeout_s``.
+
+    A hung native decoder cannot be killed from Python, but it can be abandoned: the
+    daemon thread never blocks interpreter exit, and decord's FFI releases the GIL, so
+    the caller goes on (to PyAV).  A subprocess with a hard kill is the cluster-grade guard.
+    """
+    if timeout_s is None:
+        return fn(*args)
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=target, daemon=True, name="vidattn-decord")
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise TimeoutError(f"decord did not finish within {timeout_s:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -1,9 +1,11 @@
 """``make bench``: speed and memory of each stage, written to BENCHMARKS.md.
 
-Stages: decoding (decord vs PyAV), I3D RGB forward (CPU, or CUDA with bf16 when present),
-the store (write/read throughput, compression), training steps of every head at the ActX
-paper's Hollywood2 setting, and the whole path on the sample store.
-Each figure is the median of a few repeats after one warm-up.
+Stages: decoding (decord vs PyAV), I3D RGB and flow forward (fp32 and bf16), optical flow
+(OpenCV TV-L1, DIS, the PyTorch TV-L1 and its agreement with OpenCV), end-to-end extraction
+against the bare forward, peak memory on 1- and 10-minute videos, the store (write/read
+throughput, compression), training steps of every head at the ActX paper's Hollywood2
+setting, and the whole path on the sample store.  Most figures are the median of a few
+repeats after one warm-up; the extraction ones (benchmarks/extraction.py) one timed run.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import extraction  # benchmarks/extraction.py, beside this script
 import numpy as np
 import torch
 
@@ -67,26 +70,6 @@ def bench_decode(rows: list) -> None:
         sec = timed(lambda cfg=cfg: load_clip(REAL_CLIP, cfg, 0.0, 4.0))
         rows.append((f"decode 4 s of 480x360 30 fps -> 100 frames 224² ({backend})",
                      f"{sec * 1000:.0f} ms", f"{100 / sec:.0f} frames/s"))
-
-
-def bench_i3d(rows: list, device: str) -> None:
-    from vidattn.extractors.i3d import load_i3d
-
-    model = load_i3d(None, "rgb", device)
-    for t, hw in ((64, 224), (40, 128)):
-        x = torch.rand(1, 3, t, hw, hw, device=device) * 2 - 1
-
-        def fwd(x=x):
-            with torch.no_grad(), torch.autocast("cuda", torch.bfloat16,
-                                                 enabled=device == "cuda"):
-                model(x)
-            if device == "cuda":
-                torch.cuda.synchronize()
-
-        sec = timed(fwd)
-        rows.append((f"I3D RGB to Mixed_5c, {t}x{hw}² clip, {device}"
-                     + (" bf16" if device == "cuda" else " fp32"),
-                     f"{sec * 1000:.0f} ms", f"{t / sec:.0f} frames/s"))
 
 
 def bench_store(rows: list) -> None:
@@ -210,7 +193,10 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     for stage in (bench_decode, bench_store):
         stage(rows)
-    bench_i3d(rows, device)
+    extraction.bench_i3d_precision(rows, device)
+    extraction.bench_flow(rows, device)
+    extraction.bench_end_to_end(rows, device, REAL_CLIP)
+    extraction.bench_long_video(rows, device)
     bench_heads(rows, device)
     bench_sample(rows, device)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10

@@ -45,8 +45,17 @@ def main() -> None:
               help="Flow I3D checkpoint, or 'random' [default: seeded random, with a warning: "
                    "no flow weights ship with any package].")
 @click.option("--streams", default="rgb", show_default=True, help="rgb | flow | rgb,flow")
-@click.option("--flow-method", default="tvl1", show_default=True,
-              help="tvl1 (OpenCV TV-L1, the I3D recipe) | dis (fast)")
+@click.option("--backbone", default="inception", show_default=True,
+              type=click.Choice(["inception", "r50"]),
+              help="inception: I3D (Mixed_5c -> arrays rgb, flow); r50: pytorchvideo's I3D R50 "
+                   "(res5 -> array rgb_r50; --i3d-rgb I3D_8x8_R50.pyth; RGB only).")
+@click.option("--endpoints", default="", help="Extra endpoints stored beside the main map, "
+              "e.g. Mixed_4f (array rgb_mixed_4f); inception: Mixed_3c, Mixed_4f; r50: res3, res4.")
+@click.option("--flow", "--flow-method", "flow_method", default=None,
+              type=click.Choice(["tvl1", "tvl1-torch", "dis"]),
+              help="Optical flow: tvl1 (OpenCV TV-L1, the I3D recipe) | tvl1-torch (the same "
+                   "TV-L1 in PyTorch, batched; runs on GPUs) | dis (fast approximation) "
+                   "[default: tvl1 on CPU, tvl1-torch on CUDA].")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--fps", type=float, default=None, help="Resample rate [default: 25].")
 @click.option("--short-side", type=int, default=None, help="Resize short side [default: 256].")

@@ -57,3 +57,18 @@ def test_flow_with_other_settings_is_refused(tiny_sample, tiny_store, tmp_path):
     assert CliRunner().invoke(main, [*args, "--flow-method", "dis"]).exit_code == 0
     r = CliRunner().invoke(main, [*args, "--flow-method", "tvl1"])
     assert r.exit_code == 1 and "flow_method" in r.output
+
+
+def test_flow_with_the_torch_tvl1(tiny_sample, tmp_path):
+    """--flow tvl1-torch fills the flow stream and records the method it used."""
+    store = str(tmp_path / "store")
+    r = CliRunner().invoke(main, ["extract", "--root", str(tiny_sample), "--store", store,
+                                  "--streams", "flow", "--flow", "tvl1-torch", "--i3d-flow",
+                                  "random", "--device", "cpu", "--limit", "1",
+                                  "--short-side", "64"])
+    assert r.exit_code == 0, r.output
+    s = open_store(store)
+    (vid,) = s.video_ids("flow")
+    fmap = s.read(vid, "flow")
+    assert fmap.shape[:3] == (2, 2, 2) and np.isfinite(fmap).all()
+    assert s.provenance("flow")["preprocessing"]["flow_method"] == "tvl1-torch"

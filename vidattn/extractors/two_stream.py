@@ -1,133 +1,246 @@
-"""The two-stream I3D extractor: RGB and optical-flow Mixed_5c maps, aligned in time.
+"""The two-stream I3D extractor: RGB and optical-flow maps, aligned in time, of any length.
 
-frames (N, h, w, 3) uint8 -> {"rgb": (T, H, W, 1024), "flow": (T, H, W, 1024)} float32 with
-T = ceil(N / 8) for both streams.  Flow has N - 1 fields; the last is repeated once so the
-flow clip also has N frames and its map lines up step for step with the RGB map (the
-last step otherwise sees one frame less).  Long clips run in windows (:func:`windowed_forward`).
+frames (N, h, w, 3) uint8 -- an array, or an iterable of such chunks as a decoder streams
+them -- -> {array: (T, H, W, C) float16}.  Arrays (declared in ``stores/schema.py``):
+
+* ``rgb`` / ``flow``: Inception I3D Mixed_5c, T = ceil(N / 8), 1024 channels;
+* ``rgb_mixed_4f`` ... : extra Inception endpoints (``endpoints=("Mixed_4f",)``), for
+  heads that use several stages (Mixed_4f: T = 2 ceil(N / 8), 832 channels, 1/16 size);
+* ``rgb_r50`` (+ ``rgb_r50_res4`` ...): pytorchvideo's I3D R50 res5, ``backbone="r50"``,
+  RGB only, T = ceil(N / 2), 2048 channels.
+
+Flow has N - 1 fields; the last is repeated once so the flow clip also has N frames and
+its map lines up step for step with the RGB map.  Clips run through
+:class:`~vidattn.extractors.windows.WindowedMaps`: memory bounded, equal to one pass, and
+padded at the end by repeating the last frame (field) to a whole step -- the padding rule.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from vidattn.extractors.i3d import I3D, load_i3d
+from vidattn.extractors.windows import WindowedMaps
 
 # Bump when anything that changes stored numbers changes (graph, padding, preprocessing);
-# stores record it and refuse to mix versions.
-EXTRACTOR_VERSION = 1
+# stores record it and refuse to mix versions.  2: clips padded to a whole step (windows.py).
+EXTRACTOR_VERSION = 2
 STREAMS = ("rgb", "flow")
+BACKBONES = ("inception", "r50")
+MAIN_ENDPOINT = {"inception": "Mixed_5c", "r50": "res5"}
+# Input frames per output step of each endpoint that may be stored.
+STRIDES = {
+    "inception": {"Mixed_3c": 2, "Mixed_4f": 4, "Mixed_5c": 8},
+    "r50": {"res3": 2, "res4": 2, "res5": 2},
+}
+# Defaults per backbone: (window_steps, margin_steps).  I3D: 256-frame windows with 56
+# frames of context (Mixed_5c needs 49 each side); R50: 128 frames with 24 (it needs 17).
+WINDOWS = {"inception": (32, 7), "r50": (64, 12)}
+
+
+def array_name(stream: str, backbone: str, endpoint: str) -> str:
+    """The store array holding ``endpoint`` of ``stream``: rgb, flow, rgb_mixed_4f, rgb_r50..."""
+    base = stream if backbone == "inception" else f"{stream}_{backbone}"
+    return base if endpoint == MAIN_ENDPOINT[backbone] else f"{base}_{endpoint.lower()}"
 
 
 @dataclass(frozen=True)
 class I3DExtractorConfig:
-    """rgb_weights / flow_weights: None (packaged weights: Kinetics-400 for RGB; none exist
-    for flow, which then uses seeded random weights with a loud warning), "random", or a
-    checkpoint path.  streams: which maps to compute.  flow_method: tvl1 | dis.
-    device: cpu | cuda.  amp: bf16 autocast on CUDA (ignored on CPU).
-    window_steps / margin_steps: long clips run in windows of this many output steps (8
-    frames each) with this much context on each side (see :func:`windowed_forward`)."""
+    """rgb_weights / flow_weights: None (packaged weights: Kinetics-400 for the Inception
+    RGB stream; none exist for flow, which then uses seeded random weights with a loud
+    warning), "random", or a checkpoint path.  streams: which modalities to compute.
+    backbone: inception (I3D) | r50 (pytorchvideo's I3D R50, RGB only).  endpoints: extra
+    endpoints stored beside the main map (inception: Mixed_3c, Mixed_4f; r50: res3, res4).
+    flow_method: tvl1 | tvl1-torch | dis, None = TV-L1 as the device runs it best (OpenCV
+    on CPU, tvl1-torch on CUDA).  device: cpu | cuda.  amp: bf16 autocast on CUDA (ignored
+    on CPU).  window_steps / margin_steps: window core and context in output steps (None =
+    the backbone's default, see WINDOWS)."""
 
     rgb_weights: str | None = None
     flow_weights: str | None = None
     streams: tuple[str, ...] = ("rgb",)
-    flow_method: str = "tvl1"
+    backbone: str = "inception"
+    endpoints: tuple[str, ...] = ()
+    flow_method: str | None = None
     flow_bound: float = 20.0  # pixels; I3D's flow stream saw TV-L1 clipped to +-20
     device: str = "cpu"
     amp: bool = True
-    window_steps: int = 32  # 256 frames: a window's float input stays ~150 MB at 224²
-    margin_steps: int = 7  # 56 frames, beyond the 48 needed for exactness (see below)
+    window_steps: int | None = None
+    margin_steps: int | None = None
 
 
-def windowed_forward(model: I3D, frames, window_steps: int, margin_steps: int,
-                     device: str, amp: bool = False, to_input=None) -> torch.Tensor:
-    """Mixed_5c of a clip of any length, computed window by window, equal to one pass.
+class _Net:
+    """One frozen network and how to window it."""
 
-    frames: (N, ...) per-frame data, turned into a (C, n, H, W) window by ``to_input``
-    (default: uint8 RGB -> [-1, 1]) -> (1024, ceil(N/8), H', W') float32 on the CPU.  Only
-    one window is ever converted to float and held on the device.  Why the result equals a
-    single pass (max abs diff ~1e-5, float rounding): Mixed_5c's temporal receptive field
-    is 99 frames, so an output step depends on about 49 frames each side of it; every
-    window carries ``margin_steps`` steps (x8 frames) of real context on both sides and
-    keeps only its core steps.  TF "SAME" padding puts one frame more before the data for
-    odd lengths at the three temporal strides, so windows start at multiples of 8 and their
-    length is kept congruent to N modulo 8: the padding then falls exactly as in one pass.
-    """
+    def __init__(self, model, to_input, backbone: str, endpoints: tuple[str, ...],
+                 device: str, amp: bool):
+        self.model, self.to_input, self.device = model, to_input, device
+        self.endpoints = endpoints
+        self.strides = {e: STRIDES[backbone][e] for e in endpoints}
+        self.unit = STRIDES[backbone][MAIN_ENDPOINT[backbone]]
+        self.amp = amp and str(device).startswith("cuda")
+
+    def __call__(self, frames: np.ndarray) -> dict[str, torch.Tensor]:
+        """(n, ...) frames -> {endpoint: (C, t, H, W)} on the device."""
+        x = torch.from_numpy(self.to_input(frames))[None]
+        if str(self.device).startswith("cuda"):
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            out = self.model.features(x, self.endpoints)
+        return {e: v[0] for e, v in out.items()}
+
+
+def windowed_forward(model, frames, window_steps: int, margin_steps: int, device: str,
+                     amp: bool = False, to_input=None) -> torch.Tensor:
+    """Inception I3D's Mixed_5c of a clip, window by window: (1024, T, H', W') float32."""
     if to_input is None:
         from vidattn.video import to_model_input as to_input
-    n = len(frames)
-    steps = -(-n // 8)
-    use_amp = amp and device.startswith("cuda")
-    cores = []
-    for c0 in range(0, steps, window_steps):
-        c1 = min(steps, c0 + window_steps)
-        start, end = max(0, 8 * (c0 - margin_steps)), min(n, 8 * (c1 + margin_steps))
-        if end < n:
-            end += n % 8  # same length parity as the whole clip (see above); stays <= n
-        x = torch.from_numpy(to_input(frames[start:end]))[None].to(device)
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            out = model(x)[0].float()
-        first = c0 - start // 8
-        cores.append(out[:, first : first + (c1 - c0)].cpu())
-    return torch.cat(cores, dim=1)
+    net = _Net(model, to_input, "inception", ("Mixed_5c",), device, amp)
+    maps = WindowedMaps(net, net.unit, net.strides, window_steps, margin_steps)
+    maps.push(frames)
+    return torch.from_numpy(maps.finish()["Mixed_5c"]).float().permute(3, 0, 1, 2)
 
 
 class I3DExtractor:
-    """Frozen two-stream I3D; ``streams`` says which maps it writes."""
+    """Frozen two-stream I3D; ``streams`` lists the store arrays it writes."""
 
     def __init__(self, cfg: I3DExtractorConfig):
+        from vidattn.extractors.flow import AVAILABLE_METHODS, default_method
+
         unknown = [s for s in cfg.streams if s not in STREAMS]
         if unknown or not cfg.streams:
             raise ValueError(f"streams must be some of {STREAMS}, got {cfg.streams}")
+        if cfg.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {cfg.backbone!r}")
+        if cfg.backbone == "r50" and "flow" in cfg.streams:
+            raise ValueError("the I3D R50 backbone has no flow stream (no such checkpoint "
+                             "exists); use --backbone inception for flow")
+        extra = [e for e in cfg.endpoints if e not in STRIDES[cfg.backbone]]
+        if extra:
+            raise ValueError(f"{cfg.backbone} endpoints that can be stored: "
+                             f"{', '.join(STRIDES[cfg.backbone])}; got {', '.join(extra)}")
         self.cfg = cfg
-        self.streams = tuple(cfg.streams)
-        self.models = {s: load_i3d(cfg.rgb_weights if s == "rgb" else cfg.flow_weights, s,
-                                   cfg.device) for s in self.streams}
+        self.flow_method = cfg.flow_method or default_method(cfg.device)
+        if self.flow_method not in AVAILABLE_METHODS:
+            raise ValueError(f"unknown flow method {self.flow_method!r}; "
+                             f"available: {', '.join(AVAILABLE_METHODS)}")
+        main = MAIN_ENDPOINT[cfg.backbone]
+        endpoints = (main, *[e for e in dict.fromkeys(cfg.endpoints) if e != main])
+        self.nets = {s: self._net(s, endpoints) for s in cfg.streams}
+        # array name -> (stream, endpoint); the main map of each stream first
+        self.arrays = {array_name(s, cfg.backbone, e): (s, e)
+                       for s in cfg.streams for e in endpoints}
+        self.streams = tuple(self.arrays)
 
-    def provenance(self, preprocessing: dict, stream: str) -> dict:
-        """What made ``stream``'s maps; a store refuses to mix maps of other provenance."""
+    def _net(self, stream: str, endpoints: tuple[str, ...]) -> _Net:
+        c = self.cfg
+        weights = c.rgb_weights if stream == "rgb" else c.flow_weights
+        if c.backbone == "r50":
+            from vidattn.extractors.i3d_r50 import load_r50, to_model_input
+
+            return _Net(load_r50(weights, c.device), to_model_input, "r50", endpoints,
+                        c.device, c.amp)
+        from vidattn.extractors.flow import flow_to_input
+        from vidattn.extractors.i3d import load_i3d
+        from vidattn.video import to_model_input
+
+        to_input = to_model_input if stream == "rgb" else (
+            lambda f: flow_to_input(f, c.flow_bound))
+        return _Net(load_i3d(weights, stream, c.device), to_input, "inception", endpoints,
+                    c.device, c.amp)
+
+    def provenance(self, preprocessing: dict, array: str) -> dict:
+        """What made ``array``'s maps; a store refuses to mix maps of other provenance."""
         from vidattn import __version__
 
-        model = self.models[stream]
+        stream, endpoint = self.arrays[array]
+        model = self.nets[stream].model
         prep = dict(preprocessing)
+        if self.cfg.backbone == "r50":
+            prep["scale"] = "(x/255 - 0.45) / 0.225"
         if stream == "flow":
-            prep.update(flow_method=self.cfg.flow_method, flow_bound=self.cfg.flow_bound)
+            prep.update(flow_method=self.flow_method, flow_bound=self.cfg.flow_bound)
         return {
-            "extractor": "i3d",
+            "extractor": "i3d" if self.cfg.backbone == "inception" else "i3d-r50",
             "extractor_version": EXTRACTOR_VERSION,
             "stream": stream,
-            "endpoint": "Mixed_5c",
+            "endpoint": endpoint,
             "weights": model.weights_source,
             "weights_sha256": model.weights_sha256,
             "preprocessing": prep,
             "vidattn_version": __version__,
         }
 
-    def __call__(self, frames: np.ndarray, streams: tuple[str, ...] | None = None
-                 ) -> dict[str, np.ndarray]:
-        """frames (N, h, w, 3) uint8 -> {stream: (T, H, W, 1024)} for ``streams`` (default:
-        all of this extractor's)."""
-        c = self.cfg
-        streams = self.streams if streams is None else streams
-        out = {}
-        if "rgb" in streams:
-            fmap = windowed_forward(self.models["rgb"], frames, c.window_steps, c.margin_steps,
-                                    c.device, c.amp)
-            out["rgb"] = fmap.permute(1, 2, 3, 0).numpy()
-        if "flow" in streams:
-            from vidattn.extractors.flow import compute_flow, flow_to_input
+    def _windows(self, stream: str) -> WindowedMaps:
+        net = self.nets[stream]
+        default_window, default_margin = WINDOWS[self.cfg.backbone]
+        window = self.cfg.window_steps or default_window
+        margin = default_margin if self.cfg.margin_steps is None else self.cfg.margin_steps
+        return WindowedMaps(net, net.unit, net.strides, window, margin)
 
-            if len(frames) < 2:
-                raise ValueError("the flow stream needs at least 2 frames")
-            flow = compute_flow(frames, method=c.flow_method)
-            flow = np.concatenate([flow, flow[-1:]])  # N fields: aligned with the RGB steps
-            fmap = windowed_forward(self.models["flow"], flow, c.window_steps, c.margin_steps,
-                                    c.device, c.amp,
-                                    to_input=lambda f: flow_to_input(f, c.flow_bound))
-            out["flow"] = fmap.permute(1, 2, 3, 0).numpy()
-        return out
+    def __call__(self, frames: np.ndarray | Iterable[np.ndarray],
+                 arrays: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """frames (N, h, w, 3) uint8, whole or as an iterable of chunks -> {array: (T, H, W,
+        C) float16} for ``arrays`` (default: all of this extractor's)."""
+        arrays = self.streams if arrays is None else arrays
+        streams = {self.arrays[a][0] for a in arrays}
+        windows = {s: self._windows(s) for s in streams}
+        chunks = [frames] if isinstance(frames, np.ndarray) else frames
+        if "flow" in windows:
+            from vidattn.pipeline.prefetch import prefetch
+
+            # Flow for the next chunk is computed in a thread (OpenCV's in its processes)
+            # while I3D runs on this one.
+            feed = _FlowFeed(self)
+            steps = prefetch(((c, feed(c)) for c in chunks), depth=1)
+        else:
+            steps = ((c, None) for c in chunks)
+        try:
+            for chunk, fields in steps:
+                if "rgb" in windows:
+                    windows["rgb"].push(chunk)
+                if fields is not None:
+                    windows["flow"].push(fields)
+        finally:
+            steps.close()  # a failure here stops the flow thread at once
+        if "flow" in windows:
+            windows["flow"].push(feed.last_field_once())
+        maps = {s: w.finish() for s, w in windows.items()}
+        return {a: maps[self.arrays[a][0]][self.arrays[a][1]] for a in arrays}
+
+
+class _FlowFeed:
+    """Frame chunks -> flow-field chunks: each chunk's flow starts from the previous chunk's
+    last frame, so the fields are those of the whole clip."""
+
+    def __init__(self, extractor: I3DExtractor):
+        self.method = extractor.flow_method
+        self.device = extractor.cfg.device if self.method == "tvl1-torch" else "cpu"
+        self.last_frame: np.ndarray | None = None
+        self.last_field: np.ndarray | None = None
+
+    def __call__(self, chunk: np.ndarray) -> np.ndarray | None:
+        from vidattn.extractors.flow import compute_flow
+
+        if not len(chunk):
+            return None
+        seq = chunk if self.last_frame is None else np.concatenate([self.last_frame, chunk])
+        self.last_frame = chunk[-1:]
+        if len(seq) < 2:
+            return None
+        fields = compute_flow(seq, method=self.method, device=self.device)
+        self.last_field = fields[-1:]
+        return fields
+
+    def last_field_once(self) -> np.ndarray:
+        """The last field again, so a clip of N frames has N fields, aligned with RGB."""
+        if self.last_field is None:
+            raise ValueError("the flow stream needs at least 2 frames")
+        return self.last_field
 
 
 def build(cfg: I3DExtractorConfig) -> I3DExtractor:

@@ -37,7 +37,9 @@ class ExtractConfig:
     i3d_rgb: str | None = None  # None = packaged Kinetics-400 weights; "random"; or a path
     i3d_flow: str | None = None  # no packaged flow weights: None = seeded random, loudly
     streams: str = "rgb"  # "rgb", "flow" or "rgb,flow" (maps aligned in time)
-    flow_method: str = "tvl1"  # tvl1 (OpenCV, the I3D recipe) | dis (fast)
+    backbone: str = "inception"  # inception (I3D) | r50 (pytorchvideo I3D R50, RGB only)
+    endpoints: str = ""  # extra endpoints stored too, e.g. "Mixed_4f" (see two_stream.py)
+    flow_method: str | None = None  # tvl1 | tvl1-torch | dis; None: by device (see flow.py)
     device: str = "auto"
     fps: float | None = None  # None = dataset default, else DEFAULT_DECODE
     short_side: int | None = None
@@ -77,10 +79,44 @@ def build_extractor(cfg: ExtractConfig, device: str):
     from vidattn.extractors.two_stream import I3DExtractorConfig
 
     streams = tuple(s.strip() for s in cfg.streams.split(",") if s.strip())
+    endpoints = tuple(e.strip() for e in cfg.endpoints.split(",") if e.strip())
     build = resolve(EXTRACTORS, cfg.extractor, "extractor")
     return build(I3DExtractorConfig(rgb_weights=cfg.i3d_rgb, flow_weights=cfg.i3d_flow,
-                                    streams=streams, flow_method=cfg.flow_method,
+                                    streams=streams, backbone=cfg.backbone,
+                                    endpoints=endpoints, flow_method=cfg.flow_method,
                                     device=device))
+
+
+# Frames per decoded chunk: the unit of prefetching and of the flow computation (OpenCV's
+# TV-L1 shares a chunk's pairs among processes).  128 frames of 224² are 19 MB.
+CHUNK_FRAMES = 128
+
+
+def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...]):
+    """Decode one video as a stream (prefetched in a thread) and run the extractor on it.
+
+    Returns (n_frames, fps, {array: map}).  Memory: a few chunks of frames plus one window
+    of the network, whatever the video's length.
+    """
+    from vidattn.pipeline.prefetch import prefetch
+    from vidattn.video import open_clip
+
+    n = 0
+
+    def counted(chunks):
+        nonlocal n
+        for chunk in chunks:
+            n += len(chunk)
+            yield chunk
+
+    with open_clip(path, decode, segment_start(meta.start_sec),
+                   segment_start(meta.end_sec)) as clip:
+        chunks = prefetch(clip.chunks(CHUNK_FRAMES))
+        try:
+            out = extractor(counted(chunks), arrays)
+        finally:
+            chunks.close()  # stops the decoding thread before the clip is closed
+        return n, clip.fps, out
 
 
 def one_line(e: BaseException) -> str:
@@ -91,7 +127,6 @@ def one_line(e: BaseException) -> str:
 def run(cfg: ExtractConfig) -> ExtractResult:
     from vidattn.datasets import load_dataset
     from vidattn.pipeline.runs import pick_device
-    from vidattn.video import load_clip
 
     t0 = time.time()
     ds = load_dataset(cfg.dataset, cfg.root, cfg.options or None)
@@ -142,10 +177,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
             row = {"video_id": vid, "status": "done", "error": None, "n_frames": 0,
                    "fps": decode.fps or 0.0}
             try:
-                clip = load_clip(path, decode, segment_start(meta.start_sec),
-                                 segment_start(meta.end_sec))
-                row.update(n_frames=len(clip.frames), fps=clip.fps)
-                out = extractor(clip.frames, needed)
+                n_frames, fps, out = extract_video(extractor, path, decode, meta, needed)
+                row.update(n_frames=n_frames, fps=fps)
                 for stream, fmap in out.items():
                     ARRAYS[stream].check(fmap)  # NaN/Inf or a wrong shape fails this video only
                     maps[stream][vid] = fmap

@@ -30,6 +30,7 @@ from vidattn.pipeline.runs import (
 from vidattn.progress import bar as progress
 from vidattn.registry import head_config_class, head_trainer
 from vidattn.stores import open_store
+from vidattn.stores.schema import ARRAYS
 
 
 @dataclass(frozen=True)
@@ -196,8 +197,12 @@ def run(cfg: TrainConfig) -> dict:
     classes = store.classes
     multilabel = data.is_multilabel(store)
     trainer = head_trainer(cfg.head)
+    if cfg.stream not in ARRAYS:
+        raise ValueError(f"unknown stream {cfg.stream!r}; the store's arrays: "
+                         f"{', '.join(ARRAYS)}")
     head_cfg = parse_options(
-        head_config_class(cfg.head), cfg.options, num_classes=len(classes), multilabel=multilabel
+        head_config_class(cfg.head), cfg.options, num_classes=len(classes),
+        multilabel=multilabel, in_channels=ARRAYS[cfg.stream].channels,
     )
     head = build_head(cfg.head, head_cfg).to(device)
     uses_conj = bool(getattr(head, "uses_conjugates", False))

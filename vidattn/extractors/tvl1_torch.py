@@ -125,7 +125,18 @@ def _divergence(px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
 
 
 def _median(u: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, C, H, W) k x k median filter with replicated borders (OpenCV's medianBlur)."""
+    """(B, C, H, W) k x k median filter with replicated borders (OpenCV's medianBlur).
+
+    On the CPU it is OpenCV's own medianBlur (exact, and ~50x faster than a median over
+    stacked taps, which was two thirds of the CPU time); elsewhere the median of the k*k
+    shifted copies.
+    """
+    if u.device.type == "cpu" and k in (3, 5):
+        import cv2
+
+        planes = u.detach().contiguous().numpy().reshape(-1, *u.shape[-2:])
+        out = np.stack([cv2.medianBlur(p, k) for p in planes])
+        return torch.from_numpy(out).reshape(u.shape)
     r = k // 2
     p = F.pad(u, (r, r, r, r), mode="replicate")
     h, w = u.shape[-2:]
@@ -145,19 +156,22 @@ def _warp(stack: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(stack, grid, mode="bicubic", padding_mode="zeros", align_corners=True)
 
 
-def _step(u, dual, live, i1wx, i1wy, grad, rho_c, lg, l_t: float, taut: float,
+def _step(u, dual, live, i1wx, i1wy, grad, rho_c, l_t: float, taut: float,
           theta: float):
-    """One primal-dual iteration for the pairs where ``live`` (B, 1, 1, 1) is True.
+    """One primal-dual iteration for the pairs where ``live`` (B, 1, 1, 1) is True (None:
+    all of them).
 
     u (B, 2, H, W) flow, dual (B, 4, H, W) = p11, p12, p21, p22; the warped gradient
-    i1wx, i1wy, its squared norm ``grad``, rho_c and lg = l_t * grad are (B, H, W).
+    i1wx, i1wy, its squared norm ``grad`` and rho_c are (B, H, W).
     Returns the new u, dual and the summed squared change of u per pair (B,).  Pure
     elementwise work: the one place a kernel-fusing compiler pays off.
     """
-    # Thresholding step: v = u + fac * grad(I1w), fac set by where rho lies.
+    # Thresholding step: v = u + fac * grad(I1w) with fac = l_t if rho < -l_t |grad|^2,
+    # -l_t if rho > l_t |grad|^2, else -rho / |grad|^2 -- i.e. -rho / |grad|^2 clamped to
+    # [-l_t, l_t].  (Where |grad|^2 <= FLT_EPSILON OpenCV takes 0 in the middle case; then
+    # the step is below l_t * sqrt(FLT_EPSILON) ~ 2e-5 px either way.)
     rho = rho_c + i1wx * u[:, 0] + i1wy * u[:, 1]
-    small = torch.where(grad > _FLT_EPSILON, -rho / grad.clamp_min(_FLT_EPSILON), 0.0)
-    fac = torch.where(rho < -lg, l_t, torch.where(rho > lg, -l_t, small))
+    fac = (-rho / grad.clamp_min(_FLT_EPSILON)).clamp(-l_t, l_t)
     v = u + fac[:, None] * torch.stack([i1wx, i1wy], dim=1)
     new_u = v + theta * _divergence(dual[:, 0::2], dual[:, 1::2])
     error = (new_u - u).square().sum(dim=(1, 2, 3))
@@ -165,6 +179,8 @@ def _step(u, dual, live, i1wx, i1wy, grad, rho_c, lg, l_t: float, taut: float,
     norm = 1.0 + taut * torch.sqrt(ux * ux + uy * uy)
     new_dual = torch.stack([dual[:, 0::2] + taut * ux, dual[:, 1::2] + taut * uy], dim=2)
     new_dual = (new_dual / norm[:, :, None]).flatten(1, 2)  # back to p11, p12, p21, p22
+    if live is None:
+        return new_u, new_dual, error
     return torch.where(live, new_u, u), torch.where(live, new_dual, dual), error
 
 
@@ -181,13 +197,14 @@ def _one_scale(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, p: TVL1Param
         i1w, i1wx, i1wy = _warp(images, u).unbind(1)
         grad = i1wx * i1wx + i1wy * i1wy
         rho_c = i1w - i1wx * u[:, 0] - i1wy * u[:, 1] - i0
-        lg = l_t * grad
         active = torch.ones(b, dtype=torch.bool, device=u.device)
         for n in range(p.outer_iterations * p.inner_iterations):
-            live = active[:, None, None, None]
+            # Where checking costs nothing (CPU), skip the masking while every pair runs.
+            live = None if sync_every == 1 and bool(active.all()) else active[:, None, None, None]
             if p.median_filtering > 1 and n % p.inner_iterations == 0:
-                u = torch.where(live, _median(u, p.median_filtering), u)
-            u, dual, error = step(u, dual, live, i1wx, i1wy, grad, rho_c, lg, l_t, taut,
+                med = _median(u, p.median_filtering)
+                u = med if live is None else torch.where(live, med, u)
+            u, dual, error = step(u, dual, live, i1wx, i1wy, grad, rho_c, l_t, taut,
                                   p.theta)
             active = active & (error > stop)
             # Asking whether any pair is still running costs a device sync on CUDA.

@@ -75,3 +75,18 @@ def test_video_features_checkpoint_with_an_unknown_key_is_refused(tmp_path):
         load_i3d(str(path))
     msg = str(e.value)
     assert "Mixed_4c.b2b.conv3d.weight" in msg and "mixed_3b.branch_9.conv3d.weight" in msg
+
+
+def test_an_r50_checkpoint_given_as_inception_points_to_the_r50(tmp_path):
+    """A pytorchvideo .pyth handed to the Inception loader: the error names the file, the
+    layouts expected, and the option that loads it."""
+    from vidattn.extractors.i3d_r50 import I3DR50
+    from vidattn.extractors.i3d_r50 import random_init as r50_init
+
+    path = tmp_path / "I3D_8x8_R50.pyth"
+    torch.save({"epoch": 196, "model_state": r50_init(I3DR50()).state_dict()}, path)
+    with pytest.raises(ValueError) as e:
+        load_i3d(str(path))
+    msg = str(e.value)
+    assert str(path) in msg and "pytorch-i3d" in msg and "--backbone r50" in msg
+    assert "\n" not in msg

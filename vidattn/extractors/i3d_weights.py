@@ -139,10 +139,14 @@ def detect_layout(state: dict) -> str:
         return "pytorch-i3d"
     if "conv3d_1a_7x7.conv3d.weight" in keys:
         return "hassony2"
+    hint = ""
+    if "model_state" in keys or any(k.startswith("blocks.") for k in keys):
+        hint = ("; this looks like a pytorchvideo/SlowFast checkpoint (I3D_8x8_R50.pyth): "
+                "use --backbone r50")
     raise ValueError(
         "unrecognised I3D checkpoint layout: expected deepmind-flax (params/batch_stats), "
         "pytorch-i3d (Conv3d_1a_7x7.conv3d.weight, ...) or hassony2/video_features "
-        f"(conv3d_1a_7x7.conv3d.weight, ...); first keys: {sorted(keys)[:5]}"
+        f"(conv3d_1a_7x7.conv3d.weight, ...); first keys: {sorted(keys)[:5]}{hint}"
     )
 
 
@@ -163,7 +167,10 @@ def rename_hassony2(key: str) -> str:
 
 def to_state_dict(state: dict, path: Path) -> tuple[dict[str, torch.Tensor], str]:
     """Any supported layout -> (pytorch-i3d state dict, layout name)."""
-    layout = detect_layout(state)
+    try:
+        layout = detect_layout(state)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     if layout == "deepmind-flax":
         return convert_deepmind_flax(state, path), layout
     sd = {k.removeprefix("module."): v for k, v in _as_tensor_dict(state).items()}

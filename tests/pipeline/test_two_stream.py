@@ -72,3 +72,31 @@ def test_flow_with_the_torch_tvl1(tiny_sample, tmp_path):
     fmap = s.read(vid, "flow")
     assert fmap.shape[:3] == (2, 2, 2) and np.isfinite(fmap).all()
     assert s.provenance("flow")["preprocessing"]["flow_method"] == "tvl1-torch"
+
+
+def test_extra_endpoint_and_r50_arrays_fill_the_store_and_train(tiny_sample, tmp_path):
+    """--endpoints Mixed_4f stores a second array a head can train on; --backbone r50 writes
+    rgb_r50 with its own provenance."""
+    store = str(tmp_path / "store")
+    base = ["extract", "--root", str(tiny_sample), "--store", store, "--device", "cpu",
+            "--short-side", "64", "--part-size", "16"]
+    r = CliRunner().invoke(main, [*base, "--i3d-rgb", "random", "--endpoints", "Mixed_4f"])
+    assert r.exit_code == 0, r.output
+    s = open_store(store)
+    vid = s.video_ids("rgb")[0]
+    rgb, m4f = s.read(vid, "rgb"), s.read(vid, "rgb_mixed_4f")
+    assert rgb.shape == (2, 2, 2, 1024) and m4f.shape == (4, 4, 4, 832)
+    assert s.provenance("rgb_mixed_4f")["endpoint"] == "Mixed_4f"
+    out = tmp_path / "run4f"
+    r = CliRunner().invoke(main, ["train-head", "avgpool", "--store", store, "--out", str(out),
+                                  "--stream", "rgb_mixed_4f", "--epochs", "2", "--device",
+                                  "cpu"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["head_config"]["in_channels"] == 832
+
+    r = CliRunner().invoke(main, [*base, "--backbone", "r50", "--i3d-rgb", "random",
+                                  "--limit", "2"])
+    assert r.exit_code == 0, r.output
+    s = open_store(store)
+    assert s.read(s.video_ids("rgb_r50")[0], "rgb_r50").shape == (8, 2, 2, 2048)
+    assert s.provenance("rgb_r50")["extractor"] == "i3d-r50"

@@ -244,5 +244,32 @@ def explain(run_dir, video_id, out, device) -> None:
     click.echo(f"animation: {gif}")
 
 
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--store", required=True, help="Store path or fsspec URL (file://, s3://...).")
+@click.option("--out", required=True, help="Output: a directory of parquet partitions.")
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="0: in this process; N: a dask LocalCluster of N workers.")
+@click.option("--scheduler", default=None, help="Address of a running dask scheduler.")
+@click.option("--where", default=None,
+              help="pandas query over the manifest, e.g. \"split == 'test'\".")
+@click.option("--ids", default=None, help="File of video ids, one per line.")
+@click.option("--top-k", type=int, default=5, show_default=True)
+@click.option("--videos-per-partition", type=int, default=256, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def score(run_dirs, **kw) -> None:
+    """Score every selected video of a store with trained heads (resumable, idempotent)."""
+    from vidattn.pipeline import score as pipeline
+
+    try:
+        res = pipeline.run(pipeline.ScoreConfig(runs=tuple(run_dirs), **kw))
+    except Exception as e:
+        _fail(e)
+    click.echo(f"predictions: {res.out}")
+    click.echo(f"videos: {res.selected}; partitions: {res.written} written now, "
+               f"{res.skipped} already there, {res.partitions} in all; {res.rows} rows "
+               f"({res.seconds:.1f} s)")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,334 @@
+"""``vidattn score``: re-score a store's videos with trained heads, into parquet partitions.
+
+``--out PREDICTIONS.parquet`` is a directory; pandas ``read_parquet(OUT)`` and duckdb
+``read_parquet('OUT/*.parquet')`` read it whole::
+
+    OUT/
+      _score.json          fingerprint, config, runs (pyarrow's discovery skips "_" files)
+      _classes.json        run name -> its class names (index k of ``scores`` is class k)
+      part-00000.parquet   OUTPUT_SCHEMA: one row per (video, run), videos sorted by id
+      part-00001.parquet ...
+
+The selected video ids are sorted and cut into fixed slices of ``videos_per_partition``, so
+partition i always holds the same videos.  A partition is written whole by one task under a
+hidden temporary name and then renamed: it exists complete or not at all.  A re-run therefore
+writes exactly the partitions that are missing, and nothing when all exist.  ``_score.json``
+records a fingerprint of the runs (config and weight bytes), the store, the selection and the
+partition size; an OUT written for anything else is refused instead of mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vidattn.cluster import ClusterConfig, client, run_tasks, worker_cached
+from vidattn.pipeline.data import channels_first
+from vidattn.pipeline.runs import load_run, pick_device, predict
+from vidattn.progress import bar as progress
+from vidattn.stores import FeatureStore, open_store
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("run", pa.string()),  # the run directory's name
+        ("head", pa.string()),
+        ("stream", pa.string()),
+        ("scores", pa.list_(pa.float32())),  # (K,) sigmoid (multi-label) or softmax
+        ("top_k", pa.list_(pa.int32())),  # class indices, best first
+        ("top_k_labels", pa.list_(pa.string())),
+        ("top_k_scores", pa.list_(pa.float32())),
+    ]
+)
+META, CLASSES = "_score.json", "_classes.json"
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """runs: run directories (rows are labelled by the directory's name, so names must
+    differ); store: path or fsspec URL; out: the partition directory, a path or fsspec URL
+    every worker can reach.  Selection: videos with a done map of some run's stream,
+    narrowed by ``where``, a pandas ``DataFrame.query`` expression over the store's manifest
+    columns (e.g. ``split == 'test' and dataset == 'hacs'``), or by ``ids``, a text file of
+    video ids, one per line (blank lines and ``#`` comments ignored); not both.
+    workers: 0 = in this process, N = a LocalCluster of N processes (from a script, under
+    ``if __name__ == "__main__":``); scheduler: the address of a running dask cluster.
+    top_k: class indices/labels/scores kept per row; videos_per_partition: videos per
+    output file (and per task); device: cpu | cuda | auto, for every worker."""
+
+    runs: tuple[str, ...]
+    store: str
+    out: str
+    workers: int = 0
+    scheduler: str | None = None
+    where: str | None = None
+    ids: str | None = None
+    top_k: int = 5
+    videos_per_partition: int = 256
+    device: str = "cpu"
+
+
+@dataclass
+class ScoreResult:
+    out: str
+    selected: int = 0  # videos
+    partitions: int = 0  # in all
+    written: int = 0  # partitions written by this call
+    skipped: int = 0  # partitions that were already there
+    rows: int = 0  # (video, run) rows written by this call
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a task needs to load and label a run: small and picklable."""
+
+    name: str
+    path: str  # absolute
+    digest: str  # sha256 of config.json and the weight files: the cache key and fingerprint
+    head: str
+    stream: str
+    multilabel: bool
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Partition:
+    """videos: sorted ids; runs[i]: indices (into the RunSpec list) of the runs scoring
+    videos[i] -- those whose stream the video has."""
+
+    index: int
+    videos: tuple[str, ...]
+    runs: tuple[tuple[int, ...], ...]
+
+    @property
+    def name(self) -> str:
+        return f"part-{self.index:05d}.parquet"
+
+
+def describe_run(run_dir: str | Path) -> RunSpec:
+    path = Path(run_dir).expanduser().resolve()
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{path}: not a vidattn run directory (no config.json)")
+    config = json.loads(cfg_path.read_text())
+    h = hashlib.sha256()
+    # weights are model.safetensors (torch heads) or model*.txt (LightGBM)
+    for f in [cfg_path, *sorted(path.glob("model*"))]:
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return RunSpec(path.name, str(path), h.hexdigest(), config["head"], config["stream"],
+                   bool(config["multilabel"]), tuple(config["classes"]))
+
+
+def read_ids(path: str) -> list[tuple[int, str]]:
+    """-> (line number, id) for each id line; blank lines and ``#`` comments skipped."""
+    lines = Path(path).read_text().splitlines()
+    return [(n, vid) for n, line in enumerate(lines, 1)
+            if (vid := line.split("#", 1)[0].strip())]
+
+
+def select(store: FeatureStore, runs: list[RunSpec], where: str | None,
+           ids_file: str | None) -> dict[str, tuple[int, ...]]:
+    """-> {video id: indices of the runs that score it}, sorted by id: the videos with a done
+    map of at least one run's stream, narrowed by ``where`` or the ids file."""
+    if where and ids_file:
+        raise ValueError("give --where or --ids, not both")
+    index = store.index()
+    done = index[index.status == "done"]
+    has = {s: set(done.loc[done.stream == s, "video_id"]) for s in {r.stream for r in runs}}
+    candidates = set().union(*has.values())
+    if where:
+        manifest = store.manifest()
+        try:
+            picked = manifest.query(where)
+        except Exception as e:  # pandas raises many types (SyntaxError, UndefinedVariable...)
+            raise ValueError(f"--where {where!r}: {type(e).__name__}: {e} (pandas query syntax "
+                             f"over columns {', '.join(manifest.columns)})") from None
+        candidates &= set(picked.video_id)
+    elif ids_file:
+        known = set(index.video_id)
+        if store.fs.exists(f"{store.root}/manifest.parquet"):  # a store may have none
+            known |= set(store.manifest().video_id)
+        wanted = read_ids(ids_file)
+        for n, vid in wanted:  # the first bad line is the one named
+            if vid not in known:
+                raise ValueError(f"{ids_file}:{n}: unknown video id {vid!r} "
+                                 f"(not in {store.url})")
+            if vid not in candidates:
+                raise ValueError(f"{ids_file}:{n}: video {vid!r} has no extracted "
+                                 f"{'/'.join(sorted(has))} maps in {store.url}")
+        candidates = {vid for _, vid in wanted}
+    return {v: tuple(i for i, r in enumerate(runs) if v in has[r.stream])
+            for v in sorted(candidates)}
+
+
+def partitions(selection: dict[str, tuple[int, ...]], size: int) -> list[Partition]:
+    ids = list(selection)  # already sorted: slices are fixed by the selection alone
+    return [Partition(i // size, tuple(ids[i : i + size]),
+                      tuple(selection[v] for v in ids[i : i + size]))
+            for i in range(0, len(ids), size)]
+
+
+def fingerprint(runs: list[RunSpec], store: FeatureStore,
+                selection: dict[str, tuple[int, ...]], cfg: ScoreConfig) -> str:
+    h = hashlib.sha256()
+    # a local store is the same store by path or file:// URL
+    where = store.root if store.local else store.url
+    h.update(json.dumps({"runs": [(r.name, r.digest) for r in runs], "store": where,
+                         "videos_per_partition": cfg.videos_per_partition,
+                         "top_k": cfg.top_k}).encode())
+    for vid, which in selection.items():
+        h.update(f"{vid}\t{','.join(map(str, which))}\n".encode())
+    return h.hexdigest()
+
+
+def _put_atomic(fs, path: str, data: bytes) -> None:
+    """Write under a hidden temporary name, then rename: readers (and a resumed run) see the
+    whole file or none.  The leading dot keeps pyarrow's dataset discovery off it."""
+    folder, name = path.rsplit("/", 1)
+    tmp = f"{folder}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)
+
+
+_STORE: dict[str, tuple[str, FeatureStore]] = {}  # url -> (job, store), one per process
+
+
+def _job_store(url: str, job: str) -> FeatureStore:
+    """The store, opened once per process and job: its index (read on first use, every
+    fragment) is shared by all the job's partitions, and a later job re-reads it, since a
+    part may have been rewritten since (offsets change)."""
+    held = _STORE.get(url)
+    if held is None or held[0] != job:
+        _STORE[url] = (job, open_store(url))
+    return _STORE[url][1]
+
+
+def _lists(chunks: list, values_type: pa.DataType) -> pa.ListArray:
+    offsets = np.concatenate([[0], np.cumsum([len(c) for c in chunks])]).astype(np.int32)
+    flat = [x for c in chunks for x in c] if values_type == pa.string() else (
+        np.concatenate(chunks) if chunks else np.zeros(0))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=values_type))
+
+
+def score_partition(part: Partition, runs: list[RunSpec], store_url: str, out: str,
+                    top_k: int, device: str, job: str) -> int:
+    """Score one partition's videos with their runs and write ``OUT/part-NNNNN.parquet``.
+
+    The one task of both modes (dask worker or this process).  Each video's map is read
+    once per stream and given to every run of that stream.  Returns the partition's rows.
+    """
+    fs, root = fsspec.core.url_to_fs(out)
+    final = f"{root}/{part.name}"
+    if fs.exists(final):  # a retried task whose first attempt got as far as the rename
+        with fs.open(final, "rb") as f:
+            return pq.ParquetFile(f).metadata.num_rows
+    store = _job_store(store_url, job)
+    cols: dict[str, list] = {name: [] for name in OUTPUT_SCHEMA.names}
+    for vid, which in zip(part.videos, part.runs):
+        fmaps: dict = {}
+        for i in which:
+            r = runs[i]
+            head, _ = worker_cached(("score-run", r.path, r.digest, device),
+                                    lambda r=r: load_run(r.path, device))
+            if r.stream not in fmaps:
+                fmaps[r.stream] = channels_first(store.read(vid, r.stream))  # (D, T, H, W)
+            s = predict(head, [fmaps[r.stream]], r.multilabel, device)[0].astype(np.float32)
+            best = np.argsort(-s, kind="stable")[:top_k]  # ties: the lower class index
+            for name, value in (("video_id", vid), ("run", r.name), ("head", r.head),
+                                ("stream", r.stream), ("scores", s),
+                                ("top_k", best.astype(np.int32)),
+                                ("top_k_labels", [r.classes[k] for k in best]),
+                                ("top_k_scores", s[best])):
+                cols[name].append(value)
+    arrays = [pa.array(cols[f.name], f.type) if not pa.types.is_list(f.type)
+              else _lists(cols[f.name], f.type.value_type) for f in OUTPUT_SCHEMA]
+    table = pa.Table.from_arrays(arrays, schema=OUTPUT_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    _put_atomic(fs, final, buf.getvalue())
+    return table.num_rows
+
+
+def _prepare_out(fs, root: str, out: str, meta: dict, classes: dict) -> set[str]:
+    """Check (or create) OUT for this fingerprint; drop stray temporary files; -> the names
+    of the partitions already there."""
+    if fs.exists(root) and not fs.isdir(root):
+        raise FileExistsError(f"{out}: exists and is not a directory")
+    fs.makedirs(root, exist_ok=True)
+    names = {p.rsplit("/", 1)[-1] for p in fs.glob(f"{root}/part-*.parquet")}
+    meta_path = f"{root}/{META}"
+    if fs.exists(meta_path):
+        with fs.open(meta_path, "rb") as f:
+            old = json.loads(f.read()).get("fingerprint")
+        if old != meta["fingerprint"]:
+            raise ValueError(f"{out}: holds predictions of other runs, store or selection "
+                             f"(fingerprint {str(old)[:12]}, now {meta['fingerprint'][:12]}); "
+                             f"use a new --out or delete it")
+    elif names:
+        raise ValueError(f"{out}: holds partitions but no {META}; refusing to add to them")
+    else:  # metadata first: a partition on disk always has its fingerprint beside it
+        _put_atomic(fs, f"{root}/{CLASSES}", json.dumps(classes, indent=2).encode())
+        _put_atomic(fs, meta_path, json.dumps(meta, indent=2).encode())
+    for stray in fs.glob(f"{root}/.*.tmp-*"):  # from a crash: never renamed, never complete
+        fs.rm(stray)
+    return names
+
+
+def run(cfg: ScoreConfig) -> ScoreResult:
+    """Score the selected videos with every run; write the partitions that are missing."""
+    t0 = time.time()
+    if not cfg.runs:
+        raise ValueError("no run directories given")
+    if cfg.videos_per_partition < 1 or cfg.top_k < 1:
+        raise ValueError("videos_per_partition and top_k must be at least 1")
+    device = pick_device(cfg.device)
+    runs = [describe_run(r) for r in cfg.runs]
+    seen: dict[str, str] = {}
+    for r in runs:  # the run name labels rows: two runs must not share it
+        if r.name in seen:
+            raise ValueError(f"runs {seen[r.name]} and {r.path} share the name {r.name!r}")
+        seen[r.name] = r.path
+    store = open_store(cfg.store)
+    selection = select(store, runs, cfg.where, cfg.ids)
+    if not selection:
+        streams = "/".join(sorted({r.stream for r in runs}))
+        raise ValueError(f"{store.url}: no video with extracted {streams} maps is selected")
+    parts = partitions(selection, cfg.videos_per_partition)
+    out = cfg.out if "://" in cfg.out else str(Path(cfg.out).expanduser().resolve())
+    fs, root = fsspec.core.url_to_fs(out)
+    meta = {"fingerprint": fingerprint(runs, store, selection, cfg), "config": asdict(cfg),
+            "store": store.url, "runs": [asdict(r) for r in runs], "n_videos": len(selection),
+            "n_partitions": len(parts), "columns": OUTPUT_SCHEMA.names}
+    there = _prepare_out(fs, root, out, meta, {r.name: list(r.classes) for r in runs})
+    todo = [p for p in parts if p.name not in there]
+    result = ScoreResult(out=out, selected=len(selection), partitions=len(parts),
+                         skipped=len(parts) - len(todo))
+    job = uuid.uuid4().hex
+    args = (runs, store.url, out, cfg.top_k, device, job)
+    ccfg = ClusterConfig(workers=cfg.workers, scheduler=cfg.scheduler)
+    bar = progress(total=len(todo), desc="score", unit="part")
+    with bar:
+        if ccfg.enabled and todo:
+            with client(ccfg) as c:
+                for _, n in run_tasks(c, score_partition, todo, ccfg, *args):
+                    result.written, result.rows = result.written + 1, result.rows + n
+                    bar.update(1)
+        else:  # the same task function, in this process
+            for p in todo:
+                result.rows += score_partition(p, *args)
+                result.written += 1
+                bar.update(1)
+    result.seconds = round(time.time() - t0, 2)
+    return result

@@ -48,6 +48,9 @@ _TIME_EPS = 1e-6
 # decord reads at most this many frames per call: its raw (unresized) frames stay bounded
 # whatever chunk size the caller asks for.
 _DECORD_BATCH = 32
+# ... and at most this many bytes of source frames per batch: 32 frames of 4K are ~800 MB,
+# which under a memory cap makes decord abort the process (std::bad_alloc, uncatchable).
+_DECORD_BATCH_BYTES = 64 << 20
 # PyAV seeks only when the segment starts this far in; for short offsets decoding from
 # the start is as cheap and avoids seeking quirks.
 _SEEK_MIN_SEC = 1.0
@@ -200,6 +203,7 @@ class _DecordSource:
         self._vr, self._timeout = vr, cfg.decord_timeout_s
         first = self._read(self.idx[:1])  # already under the caller's timeout
         self.shaper = _Shaper(first.shape[1], first.shape[2], cfg)
+        self.frame_bytes = first[0].nbytes  # one source frame, uint8 RGB
         self._held: np.ndarray | None = self.shaper(first[0])
         self._pos = 1  # next index of `idx` to read
 
@@ -213,7 +217,8 @@ class _DecordSource:
         if self._held is not None:
             out[0], self._held, k = self._held, None, 1
         while k < len(out) and self._pos < self.n_frames:
-            take = min(len(out) - k, _DECORD_BATCH, self.n_frames - self._pos)
+            per_batch = max(1, min(_DECORD_BATCH, _DECORD_BATCH_BYTES // self.frame_bytes))
+            take = min(len(out) - k, per_batch, self.n_frames - self._pos)
             # decord can hang on damaged data anywhere in a file, not only at open.
             batch = _with_timeout(self._read, self._timeout, self.idx[self._pos : self._pos + take])
             for frame in batch:

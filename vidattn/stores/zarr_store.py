@@ -7,14 +7,50 @@ Write protocol (what makes runs resumable and crash-safe):
 2. A part's array is written whole by one writer (one shard per part), with ``overwrite``.
 3. Its index fragment ``index/<stream>/part-NNNNN.parquet`` is written LAST, atomically
    (temp file + rename).  A part without its fragment is not done and is redone whole.
+
+Concurrency (two runs on one store, see :class:`FeatureStore` for the knobs):
+
+4. Writing a part happens under ``locks/<stream>/part-NNNNN.lock``: one writer at a time
+   per part, across processes and hosts sharing the directory.  A writer that waited for
+   the lock and then finds a fragment it did not know of skips the part: the other run
+   finished it.  Redoing a done part removes its fragment *before* touching its array, so
+   a fragment always describes a complete array.
+5. Read-merge-write of the tables and attributes (manifest, plan, provenance, classes)
+   happens under ``locks/store.lock``, so two runs starting together cannot plan one video
+   into two parts or drop each other's provenance.
+6. A lock is a file created with ``O_CREAT | O_EXCL`` holding pid, host, time and a
+   token.  A lock whose holder is dead (same host, pid gone) or older than
+   ``stale_lock_s`` is broken; a live one is waited for, at most ``lock_timeout_s``.
+
+   Limit: fsspec stores (object stores) have no atomic create.  There a lock is written,
+   read back and kept only if it still holds our token: that narrows the race to writers
+   starting within one round trip of each other but cannot close it.  Such writers write
+   identical bytes (one object per shard, fragments by rename), so the store stays
+   consistent; only the work is done twice.
+
+A changed ``extractor_version`` (nothing else) invalidates a stream's parts instead of
+refusing the run; the group attribute ``pending_invalidation`` marks one under way, so a
+crash in the middle is finished by the next claim (see FeatureStore.claim_stream).
+
+Failures while writing (disk full, or any OSError) leave nothing half-committed: the
+fragment is not written, the partial array is removed (best effort), the lock released,
+and a one-line :class:`StoreError` names the store, stream and part.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
+import logging
+import os
+import socket
+import time
 import uuid
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -30,8 +66,22 @@ from vidattn.stores.schema import ARRAYS, INDEX_SCHEMA, SCHEMA_VERSION, conform
 
 # Provenance keys that must agree before a run may append to a stream.  vidattn's own
 # version is recorded but not compared: upgrading vidattn must not orphan a store; a change
-# to an extractor's numerics bumps that extractor's own version instead.
+# to an extractor's numerics bumps that extractor's own version instead, and a store then
+# redoes that stream's parts (see FeatureStore.claim_stream).
 PROVENANCE_KEYS = ("extractor", "extractor_version", "weights_sha256", "preprocessing")
+
+# Lock defaults.  A part lock is held only while one part is written (seconds, a minute on
+# a slow object store), so a lock older than STALE_LOCK_S lost its holder.  A waiter gives
+# up after LOCK_TIMEOUT_S, later than STALE_LOCK_S so that a dead holder on another host
+# is broken before anyone gives up on it.
+STALE_LOCK_S = 600.0
+LOCK_TIMEOUT_S = 900.0
+# A lock file is created empty and filled at once; one still empty after this long was
+# abandoned by a process that died between the two steps.
+_EMPTY_LOCK_S = 30.0
+STORE_LOCK = "store.lock"
+
+_log = logging.getLogger(__name__)
 
 
 class StoreError(RuntimeError):
@@ -39,11 +89,44 @@ class StoreError(RuntimeError):
 
 
 class ChecksumError(StoreError):
-    """Stored bytes do not match the checksum recorded in the index."""
+    """Stored bytes are corrupt: they do not match the index checksum, or do not decode."""
+
+
+class LockTimeout(StoreError):
+    """Another live writer held a store lock for longer than the caller would wait."""
+
+
+class StoreNotice(UserWarning):
+    """Something a run should tell its user about a store, e.g. parts invalidated."""
 
 
 def checksum(values: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _pid_alive(pid: object) -> bool:
+    """Whether process ``pid`` exists on this host (a pid we may not signal exists too)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signature(info: dict) -> tuple:
+    """What identifies one version of a file: a fragment replaced by rename gets a new
+    inode (local) or ETag / generation (object stores), even with equal size and mtime."""
+    keys = ("size", "mtime", "ino", "ETag", "etag", "LastModified", "generation")
+    return tuple(str(info.get(k)) for k in keys)
 
 
 class FeatureStore:
@@ -51,36 +134,212 @@ class FeatureStore:
 
     ``read(video_id, stream)`` -> float32 (T, H, W, D); ``index()`` -> DataFrame of
     INDEX_SCHEMA rows; ``manifest()``/``pairs()``/``boxes()`` -> DataFrames.
+
+    lock_timeout_s: how long a writer waits for a lock held by another live writer before
+    a :class:`LockTimeout`; stale_lock_s: age after which a lock is taken to be abandoned
+    and broken (sooner on this host when its holder's pid is gone).
     """
 
-    def __init__(self, url: str | Path, mode: str = "r"):
+    def __init__(self, url: str | Path, mode: str = "r", *,
+                 lock_timeout_s: float = LOCK_TIMEOUT_S, stale_lock_s: float = STALE_LOCK_S):
         self.url = str(url)
         if "://" not in self.url:  # a local path: keep it absolute so run dirs can find it
             self.url = str(Path(self.url).expanduser().resolve())
         self.mode = mode
+        self.lock_timeout_s = float(lock_timeout_s)
+        self.stale_lock_s = float(stale_lock_s)
+        self._held: dict[str, list] = {}  # lock name -> [token, depth] (locks are re-entrant)
+        # (stream, part) -> signature of the fragment this object saw or wrote: a fragment
+        # it has not seen was written by another run since this one planned its work.
+        self._seen: dict[tuple[str, int], tuple] = {}
+        self._claimed: dict[str, dict] = {}  # stream -> the provenance this run claimed
+        self._index: pd.DataFrame | None = None
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.local = isinstance(self.fs, fsspec.implementations.local.LocalFileSystem)
         if self.local:
-            zstore = zarr.storage.LocalStore(self.root, read_only=(mode == "r"))
+            self._zstore = zarr.storage.LocalStore(self.root, read_only=(mode == "r"))
         else:
-            zstore = zarr.storage.FsspecStore.from_url(self.url, read_only=(mode == "r"))
+            self._zstore = zarr.storage.FsspecStore.from_url(self.url,
+                                                             read_only=(mode == "r"))
         exists = self.fs.exists(f"{self.root}/zarr.json")
         if not exists and mode == "r":
             raise StoreError(f"{self.url}: no vidattn store here (no zarr.json)")
-        self.group = zarr.open_group(zstore, mode="r" if mode == "r" else "a", zarr_format=3)
-        if not exists:
-            self.group.attrs.update(
-                {"schema_version": SCHEMA_VERSION, "provenance": {}, "classes": []}
-            )
-            for stream in ARRAYS:  # intermediate groups made once, never by racing writers
-                self.group.require_group(f"features/{stream}")
+        group = None
+        if exists:
+            try:
+                group = zarr.open_group(self._zstore, mode="r" if mode == "r" else "a",
+                                        zarr_format=3)
+            except Exception:  # zarr.json being written by a run creating the store
+                if mode == "r":
+                    raise
+        if mode != "r" and (group is None or "schema_version" not in group.attrs):
+            # Created under the store lock: a second run starting at the same moment waits
+            # and then finds a complete group, never one without its attributes.
+            with self.lock(STORE_LOCK):
+                group = zarr.open_group(self._zstore, mode="a", zarr_format=3)
+                if "schema_version" not in group.attrs:
+                    group.attrs.update(
+                        {"schema_version": SCHEMA_VERSION, "provenance": {}, "classes": []}
+                    )
+                    for stream in ARRAYS:  # intermediate groups made once, never by racers
+                        group.require_group(f"features/{stream}")
+        self.group = group
         version = self.group.attrs.get("schema_version")
         if version != SCHEMA_VERSION:
             raise StoreError(
                 f"{self.url}: store schema version {version}, this vidattn reads "
                 f"{SCHEMA_VERSION}; re-extract into a new store"
             )
-        self._index: pd.DataFrame | None = None
+
+    # ------------------------------------------------------------------ locks
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold ``locks/<name>`` (re-entrant within this object), see the module docstring.
+
+        Waits for a live holder at most ``lock_timeout_s``, then raises LockTimeout naming
+        the holder; a stale lock (dead holder pid on this host, or older than
+        ``stale_lock_s``) is broken with a warning in the log.
+        """
+        held = self._held.get(name)
+        if held is not None:
+            held[1] += 1
+            try:
+                yield
+            finally:
+                held[1] -= 1
+            return
+        token = self._acquire(name)
+        self._held[name] = [token, 1]
+        try:
+            yield
+        finally:
+            del self._held[name]
+            self._release(name, token)
+
+    def part_lock(self, stream: str, part: int):
+        """The lock :meth:`write_part` holds while writing ``part`` of ``stream``."""
+        return self.lock(self._part_lock_name(stream, part))
+
+    @staticmethod
+    def _part_lock_name(stream: str, part: int) -> str:
+        return f"{stream}/part-{part:05d}.lock"
+
+    def _acquire(self, name: str) -> str:
+        path = self._path(f"locks/{name}")
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.01
+        while True:
+            token = self._try_create(path)
+            if token is not None:
+                return token
+            seen = self._read_lock(path)
+            if seen is None:  # released between our attempt and the read: try again
+                continue
+            holder, born = seen
+            why = self._stale(holder, born)
+            if why is not None:
+                self._break(path, holder, why)
+                continue
+            if time.monotonic() >= deadline:
+                raise LockTimeout(
+                    f"{self.url}: waited {self.lock_timeout_s:g} s for {path}, held by "
+                    f"pid {holder.get('pid')} on {holder.get('host')} since "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(born))}; if no "
+                    f"run is writing this store, delete that file"
+                )
+            time.sleep(delay)
+            delay = min(2 * delay, 0.25)
+
+    def _lock_body(self) -> tuple[str, bytes]:
+        token = uuid.uuid4().hex
+        body = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
+                "token": token}
+        return token, json.dumps(body).encode()
+
+    def _try_create(self, path: str) -> str | None:
+        """Create the lock file at ``path`` if nobody holds it; our token, or None."""
+        token, body = self._lock_body()
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        if self.local:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return None
+            try:
+                os.write(fd, body)
+            except BaseException:
+                os.close(fd)
+                os.unlink(path)  # an empty lock would block others for _EMPTY_LOCK_S
+                raise
+            os.close(fd)
+            return token
+        # No atomic create on object stores: write, read back, keep it if still ours.
+        if self.fs.exists(path):
+            return None
+        self.fs.pipe_file(path, body)
+        seen = self._read_lock(path)
+        return token if seen is not None and seen[0].get("token") == token else None
+
+    def _read_lock(self, path: str) -> tuple[dict, float] | None:
+        """(holder, creation time) of a lock file, or None when there is none.  An empty or
+        unreadable file gives holder {} (its creator is writing it, or died doing so)."""
+        try:
+            with self.fs.open(path, "rb") as f:
+                raw = f.read()
+            info = self.fs.info(path)
+        except FileNotFoundError:
+            return None
+        try:
+            holder = json.loads(raw)
+            holder = holder if isinstance(holder, dict) else {}
+        except ValueError:
+            holder = {}
+        mtime = info.get("mtime") or info.get("LastModified") or time.time()
+        if not isinstance(mtime, int | float):  # object stores give a datetime
+            mtime = mtime.timestamp()
+        born = holder.get("time", mtime)
+        return holder, float(born) if isinstance(born, int | float) else float(mtime)
+
+    def _stale(self, holder: dict, born: float) -> str | None:
+        """Why the lock is abandoned, or None while its holder may still be writing."""
+        age = time.time() - born
+        if not holder:
+            return f"empty for {age:.0f} s" if age > _EMPTY_LOCK_S else None
+        if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
+            return f"its holder, pid {holder.get('pid')} on this host, is gone"
+        if age > self.stale_lock_s:
+            return f"held for {age:.0f} s, longer than stale_lock_s={self.stale_lock_s:g}"
+        return None
+
+    def _break(self, path: str, holder: dict, why: str) -> None:
+        """Remove the stale lock ``holder`` at ``path``, unless someone beat us to it.
+
+        Breakers take ``<lock>.break`` first, and remove the lock only if it still holds
+        the token judged stale: two breakers cannot remove a fresh lock that one of them
+        created in between.
+        """
+        guard = f"{path}.break"
+        if self._try_create(guard) is None:
+            seen = self._read_lock(guard)
+            if seen is not None and time.time() - seen[1] > _EMPTY_LOCK_S:
+                self.fs.rm(guard)  # a breaker died holding the guard
+            time.sleep(0.01)
+            return
+        try:
+            now = self._read_lock(path)
+            if now is not None and now[0].get("token") == holder.get("token"):
+                self.fs.rm(path)
+                _log.warning("%s: broke stale lock %s (%s)", self.url, path, why)
+        finally:
+            self.fs.rm(guard)
+
+    def _release(self, name: str, token: str) -> None:
+        path = self._path(f"locks/{name}")
+        seen = self._read_lock(path)
+        if seen is not None and seen[0].get("token") == token:
+            self.fs.rm(path)
+        else:  # someone judged us stale and broke the lock: say so, do not remove theirs
+            _log.warning("%s: lock %s was broken while this process held it", self.url, path)
 
     # ------------------------------------------------------------------ tables
     def _path(self, rel: str) -> str:
@@ -93,9 +352,21 @@ class FeatureStore:
         final = self._path(rel)
         tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
         self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
-        with self.fs.open(tmp, "wb") as f:
-            f.write(buf.getvalue())
-        self.fs.mv(tmp, final)
+        try:
+            with self.fs.open(tmp, "wb") as f:
+                f.write(buf.getvalue())
+            self.fs.mv(tmp, final)
+        except BaseException:
+            self._remove_quietly(tmp)  # no half-written temp files left behind
+            raise
+
+    def _remove_quietly(self, path: str) -> None:
+        """Best effort: the error being handled matters more than a failed cleanup."""
+        try:
+            if self.fs.exists(path):
+                self.fs.rm(path, recursive=True)
+        except Exception as e:
+            _log.warning("%s: could not remove %s (%s)", self.url, path, _one_line(e))
 
     def _read_table(self, rel: str) -> pd.DataFrame | None:
         path = self._path(rel)
@@ -130,84 +401,205 @@ class FeatureStore:
         return list(self.group.attrs.get("classes", []))
 
     def set_classes(self, classes: list[str]) -> None:
-        old = self.classes
-        if old and old != list(classes):
-            raise StoreError(f"{self.url}: store holds classes {old[:5]}..., not {classes[:5]}...")
-        self.group.attrs["classes"] = list(classes)
+        with self.lock(STORE_LOCK):
+            self._refresh_attrs()
+            old = self.classes
+            if old and old != list(classes):
+                raise StoreError(
+                    f"{self.url}: store holds classes {old[:5]}..., not {classes[:5]}..."
+                )
+            self.group.attrs["classes"] = list(classes)
+
+    def update_attrs(self, values: dict) -> None:
+        """Set group attributes without losing another run's concurrent updates (a plain
+        ``group.attrs[k] = v`` rewrites zarr.json from this object's possibly old copy)."""
+        with self.lock(STORE_LOCK):
+            self._refresh_attrs()
+            self.group.attrs.update(values)
+
+    def _refresh_attrs(self) -> dict:
+        """Re-read the group from disk (under the store lock, before a read-modify-write)."""
+        self.group = zarr.open_group(self._zstore, mode="a", zarr_format=3)
+        return dict(self.group.attrs)
+
+    def _disk_attrs(self) -> dict:
+        """The group attributes as stored now, read without touching ``self.group``."""
+        return json.loads(self.fs.cat_file(self._path("zarr.json"))).get("attributes", {})
 
     def merge_manifest(self, new: pd.DataFrame) -> pd.DataFrame:
         """Add new rows; an existing video id whose row changed is refused (would mix data)."""
         new = conform("manifest", new).to_pandas()
-        old = self._read_table("manifest.parquet")
-        if old is not None:
-            both = old.merge(new, on="video_id", suffixes=("_old", ""))
-            for col in ("path", "split", "start_sec", "end_sec", "role", "group", "labels"):
-                a, b = both[f"{col}_old"], both[col]
-                if col == "labels":  # lists: compare as tuples
-                    a, b = a.map(tuple), b.map(tuple)
-                changed = ~((a == b) | (a.isna() & b.isna()))
-                if changed.any():
-                    vid = both.loc[changed, "video_id"].iloc[0]
-                    raise StoreError(
-                        f"{self.url}: manifest row for {vid!r} differs from the stored one "
-                        f"({col}); use a new store"
-                    )
-            new = pd.concat([old, new[~new.video_id.isin(old.video_id)]], ignore_index=True)
-        self.write_table("manifest", new)
+        with self.lock(STORE_LOCK):
+            old = self._read_table("manifest.parquet")
+            if old is not None:
+                both = old.merge(new, on="video_id", suffixes=("_old", ""))
+                for col in ("path", "split", "start_sec", "end_sec", "role", "group",
+                            "labels"):
+                    a, b = both[f"{col}_old"], both[col]
+                    if col == "labels":  # lists: compare as tuples
+                        a, b = a.map(tuple), b.map(tuple)
+                    changed = ~((a == b) | (a.isna() & b.isna()))
+                    if changed.any():
+                        vid = both.loc[changed, "video_id"].iloc[0]
+                        raise StoreError(
+                            f"{self.url}: manifest row for {vid!r} differs from the stored "
+                            f"one ({col}); use a new store"
+                        )
+                new = pd.concat([old, new[~new.video_id.isin(old.video_id)]],
+                                ignore_index=True)
+            self.write_table("manifest", new)
         return new
 
     def extend_plan(self, video_ids: list[str], part_size: int) -> pd.DataFrame:
-        """Assign videos not yet planned to new parts of ``part_size``, in the given order."""
-        plan = self.plan()
-        todo = [v for v in video_ids if v not in set(plan.video_id)]
-        if todo:
-            first = int(plan.part.max()) + 1 if len(plan) else 0
-            parts = [first + i // part_size for i in range(len(todo))]
-            plan = pd.concat(
-                [plan, pd.DataFrame({"video_id": todo, "part": parts})], ignore_index=True
-            )
-            self.write_table("plan", plan)
+        """Assign videos not yet planned to new parts of ``part_size``, in the given order.
+
+        Under the store lock: two runs extending the plan at once see each other's parts,
+        so no video is ever planned into two parts.
+        """
+        with self.lock(STORE_LOCK):
+            plan = self.plan()
+            planned = set(plan.video_id)
+            todo = [v for v in video_ids if v not in planned]
+            if todo:
+                first = int(plan.part.max()) + 1 if len(plan) else 0
+                parts = [first + i // part_size for i in range(len(todo))]
+                plan = pd.concat(
+                    [plan, pd.DataFrame({"video_id": todo, "part": parts})], ignore_index=True
+                )
+                self.write_table("plan", plan)
         return plan
 
     # ------------------------------------------------------------- provenance
     def provenance(self, stream: str) -> dict | None:
         return self.group.attrs.get("provenance", {}).get(stream)
 
-    def claim_stream(self, stream: str, prov: dict) -> None:
-        """Record ``prov`` for ``stream``, or refuse if the store holds other provenance."""
-        old = self.provenance(stream)
-        if old is not None:
+    def claim_stream(self, stream: str, prov: dict) -> str | None:
+        """Record ``prov`` for ``stream``; refuse if the store holds other provenance.
+
+        When only ``extractor_version`` differs, the stream's parts are invalidated (their
+        index fragments removed: they are extracted again, their arrays overwritten) and
+        ``prov`` recorded.  Returns a one-line notice saying so (also issued as a
+        :class:`StoreNotice` warning), or None when nothing was invalidated.
+
+        Crash-safe and safe against a concurrent run of the old version: the new
+        provenance is recorded first with a ``pending_invalidation`` mark, then each
+        fragment is removed under its part lock, then the mark is cleared.  A writer
+        re-checks the stored provenance under the part lock (see write_part), so an old
+        run cannot add a fragment after its part was invalidated; a claim that finds the
+        mark (a crash mid-way) finishes the invalidation.
+        """
+        with self.lock(STORE_LOCK):
+            attrs = self._refresh_attrs()
+            allprov = dict(attrs.get("provenance", {}))
+            pending = dict(attrs.get("pending_invalidation", {}))
+            old = allprov.get(stream)
+            if old is None:
+                allprov[stream] = prov
+                self.group.attrs["provenance"] = allprov
+                self._claimed[stream] = prov
+                return None
             diff = [k for k in PROVENANCE_KEYS if old.get(k) != prov.get(k)]
-            if diff:
-                k = diff[0]
+            refused = [k for k in diff if k != "extractor_version"]
+            if refused:
+                k = refused[0]
                 raise StoreError(
                     f"{self.url}: refusing to append {stream} features with different "
                     f"provenance ({k}: stored {json.dumps(old.get(k))}, this run "
                     f"{json.dumps(prov.get(k))}); use a new --store"
                 )
+            if not diff and stream not in pending:
+                self._claimed[stream] = prov
+                return None
+            was = old.get("extractor_version") if diff else pending[stream]
+            if diff:
+                allprov[stream] = prov
+                pending[stream] = was
+                self.group.attrs.update({"provenance": allprov,
+                                         "pending_invalidation": pending})
+            n = self._invalidate(stream)
+            del pending[stream]
+            self.group.attrs["pending_invalidation"] = pending
+            self._claimed[stream] = prov
+        notice = (
+            f"{self.url}: {stream} maps were made by extractor_version {json.dumps(was)}, "
+            f"this run's is {json.dumps(prov.get('extractor_version'))}: {n} part(s) "
+            f"invalidated, to be extracted again"
+        )
+        warnings.warn(notice, StoreNotice, stacklevel=2)
+        return notice
+
+    def _invalidate(self, stream: str) -> int:
+        """Remove every index fragment of ``stream``, each under its part lock; how many."""
+        n = 0
+        for path in sorted(self.fs.glob(self._path(f"index/{stream}/part-*.parquet"))):
+            part = int(Path(path).stem.split("-")[1])
+            with self.part_lock(stream, part):
+                if self.fs.exists(path):
+                    self.fs.rm(path)
+                    n += 1
+            self._seen.pop((stream, part), None)
+        self._forget_index()
+        return n
+
+    def _check_claim(self, stream: str, part: int) -> None:
+        """Refuse to write when the stream's stored provenance changed after our claim."""
+        claimed = self._claimed.get(stream)
+        if claimed is None:
             return
-        allprov = dict(self.group.attrs.get("provenance", {}))
-        allprov[stream] = prov
-        self.group.attrs["provenance"] = allprov
+        now = self._disk_attrs().get("provenance", {}).get(stream) or {}
+        diff = [k for k in PROVENANCE_KEYS if now.get(k) != claimed.get(k)]
+        if diff:
+            k = diff[0]
+            raise StoreError(
+                f"{self.url}: {stream} provenance changed since this run claimed it ({k}: "
+                f"stored {json.dumps(now.get(k))}, this run {json.dumps(claimed.get(k))}); "
+                f"not writing part {part:05d}"
+            )
 
     # ------------------------------------------------------------------ parts
     def _fragment(self, stream: str, part: int) -> str:
         return f"index/{stream}/part-{part:05d}.parquet"
 
     def done_parts(self, stream: str) -> set[int]:
-        pattern = self._path(f"index/{stream}/part-*.parquet")
-        return {int(Path(p).stem.split("-")[1]) for p in self.fs.glob(pattern)}
+        """Parts of ``stream`` whose index fragment exists (remembered, see write_part)."""
+        found = self.fs.glob(self._path(f"index/{stream}/part-*.parquet"), detail=True)
+        done = set()
+        for path, info in found.items():
+            part = int(Path(path).stem.split("-")[1])
+            self._seen[(stream, part)] = _signature(info)
+            done.add(part)
+        return done
+
+    def _info(self, rel: str) -> dict | None:
+        try:
+            return self.fs.info(self._path(rel))
+        except FileNotFoundError:
+            return None
+
+    def _forget_index(self) -> None:
+        self._index = None
+        self.__dict__.pop("_rows", None)  # the cached_property built from the old index
 
     def write_part(self, stream: str, part: int, rows: list[dict],
-                   maps: dict[str, np.ndarray]) -> None:
+                   maps: dict[str, np.ndarray], replace: bool | None = None) -> bool:
         """Write one part: its array (all ``maps`` concatenated), then its index fragment.
 
         rows: one dict per video of the part (video_id, status, error, n_frames, fps);
         maps: video_id -> (T, H, W, D) float map for the videos that succeeded.
+
+        Exclusive per (stream, part) across processes (the part lock).  When the part's
+        fragment already exists, ``replace=None`` (default) overwrites it if this object
+        saw that very fragment (through done_parts or its own write: a deliberate redo) or
+        if it records a failed video (a --retry-failed redo, perhaps from a worker's fresh
+        store object); it skips the part when the fragment is one it never saw recording
+        these same videos, all done: another run finished the part meanwhile.
+        ``replace=True`` always overwrites, False never does.  Returns whether the part
+        was written.  Any OSError while writing (disk full...) becomes a one-line
+        StoreError, with nothing of the part committed.
         """
         spec = ARRAYS[stream]
         blocks, offset, out_rows = [], 0, []
-        for row in rows:
+        for row in rows:  # validated before any lock is taken or byte written
             vid = row["video_id"]
             rec = {"stream": stream, "part": part, "offset": -1, "t": 0, "h": 0, "w": 0,
                    "checksum": None, **row}
@@ -220,20 +612,66 @@ class FeatureStore:
                 blocks.append(m16)
                 offset += len(m16)
             out_rows.append(rec)
-        if blocks:
-            data = np.concatenate(blocks)
-            c = spec.chunk_rows
-            shard = ((len(data) + c - 1) // c) * c  # one shard = the whole part
-            arr = self.group.create_array(
-                f"features/{stream}/part-{part:05d}", shape=data.shape, dtype=spec.dtype,
-                chunks=(c, spec.channels), shards=(shard, spec.channels),
-                compressors=ZstdCodec(level=spec.codec_level), dimension_names=spec.dims,
-                overwrite=True,
-            )
-            arr[:] = data
-        self._write_table(self._fragment(stream, part), conform("index", pd.DataFrame(out_rows)))
-        self._index = None
-        self.__dict__.pop("_rows", None)  # the cached_property built from the old index
+        table = conform("index", pd.DataFrame(out_rows))
+        data = np.concatenate(blocks) if blocks else None
+        frag = self._fragment(stream, part)
+        try:
+            with self.part_lock(stream, part):
+                info = self._info(frag)
+                if info is not None and replace is not True:
+                    seen = self._seen.get((stream, part)) == _signature(info)
+                    if replace is False or (not seen and self._finished(frag, out_rows)):
+                        _log.info("%s: %s part %05d was written by another run; skipped",
+                                  self.url, stream, part)
+                        self._seen[(stream, part)] = _signature(info)
+                        self._forget_index()
+                        return False
+                self._check_claim(stream, part)
+                self._commit_part(stream, part, data, table, had_fragment=info is not None)
+                self._seen[(stream, part)] = _signature(self.fs.info(self._path(frag)))
+        except OSError as e:
+            why = "disk full" if e.errno == errno.ENOSPC else "write failed"
+            raise StoreError(
+                f"{self.url}: {why} while writing {stream} part {part:05d}; nothing of the "
+                f"part was committed ({_one_line(e)})"
+            ) from e
+        finally:
+            self._forget_index()
+        return True
+
+    def _finished(self, frag: str, rows: list[dict]) -> bool:
+        """Whether fragment ``frag`` records exactly the videos of ``rows``, all done."""
+        stored = self._read_table(frag)
+        if stored is None:
+            return False
+        same = sorted(stored.video_id) == sorted(r["video_id"] for r in rows)
+        return same and bool((stored.status == "done").all())
+
+    def _commit_part(self, stream: str, part: int, data: np.ndarray | None,
+                     table: pa.Table, had_fragment: bool) -> None:
+        """Array, then fragment; on an OSError the partial array goes, nothing is done."""
+        frag = self._fragment(stream, part)
+        name = f"features/{stream}/part-{part:05d}"
+        if had_fragment:
+            # The part stops being done before its array changes: a fragment always
+            # describes a complete array, whenever this process dies.
+            self.fs.rm(self._path(frag))
+        try:
+            if data is not None:
+                spec = ARRAYS[stream]
+                c = spec.chunk_rows
+                shard = ((len(data) + c - 1) // c) * c  # one shard = the whole part
+                arr = self.group.create_array(
+                    name, shape=data.shape, dtype=spec.dtype,
+                    chunks=(c, spec.channels), shards=(shard, spec.channels),
+                    compressors=ZstdCodec(level=spec.codec_level),
+                    dimension_names=spec.dims, overwrite=True,
+                )
+                arr[:] = data
+            self._write_table(frag, table)
+        except OSError:
+            self._remove_quietly(self._path(name))
+            raise
 
     # ------------------------------------------------------------------- read
     def index(self, stream: str | None = None) -> pd.DataFrame:
@@ -258,22 +696,31 @@ class FeatureStore:
         return {(r["video_id"], r["stream"]): r for r in self.index().to_dict("records")}
 
     def read(self, video_id: str, stream: str = "rgb", verify: bool = False) -> np.ndarray:
-        """The (T, H, W, D) float32 map of one video."""
+        """The (T, H, W, D) float32 map of one video.
+
+        Raises ChecksumError naming the video when its stored bytes do not decode, or,
+        with ``verify``, do not match the checksum of the index.
+        """
         row = self._rows.get((video_id, stream))
         if row is None:
             raise KeyError(f"{self.url}: no {stream} features for video {video_id!r}")
         if row["status"] != "done":
             raise KeyError(f"{self.url}: video {video_id!r} failed extraction: {row['error']}")
+        where = f"{video_id!r} ({stream}, part {row['part']})"
         arr = self.group[f"features/{stream}/part-{row['part']:05d}"]
         n = row["t"] * row["h"] * row["w"]
-        flat = arr[row["offset"] : row["offset"] + n]
-        if verify and checksum(flat) != row["checksum"]:
+        try:
+            flat = arr[row["offset"] : row["offset"] + n]
+        except (RuntimeError, ValueError) as e:  # zstd / shard index: corrupt stored bytes
             raise ChecksumError(
-                f"{self.url}: checksum mismatch for {video_id!r} ({stream}, part {row['part']})"
-            )
+                f"{self.url}: stored bytes of {where} do not decode ({_one_line(e)})"
+            ) from e
+        if verify and checksum(flat) != row["checksum"]:
+            raise ChecksumError(f"{self.url}: checksum mismatch for {where}")
         return flat.reshape(row["t"], row["h"], row["w"], -1).astype(np.float32)
 
 
-def open_store(path_or_url: str | Path, mode: str = "r") -> FeatureStore:
-    """Open a vidattn store; ``mode="a"`` creates it if needed."""
-    return FeatureStore(path_or_url, mode=mode)
+def open_store(path_or_url: str | Path, mode: str = "r", **kwargs) -> FeatureStore:
+    """Open a vidattn store; ``mode="a"`` creates it if needed.  ``kwargs``: lock settings
+    of :class:`FeatureStore` (lock_timeout_s, stale_lock_s)."""
+    return FeatureStore(path_or_url, mode=mode, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import sys
 
 import numpy as np
 import pytest
@@ -14,10 +15,35 @@ from safetensors.torch import save_file
 from vidattn.safeload import (
     NumpyOnlyUnpickler,
     UnsafePickleError,
+    UntrustedCheckpointError,
+    foreign_globals,
     load_numpy_pickle,
     load_state,
+    load_torch,
+    pickle_globals,
     sha256_file,
 )
+
+# A module of checkpoint classes, as a training framework would define them: importable
+# (so a trusted load can rebuild them) but unknown to the weights-only loaders.
+WRAPPERS = '''
+class TrainerCheckpoint(dict):
+    """A state dict with training metadata, saved as one object."""
+
+    def __init__(self, state, epoch):
+        super().__init__(state)
+        self.epoch = epoch
+
+
+class Holder:
+    """An object that hands out its state dict."""
+
+    def __init__(self, state):
+        self._state = state
+
+    def state_dict(self):
+        return self._state
+'''
 
 
 class _RunsACommand:
@@ -149,3 +175,99 @@ def test_sha256_file(tmp_path):
     assert sha256_file(path, block=2) == (
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     )
+
+
+# ------------------------------------------------------------------- trusted loading
+@pytest.fixture
+def wrappers(tmp_path, monkeypatch):
+    (tmp_path / "ckpt_wrappers.py").write_text(WRAPPERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import ckpt_wrappers
+
+    yield ckpt_wrappers
+    sys.modules.pop("ckpt_wrappers", None)
+
+
+def _one_line(e: pytest.ExceptionInfo) -> str:
+    text = str(e.value)
+    assert "\n" not in text
+    return text
+
+
+@pytest.mark.parametrize("fmt", ["plain", "zip", "legacy"])
+def test_command_pickle_is_refused_naming_the_flag(tmp_path, fmt):
+    marker = tmp_path / "pwned"
+    path = tmp_path / f"evil-{fmt}.ckpt"
+    obj = {"w": torch.zeros(2), "evil": _RunsACommand(marker)}
+    if fmt == "plain":
+        path.write_bytes(pickle.dumps(obj))
+    else:
+        torch.save(obj, path, _use_new_zipfile_serialization=(fmt == "zip"))
+    with pytest.raises(UntrustedCheckpointError) as e:
+        load_state(path)
+    text = _one_line(e)
+    assert text.startswith(f"{path}: ") and "arbitrary Python objects" in text
+    assert "system" in text and "--trust-checkpoint" in text
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_trusted_load_of_a_wrapped_state_dict(tmp_path, wrappers, capsys, zipped):
+    sd = {"a.weight": torch.randn(3, 2), "a.bias": torch.arange(3.0)}
+    path = tmp_path / "trainer.pt"
+    torch.save(wrappers.TrainerCheckpoint(sd, epoch=7), path,
+               _use_new_zipfile_serialization=zipped)
+    with pytest.raises(UntrustedCheckpointError, match="ckpt_wrappers.TrainerCheckpoint"):
+        load_state(path)
+    assert "WARNING" not in capsys.readouterr().err  # nothing loaded, nothing to warn of
+    got = load_state(path, trust_checkpoint=True)
+    assert set(got) == set(sd) and torch.equal(got["a.weight"], sd["a.weight"])
+    err = capsys.readouterr().err
+    assert "WARNING" in err and str(path) in err and "trust-checkpoint" in err
+    # an object exposing state_dict() (as an nn.Module does) gives that
+    holder = tmp_path / "holder.pt"
+    torch.save(wrappers.Holder(sd), holder)
+    assert torch.equal(load_state(holder, trust_checkpoint=True)["a.bias"], sd["a.bias"])
+
+
+def test_safe_files_never_take_the_trusted_path(tmp_path, capsys):
+    path = tmp_path / "plain.pt"
+    torch.save({"w": torch.ones(2)}, path)
+    assert torch.equal(load_state(path, trust_checkpoint=True)["w"], torch.ones(2))
+    assert torch.equal(load_torch(path, trust_checkpoint=True)["w"], torch.ones(2))
+    assert "WARNING" not in capsys.readouterr().err
+
+
+def test_trusted_load_of_garbage_still_fails_naming_the_file(tmp_path):
+    path = tmp_path / "garbage.pt"
+    path.write_bytes(b"\x80\x04definitely not a checkpoint")
+    with pytest.raises(ValueError, match="garbage.pt: not loadable even as a trusted"):
+        load_state(path, trust_checkpoint=True)
+
+
+def test_globals_are_listed_without_importing(tmp_path):
+    # GLOBAL nonexistent_vidattn_mod.Thing, (), REDUCE, STOP: loading would import it
+    path = tmp_path / "foreign.pkl"
+    path.write_bytes(b"cnonexistent_vidattn_mod\nThing\n)R.")
+    assert pickle_globals(path) == ["nonexistent_vidattn_mod.Thing"]
+    assert foreign_globals(path) == ["nonexistent_vidattn_mod.Thing"]
+    assert "nonexistent_vidattn_mod" not in sys.modules
+    with pytest.raises(UntrustedCheckpointError, match="nonexistent_vidattn_mod.Thing"):
+        load_state(path)
+
+
+def test_torch_weights_are_not_foreign(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.zeros(2), "n": torch.nn.Parameter(torch.ones(1))}, path)
+    assert any(g.startswith("torch.") for g in pickle_globals(path))
+    assert foreign_globals(path) == []
+
+
+def test_a_pickle_cut_before_its_end_is_unreadable_not_unsafe(tmp_path):
+    """Random or truncated bytes can spell a GLOBAL; only whole pickles are called unsafe."""
+    path = tmp_path / "cut.pkl"
+    path.write_bytes(b"cos\nsystem\n(S'touch x'\ntR")  # no STOP opcode
+    assert pickle_globals(path) == []
+    with pytest.raises(ValueError, match="not a loadable checkpoint") as e:
+        load_state(path)
+    assert not isinstance(e.value, UntrustedCheckpointError)

@@ -64,6 +64,20 @@ def main() -> None:
               help="Videos per store part (one writer, one shard each).")
 @click.option("--retry-failed", is_flag=True, help="Redo parts that hold failed videos.")
 @click.option("--limit", type=int, default=None, help="Only the first N manifest rows.")
+@click.option("--window-steps", type=int, default=None,
+              help="Long videos run in windows of this many 8-frame steps, plus 7 steps of "
+                   "context each side [default: 32]; smaller = less memory, more compute.")
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="dask: 0 = this process; N = a LocalCluster of N workers, a part a task.")
+@click.option("--scheduler", default=None, help="Address of a running dask scheduler.")
+@click.option("--gpus-per-task", type=int, default=0, show_default=True,
+              help="Tag each task resources={'GPU': n} (workers started with that resource).")
+@click.option("--decode-timeout", "decode_timeout_s", type=float, default=None,
+              help="Decode in a child process killed after this many seconds without a "
+                   "frame [default: off here, 600 on dask].")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Load pickled checkpoints that weights_only loading refuses (trusted files "
+                   "only: unpickling runs code).")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Dataset option (see `vidattn manifest --help`), e.g. -o crop_frames=48.")
 def extract(options, **kw) -> None:
@@ -74,6 +88,8 @@ def extract(options, **kw) -> None:
         res = pipeline.run(pipeline.ExtractConfig(**kw, options=_options(options)))
     except Exception as e:
         _fail(e)
+    for notice in res.notices:
+        click.echo(notice, err=True)
     click.echo(f"store: {res.store}")
     click.echo(f"videos: {res.n_videos} planned, {res.n_extracted} extracted now, "
                f"{res.n_skipped} already done, {len(res.failures)} failed ({res.seconds:.1f} s)")
@@ -269,6 +285,48 @@ def score(run_dirs, **kw) -> None:
     click.echo(f"videos: {res.selected}; partitions: {res.written} written now, "
                f"{res.skipped} already there, {res.partitions} in all; {res.rows} rows "
                f"({res.seconds:.1f} s)")
+
+
+@main.group()
+def store() -> None:
+    """Store utilities: HDF5 interchange."""
+
+
+@store.command("export-h5")
+@click.argument("store_url")
+@click.argument("out")
+@click.option("--streams", default=None, help="Arrays to export, e.g. rgb,flow [default: all].")
+def export_h5(store_url, out, streams) -> None:
+    """Write a store's maps, index and tables to one HDF5 file (h5py reads it directly)."""
+    from vidattn.stores.hdf5 import export_h5 as run
+
+    try:
+        picked = tuple(s.strip() for s in streams.split(",") if s.strip()) if streams else None
+        res = run(store_url, out, picked)
+    except Exception as e:
+        _fail(e)
+    click.echo(f"hdf5: {res['path']} ({res['videos']} videos, {res['failed']} failed, "
+               f"streams {', '.join(res['streams'])}, {res['bytes'] / 2**20:.1f} MiB)")
+
+
+@store.command("import-h5")
+@click.argument("h5_file")
+@click.argument("store_url")
+@click.option("--part-size", type=int, default=16, show_default=True)
+def import_h5(h5_file, store_url, part_size) -> None:
+    """Build (or resume building) a store from an HDF5 file written by export-h5."""
+    from vidattn.stores.hdf5 import import_h5 as run
+
+    try:
+        res = run(h5_file, store_url, part_size)
+    except Exception as e:
+        _fail(e)
+    click.echo(f"store: {res['store']} ({res['videos']} videos, {res['parts']} parts written, "
+               f"{res['skipped_parts']} already there)")
+    for stream, vids in res.get("incomplete", {}).items():
+        if vids:
+            click.echo(f"  {stream}: {len(vids)} videos lacked this stream; their parts were "
+                       "left undone", err=True)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,22 @@
 
 Nothing is imported until a dataset is asked for, so optional heavy dependencies of one
 dataset never slow down or break the others.
+
+Every manifest path must lie inside the dataset root (:func:`check_paths`): a path is
+joined to the root (an absolute one stands alone), symlinks are resolved, and the result
+must be the root's resolved directory or below it.  Annotation files come from elsewhere
+and can be crafted: ``../../etc/passwd`` or a symlink planted in a downloaded archive would
+otherwise make extraction open files the user never meant to hand over.  Absolute paths
+inside the root are fine.  No adapter produces paths outside its root (the folder adapter
+and ActionThread refuse absolute and ``..`` paths in their CSVs already), so the rule has
+no exception; a dataset kept on another disk is reached by making that directory the
+root, or by symlinking the root itself (it is resolved before comparing).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -49,6 +60,7 @@ class DatasetTables:
     pairs: pd.DataFrame
     boxes: pd.DataFrame | None
     multilabel: bool = False  # clips may carry several labels: BCE and per-class AP
+    source: Path | None = None  # the annotation file the manifest came from, for messages
 
 
 def require_root(name: str, root: str | Path | None, holding: str) -> Path:
@@ -59,6 +71,37 @@ def require_root(name: str, root: str | Path | None, holding: str) -> Path:
     if not root.is_dir():
         raise DatasetError(root, f"dataset root not found (expected {holding} inside)")
     return root
+
+
+def check_paths(manifest: pd.DataFrame, root: str | Path, source: str | Path | None = None,
+                ) -> None:
+    """Refuse a manifest row whose ``path`` resolves outside ``root`` (module docstring).
+
+    The error is one line naming ``source`` (the annotation file, else the root), the
+    row's video id and its path.  Cost: one ``realpath`` per distinct directory and one
+    ``lstat`` per distinct file, so HACS's 1.5M rows stay fast.
+    """
+    real_root = os.path.realpath(root)
+    prefix = real_root if real_root.endswith(os.sep) else real_root + os.sep
+    real_dirs: dict[str, str] = {}  # directory as joined -> resolved
+    seen: set[str] = set()
+    where = source if source is not None else root
+    for vid, rel in zip(manifest["video_id"], manifest["path"]):
+        if rel in seen:
+            continue
+        seen.add(rel)
+        if not isinstance(rel, str) or not rel:
+            raise DatasetError(where, f"video {vid!r} has an empty path")
+        full = os.path.join(root, rel)  # an absolute rel replaces the root
+        parent, name = os.path.split(full)
+        if parent not in real_dirs:
+            real_dirs[parent] = os.path.realpath(parent)  # resolves links, then ".."
+        real = os.path.join(real_dirs[parent], name)
+        if name in ("", ".", "..") or os.path.islink(real):
+            real = os.path.realpath(real)
+        if real != real_root and not real.startswith(prefix):
+            raise DatasetError(where, f"video {vid!r}: path {rel!r} resolves to {real}, "
+                               f"outside the dataset root {real_root}; refusing it")
 
 
 def load_dataset(name: str, root: str | Path | None = None,
@@ -77,5 +120,6 @@ def load_dataset(name: str, root: str | Path | None = None,
 
     pairs = ds.pairs if len(ds.pairs) else pd.DataFrame(
         {"video_id": [], "conjugate_id": [], "rule": [], "distance": []})
-    return replace(ds, manifest=conform("manifest", ds.manifest).to_pandas(),
-                   pairs=conform("pairs", pairs).to_pandas())
+    manifest = conform("manifest", ds.manifest).to_pandas()
+    check_paths(manifest, ds.root, ds.source)
+    return replace(ds, manifest=manifest, pairs=conform("pairs", pairs).to_pandas())

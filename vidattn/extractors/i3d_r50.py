@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -272,8 +271,13 @@ def _first(keys: list[str]) -> str:
 
 
 def _state_from(obj: object, path: str) -> dict:
-    """The model state of a .pyth dict (``model_state``) or a bare state dict, minus ``module.``."""
+    """The model state of a .pyth dict (``model_state``), a bare state dict or (trusted
+    loads only) a whole pickled module, minus ``module.``."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
     state = obj.get("model_state", obj) if isinstance(obj, dict) else None
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
     if not isinstance(state, dict):
         raise ValueError(
             f"{path}: expected the {LAYOUT} layout (checkpoint['model_state'] with blocks.* "
@@ -282,11 +286,13 @@ def _state_from(obj: object, path: str) -> dict:
     return {str(k).removeprefix("module."): v for k, v in state.items()}
 
 
-def load_r50(path: str | None, device: str = "cpu") -> I3DR50:
+def load_r50(path: str | None, device: str = "cpu", trust_checkpoint: bool = False) -> I3DR50:
     """An eval-mode I3D R50.  ``path="random"``: seeded random weights; otherwise a
     pytorchvideo/SlowFast checkpoint (``I3D_8x8_R50.pyth``) or a bare state dict, read with
-    ``torch.load(weights_only=True)`` only.  The head is sized from ``blocks.6.proj.weight``;
-    BatchNorm ``num_batches_tracked`` counters may be absent (as ``load_state_dict`` allows).
+    ``torch.load(weights_only=True)``; a pickle of arbitrary objects is refused unless
+    ``trust_checkpoint`` (then loaded fully, with a warning: see safeload.py).  The head is
+    sized from ``blocks.6.proj.weight``; BatchNorm ``num_batches_tracked`` counters may be
+    absent (as ``load_state_dict`` allows).
     """
     if path is None:
         raise ValueError(
@@ -295,17 +301,9 @@ def load_r50(path: str | None, device: str = "cpu") -> I3DR50:
         )
     if path == "random":
         return random_init(I3DR50()).to(device).eval()
-    from vidattn.safeload import sha256_file
+    from vidattn.safeload import load_torch, sha256_file
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError, EOFError... depending on the damage
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(
-            f"{path}: not a safe torch checkpoint (torch.load weights_only=True failed: {first})"
-        ) from None
+    obj = load_torch(path, trust_checkpoint)  # names the file in every error
     state = _state_from(obj, path)
     head = state.get(f"blocks.{HEAD_INDEX}.proj.weight")
     num_classes = head.shape[0] if isinstance(head, torch.Tensor) and head.ndim == 2 else 400

@@ -213,8 +213,9 @@ def build_from_state(sd: dict[str, torch.Tensor], modality: str, path: Path,
     return model
 
 
-def load(path: str | Path | None, modality: str = "rgb") -> I3D:
-    """See :func:`vidattn.extractors.i3d.load_i3d`."""
+def load(path: str | Path | None, modality: str = "rgb", trust_checkpoint: bool = False) -> I3D:
+    """See :func:`vidattn.extractors.i3d.load_i3d`; ``trust_checkpoint`` as in
+    :func:`vidattn.safeload.load_state` (a whole pickled module gives its state dict)."""
     if modality not in ("rgb", "flow"):
         raise ValueError(f"modality must be 'rgb' or 'flow', got {modality!r}")
     if path is None and modality == "flow":
@@ -229,7 +230,7 @@ def load(path: str | Path | None, modality: str = "rgb") -> I3D:
     if path == "random":
         return random_init(I3D(I3DConfig(modality=modality)))
     path = packaged_weights_path() if path is None else Path(path)
-    sd, layout = to_state_dict(load_state(path), path)
+    sd, layout = to_state_dict(load_state(path, trust_checkpoint), path)
     model = build_from_state(sd, modality, path, LAYOUT_EPS[layout])
     model.weights_source = f"{layout}:{path}"
     model.weights_sha256 = sha256_file(path)

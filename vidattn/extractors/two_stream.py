@@ -57,7 +57,9 @@ class I3DExtractorConfig:
     flow_method: tvl1 | tvl1-torch | dis, None = TV-L1 as the device runs it best (OpenCV
     on CPU, tvl1-torch on CUDA).  device: cpu | cuda.  amp: bf16 autocast on CUDA (ignored
     on CPU).  window_steps / margin_steps: window core and context in output steps (None =
-    the backbone's default, see WINDOWS)."""
+    the backbone's default, see WINDOWS).  trust_checkpoint: load weight files that are
+    pickles of arbitrary objects with ``torch.load(weights_only=False)`` (runs their code:
+    only for files you trust; see vidattn/safeload.py)."""
 
     rgb_weights: str | None = None
     flow_weights: str | None = None
@@ -70,6 +72,7 @@ class I3DExtractorConfig:
     amp: bool = True
     window_steps: int | None = None
     margin_steps: int | None = None
+    trust_checkpoint: bool = False
 
 
 class _Net:
@@ -142,16 +145,16 @@ class I3DExtractor:
         if c.backbone == "r50":
             from vidattn.extractors.i3d_r50 import load_r50, to_model_input
 
-            return _Net(load_r50(weights, c.device), to_model_input, "r50", endpoints,
-                        c.device, c.amp)
+            model = load_r50(weights, c.device, c.trust_checkpoint)
+            return _Net(model, to_model_input, "r50", endpoints, c.device, c.amp)
         from vidattn.extractors.flow import flow_to_input
         from vidattn.extractors.i3d import load_i3d
         from vidattn.video import to_model_input
 
         to_input = to_model_input if stream == "rgb" else (
             lambda f: flow_to_input(f, c.flow_bound))
-        return _Net(load_i3d(weights, stream, c.device), to_input, "inception", endpoints,
-                    c.device, c.amp)
+        model = load_i3d(weights, stream, c.device, c.trust_checkpoint)
+        return _Net(model, to_input, "inception", endpoints, c.device, c.amp)
 
     def provenance(self, preprocessing: dict, array: str) -> dict:
         """What made ``array``'s maps; a store refuses to mix maps of other provenance."""

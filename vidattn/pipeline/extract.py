@@ -5,13 +5,24 @@ part is done once its index fragment exists, and an unfinished part is redone wh
 the same videos in the same order — so a run killed at any point and restarted ends with
 exactly the arrays of an uninterrupted run.  A video that fails is recorded (status
 "failed", one-line error) and the rest go on.
+
+Distributed (``workers`` > 0 or ``scheduler``): one dask task per store part
+(:func:`extract_part_task`), so a shard never has two writers; the task runs the same
+:func:`extract_part` as the in-process loop, with the extractor built once per worker
+process.  A worker that dies mid-part has its task re-run by the scheduler: the part is
+redone whole, as after a crash of a local run.  Videos may then be decoded in a child
+process (``decode_timeout_s``) so that a hung decoder is killed instead of stalling a
+worker for good.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from vidattn.pipeline.localize import segment_start
 from vidattn.pipeline.mine import NEAREST_NEGATIVE
@@ -26,6 +37,9 @@ DATASET_DECODE: dict[str, dict] = {
     "sample": {"short_side": 128, "crop": None},
 }
 DEFAULT_DECODE = {"fps": 25.0, "short_side": 256, "crop": 224}
+# decode_timeout_s of a distributed run that sets none: a hung decoder must not hold a
+# worker (and its GPU) for good, and no sane clip takes 10 minutes to deliver 128 frames.
+DISTRIBUTED_DECODE_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,31 @@ class ExtractConfig:
     limit: int | None = None  # extract only the first N manifest rows (quick looks)
     options: dict = field(default_factory=dict)  # the dataset adapter's Options, key -> str
     mine: bool = True  # mine feature-based conjugates (HACS) once features are stored
+    workers: int = 0  # dask: 0 = extract in this process; N = a LocalCluster of N workers
+    scheduler: str | None = None  # address of a running dask scheduler (overrides workers)
+    gpus_per_task: int = 0  # tag each part's task resources={"GPU": n}
+    # Decode in a child process killed when a chunk takes longer than this; None: decode
+    # in this process (distributed runs: DISTRIBUTED_DECODE_TIMEOUT_S).
+    decode_timeout_s: float | None = None
+    window_steps: int | None = None  # I3D window core in steps of 8 frames (None: 32)
+    trust_checkpoint: bool = False  # allow pickled checkpoints (files you trust only)
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.scheduler) or self.workers > 0
+
+    def cluster_config(self):
+        """The :class:`vidattn.cluster.ClusterConfig` of a distributed run."""
+        from vidattn.cluster import ClusterConfig
+
+        return ClusterConfig(workers=self.workers, scheduler=self.scheduler,
+                             gpus_per_task=self.gpus_per_task)
+
+    def decode_timeout(self) -> float | None:
+        """The decode timeout this run uses (None: decode in this process)."""
+        if self.decode_timeout_s is None and self.distributed:
+            return DISTRIBUTED_DECODE_TIMEOUT_S
+        return self.decode_timeout_s
 
 
 @dataclass
@@ -59,6 +98,7 @@ class ExtractResult:
     n_skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # manifest rows whose file is absent
+    notices: list[str] = field(default_factory=list)  # e.g. parts invalidated by a new version
     seconds: float = 0.0
 
 
@@ -75,16 +115,24 @@ def decode_config(cfg: ExtractConfig, dataset: str):
     return DecodeConfig(**values)
 
 
-def build_extractor(cfg: ExtractConfig, device: str):
+def extractor_config(cfg: ExtractConfig, device: str):
+    """The I3DExtractorConfig of ``cfg`` on ``device`` (frozen and hashable: the key of
+    a worker's extractor cache).  The flow method is pinned here, where the device is
+    known, so that an extractor built elsewhere records the same provenance."""
+    from vidattn.extractors.flow import default_method
     from vidattn.extractors.two_stream import I3DExtractorConfig
 
     streams = tuple(s.strip() for s in cfg.streams.split(",") if s.strip())
     endpoints = tuple(e.strip() for e in cfg.endpoints.split(",") if e.strip())
-    build = resolve(EXTRACTORS, cfg.extractor, "extractor")
-    return build(I3DExtractorConfig(rgb_weights=cfg.i3d_rgb, flow_weights=cfg.i3d_flow,
-                                    streams=streams, backbone=cfg.backbone,
-                                    endpoints=endpoints, flow_method=cfg.flow_method,
-                                    device=device))
+    return I3DExtractorConfig(rgb_weights=cfg.i3d_rgb, flow_weights=cfg.i3d_flow,
+                              streams=streams, backbone=cfg.backbone, endpoints=endpoints,
+                              flow_method=cfg.flow_method or default_method(device),
+                              device=device, window_steps=cfg.window_steps,
+                              trust_checkpoint=cfg.trust_checkpoint)
+
+
+def build_extractor(cfg: ExtractConfig, device: str):
+    return resolve(EXTRACTORS, cfg.extractor, "extractor")(extractor_config(cfg, device))
 
 
 # Frames per decoded chunk: the unit of prefetching and of the flow computation (OpenCV's
@@ -92,13 +140,18 @@ def build_extractor(cfg: ExtractConfig, device: str):
 CHUNK_FRAMES = 128
 
 
-def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...]):
-    """Decode one video as a stream (prefetched in a thread) and run the extractor on it.
+def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...],
+                  timeout_s: float | None = None):
+    """Decode one video as a stream and run the extractor on it.
 
+    meta: the video's manifest row (``meta["start_sec"]``, ``meta["end_sec"]``).  With
+    ``timeout_s`` None the clip is decoded in this process, prefetched in a thread; else in
+    a child process that is killed when a chunk takes longer (see subdecode.py).
     Returns (n_frames, fps, {array: map}).  Memory: a few chunks of frames plus one window
     of the network, whatever the video's length.
     """
     from vidattn.pipeline.prefetch import prefetch
+    from vidattn.pipeline.subdecode import open_subclip
     from vidattn.video import open_clip
 
     n = 0
@@ -109,19 +162,126 @@ def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...]):
             n += len(chunk)
             yield chunk
 
-    with open_clip(path, decode, segment_start(meta.start_sec),
-                   segment_start(meta.end_sec)) as clip:
-        chunks = prefetch(clip.chunks(CHUNK_FRAMES))
+    start, end = segment_start(meta["start_sec"]), segment_start(meta["end_sec"])
+    if timeout_s is None:
+        clip = open_clip(path, decode, start, end)
+    else:
+        clip = open_subclip(path, decode, start, end, chunk_frames=CHUNK_FRAMES,
+                            timeout_s=timeout_s)
+    with clip:
+        # The child decodes ahead through its bounded queue: no prefetch thread needed.
+        chunks = prefetch(clip.chunks(CHUNK_FRAMES)) if timeout_s is None else clip.chunks()
         try:
             out = extractor(counted(chunks), arrays)
         finally:
-            chunks.close()  # stops the decoding thread before the clip is closed
+            chunks.close()  # stops the decoding thread (or child) before the clip is closed
         return n, clip.fps, out
 
 
 def one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return text if text else type(e).__name__
+
+
+@dataclass(frozen=True)
+class PartJob:
+    """What every part of a run shares; picklable, sent with each dask task.
+
+    store: the store's URL; extractor: its registry name; net: its I3DExtractorConfig
+    (hashable: a worker builds one extractor per distinct ``(extractor, net)``); decode:
+    the DecodeConfig; decode_timeout_s: None = decode in the extracting process.
+    """
+
+    store: str
+    extractor: str
+    net: Any
+    decode: Any
+    decode_timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class PartWork:
+    """One store part to (re)do whole: its number, the arrays it still lacks, and its
+    videos in plan order as plain dicts (video_id, path (absolute), start_sec, end_sec)."""
+
+    part: int
+    needed: tuple[str, ...]
+    videos: tuple[dict, ...] = field(repr=False)
+    redo: bool = False  # done already, redone on purpose (--retry-failed)
+
+
+def extract_part(store, extractor, work: PartWork, job: PartJob,
+                 on_video: Callable[[dict], None] | None = None) -> list[dict]:
+    """Extract every video of one part, then write the part's arrays and index fragments
+    (``store.write_part`` per needed array: the fragment last, so a part interrupted
+    anywhere is redone whole).  Returns the index rows (video_id, status, error, n_frames,
+    fps), one per video; ``on_video(row)`` is called as each video finishes.  A part that
+    another run finished meanwhile is skipped (no rows)."""
+    if not work.redo:  # two runs on one store: do not compute what the other one wrote
+        needed = tuple(a for a in work.needed if not store.part_done(a, work.part))
+        if not needed:
+            return []
+        work = replace(work, needed=needed)
+    rows, maps = [], {a: {} for a in work.needed}
+    for video in work.videos:
+        vid, path = video["video_id"], Path(video["path"])
+        row = {"video_id": vid, "status": "done", "error": None, "n_frames": 0,
+               "fps": job.decode.fps or 0.0}
+        try:
+            n_frames, fps, out = extract_video(extractor, path, job.decode, video,
+                                               work.needed, job.decode_timeout_s)
+            row.update(n_frames=n_frames, fps=fps)
+            for array, fmap in out.items():
+                ARRAYS[array].check(fmap)  # NaN/Inf or a wrong shape fails this video only
+                maps[array][vid] = fmap
+        except Exception as e:  # one bad video must not stop the other thousands
+            msg = one_line(e)
+            row.update(status="failed", error=msg if str(path) in msg else f"{path}: {msg}")
+            for array in maps:
+                maps[array].pop(vid, None)
+        rows.append(row)
+        if on_video is not None:
+            on_video(row)
+    for array in work.needed:
+        store.write_part(array, work.part, rows, maps[array])
+    return rows
+
+
+def _build(name: str, net) -> Any:
+    return resolve(EXTRACTORS, name, "extractor")(net)
+
+
+def extract_part_task(work: PartWork, job: PartJob) -> list[dict]:
+    """The dask task of one part (see :func:`extract_part`), run on a worker.
+
+    The extractor is built once per worker process and kept for the next parts.  A failed
+    video is a "failed" row, not an exception; an exception (the store unwritable, the
+    device missing) fails the task, which dask retries and then raises in the client.
+    """
+    from vidattn.cluster import worker_cached
+    from vidattn.pipeline.runs import pick_device
+    from vidattn.pipeline.subdecode import require_child_processes
+
+    # A worker that cannot run the part fails its task (and the run) with a clear message,
+    # rather than record every video of the archive as failed.
+    pick_device(job.net.device)
+    if job.decode_timeout_s is not None:
+        require_child_processes()
+    extractor = worker_cached(("extractor", job.extractor, job.net),
+                              lambda: _build(job.extractor, job.net))
+    return extract_part(open_store(job.store, mode="a"), extractor, work, job)
+
+
+def _videos(group, rows_by_id, root: Path) -> tuple[dict, ...]:
+    """A part's manifest rows as plain dicts, paths made absolute."""
+    out = []
+    for vid in group.video_id:
+        meta = rows_by_id.loc[vid]
+        path = Path(meta.path) if Path(meta.path).is_absolute() else root / meta.path
+        out.append({"video_id": str(vid), "path": str(path),
+                    "start_sec": segment_start(meta.start_sec),
+                    "end_sec": segment_start(meta.end_sec)})
+    return tuple(out)
 
 
 def run(cfg: ExtractConfig) -> ExtractResult:
@@ -131,14 +291,21 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     t0 = time.time()
     ds = load_dataset(cfg.dataset, cfg.root, cfg.options or None)
     url = cfg.store or f"stores/{ds.name}"
-    device = pick_device(cfg.device)
+    # Distributed: an explicit device is the workers' (checked there), not this machine's.
+    explicit = cfg.distributed and cfg.device != "auto"
+    device = cfg.device if explicit else pick_device(cfg.device)
     decode = decode_config(cfg, ds.name)
-    extractor = build_extractor(cfg, device)
+    net = extractor_config(cfg, device)
+    # Here only for the provenance if the workers extract: keep this machine's GPU free.
+    extractor = _build(cfg.extractor, replace(net, device="cpu") if cfg.distributed else net)
     prep = {"fps": decode.fps, "short_side": decode.short_side, "crop": decode.crop,
             "scale": "[-1, 1]"}
     store = open_store(url, mode="a")
+    notices = []
     for stream in extractor.streams:  # refuse before writing anything
-        store.claim_stream(stream, extractor.provenance(prep, stream))
+        notice = store.claim_stream(stream, extractor.provenance(prep, stream))
+        if notice:
+            notices.append(notice)
     store.set_classes(list(ds.classes))
     manifest = ds.manifest if cfg.limit is None else ds.manifest.head(cfg.limit)
     manifest = store.merge_manifest(manifest)
@@ -146,8 +313,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
         store.write_table("pairs", ds.pairs)
     if ds.boxes is not None:
         store.write_table("boxes", ds.boxes)
-    store.group.attrs["dataset"] = {"name": ds.name, "root": str(Path(ds.root).resolve()),
-                                    "multilabel": bool(ds.multilabel)}
+    store.update_attrs({"dataset": {"name": ds.name, "root": str(Path(ds.root).resolve()),
+                                    "multilabel": bool(ds.multilabel)}})
     # files the adapter could not find are listed in the manifest, never planned
     missing = manifest[manifest.status == "missing"]
     if len(missing) == len(manifest):
@@ -166,35 +333,41 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     rows_by_id = manifest.set_index("video_id")
     todo = plan[~plan.part.isin(set.intersection(*done.values()))]
     result = ExtractResult(store=url, n_videos=len(plan), n_skipped=len(plan) - len(todo),
-                           missing=missing.video_id.tolist())
+                           missing=missing.video_id.tolist(), notices=notices)
+    fresh = {s: store.done_parts(s) for s in extractor.streams}  # before --retry-failed
+    works = [PartWork(int(part), tuple(s for s in extractor.streams if part not in done[s]),
+                      _videos(group, rows_by_id, Path(ds.root)),
+                      redo=any(part in fresh[s] for s in extractor.streams))
+             for part, group in todo.groupby("part", sort=True)]
+    job = PartJob(store=store.url, extractor=cfg.extractor, net=net, decode=decode,
+                  decode_timeout_s=cfg.decode_timeout())
     bar = progress(total=len(todo), desc=f"extract {','.join(extractor.streams)}", unit="video")
-    for part, group in todo.groupby("part", sort=True):
-        needed = tuple(s for s in extractor.streams if part not in done[s])
-        rows, maps = [], {s: {} for s in needed}
-        for vid in group.video_id:
-            meta = rows_by_id.loc[vid]
-            path = Path(meta.path) if Path(meta.path).is_absolute() else Path(ds.root) / meta.path
-            row = {"video_id": vid, "status": "done", "error": None, "n_frames": 0,
-                   "fps": decode.fps or 0.0}
-            try:
-                n_frames, fps, out = extract_video(extractor, path, decode, meta, needed)
-                row.update(n_frames=n_frames, fps=fps)
-                for stream, fmap in out.items():
-                    ARRAYS[stream].check(fmap)  # NaN/Inf or a wrong shape fails this video only
-                    maps[stream][vid] = fmap
-                result.n_extracted += 1
-            except Exception as e:  # one bad video must not stop the other thousands
-                msg = one_line(e)
-                row.update(status="failed", error=msg if str(path) in msg else f"{path}: {msg}")
-                result.failures.append((vid, row["error"]))
-                for stream in maps:
-                    maps[stream].pop(vid, None)
-            rows.append(row)
-            bar.update(1)
-            bar.set_postfix(part=int(part), failed=len(result.failures))
-        for stream in needed:
-            store.write_part(stream, int(part), rows, maps[stream])
-    bar.close()
+
+    def tally(row: dict) -> None:
+        if row["status"] == "done":
+            result.n_extracted += 1
+        else:
+            result.failures.append((row["video_id"], row["error"]))
+
+    with bar:
+        if cfg.distributed and works:
+            from vidattn.cluster import client, run_tasks
+
+            ccfg = cfg.cluster_config()
+            with client(ccfg) as c:
+                for work, rows in run_tasks(c, extract_part_task, works, ccfg, job):
+                    for row in rows:
+                        tally(row)
+                    bar.update(len(rows))
+                    bar.set_postfix(part=work.part, failed=len(result.failures))
+        else:
+            def on_video(part: int, row: dict) -> None:
+                tally(row)
+                bar.update(1)
+                bar.set_postfix(part=part, failed=len(result.failures))
+
+            for work in works:  # the task's own function, in this process
+                extract_part(store, extractor, work, job, partial(on_video, work.part))
     idx = store.index(first)
     failed = idx[idx.status == "failed"]
     seen = {v for v, _ in result.failures}
@@ -208,4 +381,3 @@ def run(cfg: ExtractConfig) -> ExtractResult:
         mine(MineConfig(url, stream=first))
     result.seconds = round(time.time() - t0, 2)
     return result
-

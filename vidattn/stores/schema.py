@@ -3,13 +3,15 @@
 A vidattn store is a Zarr (format 3) group plus parquet tables beside it::
 
     STORE/
-      zarr.json                      group attributes: schema_version, provenance, classes
+      zarr.json                      group attributes: schema_version, provenance, classes,
+                                     dataset, pending_invalidation (mid-invalidation only)
       features/<stream>/part-00000   float16 array, dims (voxel, channel), one shard per part
       manifest.parquet               MANIFEST_SCHEMA: one row per video or segment
       pairs.parquet                  PAIRS_SCHEMA: action clip -> conjugate clip
       boxes.parquet                  BOXES_SCHEMA: per-frame ground-truth acting region (optional)
       plan.parquet                   PLAN_SCHEMA: video -> part, fixed before any part is written
       index/<stream>/part-00000.parquet   INDEX_SCHEMA: written last; its presence marks a part done
+      locks/                         per-part and store locks of running writers (see zarr_store)
 
 Feature maps are stored flattened: a video's (T, H, W, D) map occupies rows
 ``offset : offset + T*H*W`` of its part array, in (t, h, w) order.  Flattening lets

@@ -570,6 +570,11 @@ class FeatureStore:
             done.add(part)
         return done
 
+    def part_done(self, stream: str, part: int) -> bool:
+        """Whether ``part`` of ``stream`` has its index fragment now (one cheap check; unlike
+        :meth:`done_parts` it does not count as having seen the fragment)."""
+        return self._info(self._fragment(stream, part)) is not None
+
     def _info(self, rel: str) -> dict | None:
         try:
             return self.fs.info(self._path(rel))

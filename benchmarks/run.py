@@ -21,7 +21,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import extraction  # benchmarks/extraction.py, beside this script
+import cluster  # benchmarks/cluster.py and extraction.py, beside this script
+import extraction
 import numpy as np
 import torch
 
@@ -199,6 +200,7 @@ def main() -> None:
     extraction.bench_long_video(rows, device)
     bench_heads(rows, device)
     bench_sample(rows, device)
+    cluster.bench_cluster(rows)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
     rows.append(("peak RSS of the whole benchmark", f"{peak:.0f} MiB", ""))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -134,8 +134,6 @@ def bench_i3d_precision(rows: list, device: str) -> None:
 def bench_end_to_end(rows: list, device: str, video: Path) -> None:
     """RGB extraction of one real clip (decode in a stream + windows + float16) against the
     bare forward pass on the same, already decoded frames (target: >= 0.8x)."""
-    from types import SimpleNamespace
-
     from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig
     from vidattn.pipeline.extract import extract_video
     from vidattn.video import DecodeConfig, load_clip, to_model_input
@@ -144,7 +142,7 @@ def bench_end_to_end(rows: list, device: str, video: Path) -> None:
         rows.append(("end-to-end extraction", "skipped: no real clip", ""))
         return
     decode = DecodeConfig()
-    meta = SimpleNamespace(start_sec=0.0, end_sec=10.0)
+    meta = {"start_sec": 0.0, "end_sec": 10.0}
     ex = I3DExtractor(I3DExtractorConfig(device=device))
     frames = load_clip(video, decode, 0.0, 10.0).frames
     model = ex.nets["rgb"].model
@@ -173,7 +171,6 @@ def bench_end_to_end(rows: list, device: str, video: Path) -> None:
 
 _LONG = """
 import json, resource, sys, time
-from types import SimpleNamespace
 from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig
 from vidattn.pipeline.extract import extract_video
 from vidattn.video import DecodeConfig
@@ -182,7 +179,7 @@ ex = I3DExtractor(I3DExtractorConfig(device=device))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t = time.perf_counter()
 n, fps, out = extract_video(ex, path, DecodeConfig(short_side=size, crop=size),
-                            SimpleNamespace(start_sec=None, end_sec=None), ("rgb",))
+                            {"start_sec": None, "end_sec": None}, ("rgb",))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"n": n, "sec": time.perf_counter() - t, "base": base, "peak": peak,
                   "shape": list(out["rgb"].shape), "out_mb": out["rgb"].nbytes / 2**20}))

@@ -44,13 +44,8 @@ import hashlib
 import io
 import json
 import logging
-import os
-import socket
-import time
 import uuid
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -62,6 +57,15 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import ZstdCodec
 
+from vidattn.stores.locks import (  # noqa: F401 - LockTimeout is part of this module's API
+    LOCK_TIMEOUT_S,
+    STALE_LOCK_S,
+    STORE_LOCK,
+    Locks,
+    LockTimeout,
+    StoreError,
+    part_lock_name,
+)
 from vidattn.stores.schema import ARRAYS, INDEX_SCHEMA, SCHEMA_VERSION, conform
 
 # Provenance keys that must agree before a run may append to a stream.  vidattn's own
@@ -70,30 +74,11 @@ from vidattn.stores.schema import ARRAYS, INDEX_SCHEMA, SCHEMA_VERSION, conform
 # redoes that stream's parts (see FeatureStore.claim_stream).
 PROVENANCE_KEYS = ("extractor", "extractor_version", "weights_sha256", "preprocessing")
 
-# Lock defaults.  A part lock is held only while one part is written (seconds, a minute on
-# a slow object store), so a lock older than STALE_LOCK_S lost its holder.  A waiter gives
-# up after LOCK_TIMEOUT_S, later than STALE_LOCK_S so that a dead holder on another host
-# is broken before anyone gives up on it.
-STALE_LOCK_S = 600.0
-LOCK_TIMEOUT_S = 900.0
-# A lock file is created empty and filled at once; one still empty after this long was
-# abandoned by a process that died between the two steps.
-_EMPTY_LOCK_S = 30.0
-STORE_LOCK = "store.lock"
-
 _log = logging.getLogger(__name__)
-
-
-class StoreError(RuntimeError):
-    """A store is missing, of another schema version, or would be written inconsistently."""
 
 
 class ChecksumError(StoreError):
     """Stored bytes are corrupt: they do not match the index checksum, or do not decode."""
-
-
-class LockTimeout(StoreError):
-    """Another live writer held a store lock for longer than the caller would wait."""
 
 
 class StoreNotice(UserWarning):
@@ -107,19 +92,6 @@ def checksum(values: np.ndarray) -> str:
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
-def _pid_alive(pid: object) -> bool:
-    """Whether process ``pid`` exists on this host (a pid we may not signal exists too)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _signature(info: dict) -> tuple:
@@ -146,9 +118,6 @@ class FeatureStore:
         if "://" not in self.url:  # a local path: keep it absolute so run dirs can find it
             self.url = str(Path(self.url).expanduser().resolve())
         self.mode = mode
-        self.lock_timeout_s = float(lock_timeout_s)
-        self.stale_lock_s = float(stale_lock_s)
-        self._held: dict[str, list] = {}  # lock name -> [token, depth] (locks are re-entrant)
         # (stream, part) -> signature of the fragment this object saw or wrote: a fragment
         # it has not seen was written by another run since this one planned its work.
         self._seen: dict[tuple[str, int], tuple] = {}
@@ -156,6 +125,8 @@ class FeatureStore:
         self._index: pd.DataFrame | None = None
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.local = isinstance(self.fs, fsspec.implementations.local.LocalFileSystem)
+        self.locks = Locks(self.fs, self._path, self.url, self.local, lock_timeout_s,
+                           stale_lock_s)
         if self.local:
             self._zstore = zarr.storage.LocalStore(self.root, read_only=(mode == "r"))
         else:
@@ -192,154 +163,13 @@ class FeatureStore:
             )
 
     # ------------------------------------------------------------------ locks
-    @contextmanager
-    def lock(self, name: str) -> Iterator[None]:
-        """Hold ``locks/<name>`` (re-entrant within this object), see the module docstring.
-
-        Waits for a live holder at most ``lock_timeout_s``, then raises LockTimeout naming
-        the holder; a stale lock (dead holder pid on this host, or older than
-        ``stale_lock_s``) is broken with a warning in the log.
-        """
-        held = self._held.get(name)
-        if held is not None:
-            held[1] += 1
-            try:
-                yield
-            finally:
-                held[1] -= 1
-            return
-        token = self._acquire(name)
-        self._held[name] = [token, 1]
-        try:
-            yield
-        finally:
-            del self._held[name]
-            self._release(name, token)
+    def lock(self, name: str):
+        """Hold ``locks/<name>`` (re-entrant within this object); see :class:`Locks`."""
+        return self.locks.lock(name)
 
     def part_lock(self, stream: str, part: int):
         """The lock :meth:`write_part` holds while writing ``part`` of ``stream``."""
-        return self.lock(self._part_lock_name(stream, part))
-
-    @staticmethod
-    def _part_lock_name(stream: str, part: int) -> str:
-        return f"{stream}/part-{part:05d}.lock"
-
-    def _acquire(self, name: str) -> str:
-        path = self._path(f"locks/{name}")
-        deadline = time.monotonic() + self.lock_timeout_s
-        delay = 0.01
-        while True:
-            token = self._try_create(path)
-            if token is not None:
-                return token
-            seen = self._read_lock(path)
-            if seen is None:  # released between our attempt and the read: try again
-                continue
-            holder, born = seen
-            why = self._stale(holder, born)
-            if why is not None:
-                self._break(path, holder, why)
-                continue
-            if time.monotonic() >= deadline:
-                raise LockTimeout(
-                    f"{self.url}: waited {self.lock_timeout_s:g} s for {path}, held by "
-                    f"pid {holder.get('pid')} on {holder.get('host')} since "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(born))}; if no "
-                    f"run is writing this store, delete that file"
-                )
-            time.sleep(delay)
-            delay = min(2 * delay, 0.25)
-
-    def _lock_body(self) -> tuple[str, bytes]:
-        token = uuid.uuid4().hex
-        body = {"pid": os.getpid(), "host": socket.gethostname(), "time": time.time(),
-                "token": token}
-        return token, json.dumps(body).encode()
-
-    def _try_create(self, path: str) -> str | None:
-        """Create the lock file at ``path`` if nobody holds it; our token, or None."""
-        token, body = self._lock_body()
-        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        if self.local:
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return None
-            try:
-                os.write(fd, body)
-            except BaseException:
-                os.close(fd)
-                os.unlink(path)  # an empty lock would block others for _EMPTY_LOCK_S
-                raise
-            os.close(fd)
-            return token
-        # No atomic create on object stores: write, read back, keep it if still ours.
-        if self.fs.exists(path):
-            return None
-        self.fs.pipe_file(path, body)
-        seen = self._read_lock(path)
-        return token if seen is not None and seen[0].get("token") == token else None
-
-    def _read_lock(self, path: str) -> tuple[dict, float] | None:
-        """(holder, creation time) of a lock file, or None when there is none.  An empty or
-        unreadable file gives holder {} (its creator is writing it, or died doing so)."""
-        try:
-            with self.fs.open(path, "rb") as f:
-                raw = f.read()
-            info = self.fs.info(path)
-        except FileNotFoundError:
-            return None
-        try:
-            holder = json.loads(raw)
-            holder = holder if isinstance(holder, dict) else {}
-        except ValueError:
-            holder = {}
-        mtime = info.get("mtime") or info.get("LastModified") or time.time()
-        if not isinstance(mtime, int | float):  # object stores give a datetime
-            mtime = mtime.timestamp()
-        born = holder.get("time", mtime)
-        return holder, float(born) if isinstance(born, int | float) else float(mtime)
-
-    def _stale(self, holder: dict, born: float) -> str | None:
-        """Why the lock is abandoned, or None while its holder may still be writing."""
-        age = time.time() - born
-        if not holder:
-            return f"empty for {age:.0f} s" if age > _EMPTY_LOCK_S else None
-        if holder.get("host") == socket.gethostname() and not _pid_alive(holder.get("pid")):
-            return f"its holder, pid {holder.get('pid')} on this host, is gone"
-        if age > self.stale_lock_s:
-            return f"held for {age:.0f} s, longer than stale_lock_s={self.stale_lock_s:g}"
-        return None
-
-    def _break(self, path: str, holder: dict, why: str) -> None:
-        """Remove the stale lock ``holder`` at ``path``, unless someone beat us to it.
-
-        Breakers take ``<lock>.break`` first, and remove the lock only if it still holds
-        the token judged stale: two breakers cannot remove a fresh lock that one of them
-        created in between.
-        """
-        guard = f"{path}.break"
-        if self._try_create(guard) is None:
-            seen = self._read_lock(guard)
-            if seen is not None and time.time() - seen[1] > _EMPTY_LOCK_S:
-                self.fs.rm(guard)  # a breaker died holding the guard
-            time.sleep(0.01)
-            return
-        try:
-            now = self._read_lock(path)
-            if now is not None and now[0].get("token") == holder.get("token"):
-                self.fs.rm(path)
-                _log.warning("%s: broke stale lock %s (%s)", self.url, path, why)
-        finally:
-            self.fs.rm(guard)
-
-    def _release(self, name: str, token: str) -> None:
-        path = self._path(f"locks/{name}")
-        seen = self._read_lock(path)
-        if seen is not None and seen[0].get("token") == token:
-            self.fs.rm(path)
-        else:  # someone judged us stale and broke the lock: say so, do not remove theirs
-            _log.warning("%s: lock %s was broken while this process held it", self.url, path)
+        return self.locks.lock(part_lock_name(stream, part))
 
     # ------------------------------------------------------------------ tables
     def _path(self, rel: str) -> str:

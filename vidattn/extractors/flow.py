@@ -9,8 +9,8 @@
   two orders of magnitude cheaper but not the distribution I3D was trained on.
 * ``"tvl1-torch"`` -- the same TV-L1, re-implemented in PyTorch and batched over frame
   pairs (:mod:`vidattn.extractors.tvl1_torch`); it runs on CPU or CUDA and is the default
-  on CUDA.  It agrees with OpenCV's to a mean end-point error of a few hundredths of a
-  pixel on real video (tests and BENCHMARKS.md).
+  on CUDA.  It agrees with OpenCV's to a mean end-point error of 0.04 px on real video
+  (tests and BENCHMARKS.md).
 
 ``flow_to_input`` then clips and rescales flow the way Carreira & Zisserman prepared
 the Kinetics flow stream: values truncated to [-20, 20] pixels and mapped to [-1, 1],

@@ -8,6 +8,8 @@ import sys
 
 import click
 
+from vidattn.errors import one_line
+
 
 def _fail(e: BaseException) -> None:
     """One clear line on stderr and exit 1 (tracebacks only with VIDATTN_DEBUG=1)."""
@@ -15,7 +17,7 @@ def _fail(e: BaseException) -> None:
 
     if os.environ.get("VIDATTN_DEBUG"):
         raise e
-    click.echo(f"error: {' '.join(str(e).split()) or type(e).__name__}", err=True)
+    click.echo(f"error: {one_line(e)}", err=True)
     sys.exit(1)
 
 

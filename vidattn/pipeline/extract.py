@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from vidattn.errors import one_line
 from vidattn.pipeline.localize import segment_start
 from vidattn.pipeline.mine import NEAREST_NEGATIVE
 from vidattn.progress import bar as progress
@@ -178,11 +179,6 @@ def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...],
         return n, clip.fps, out
 
 
-def one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text if text else type(e).__name__
-
-
 @dataclass(frozen=True)
 class PartJob:
     """What every part of a run shares; picklable, sent with each dask task.
@@ -325,7 +321,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
 
     first = extractor.streams[0]
     # a part is done per stream: adding the flow stream to an RGB store redoes flow only
-    done = {s: store.done_parts(s) for s in extractor.streams}
+    fresh = {s: store.done_parts(s) for s in extractor.streams}  # before --retry-failed
+    done = {s: set(parts) for s, parts in fresh.items()}
     if cfg.retry_failed:
         for s in extractor.streams:
             idx = store.index(s)
@@ -334,7 +331,6 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     todo = plan[~plan.part.isin(set.intersection(*done.values()))]
     result = ExtractResult(store=url, n_videos=len(plan), n_skipped=len(plan) - len(todo),
                            missing=missing.video_id.tolist(), notices=notices)
-    fresh = {s: store.done_parts(s) for s in extractor.streams}  # before --retry-failed
     works = [PartWork(int(part), tuple(s for s in extractor.streams if part not in done[s]),
                       _videos(group, rows_by_id, Path(ds.root)),
                       redo=any(part in fresh[s] for s in extractor.streams))

@@ -37,6 +37,7 @@ from vidattn.pipeline.data import channels_first
 from vidattn.pipeline.runs import load_run, pick_device, predict
 from vidattn.progress import bar as progress
 from vidattn.stores import FeatureStore, open_store
+from vidattn.stores.files import put_atomic
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -192,16 +193,6 @@ def fingerprint(runs: list[RunSpec], store: FeatureStore,
     return h.hexdigest()
 
 
-def _put_atomic(fs, path: str, data: bytes) -> None:
-    """Write under a hidden temporary name, then rename: readers (and a resumed run) see the
-    whole file or none.  The leading dot keeps pyarrow's dataset discovery off it."""
-    folder, name = path.rsplit("/", 1)
-    tmp = f"{folder}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
-
-
 _STORE: dict[str, tuple[str, FeatureStore]] = {}  # url -> (job, store), one per process
 
 
@@ -257,7 +248,7 @@ def score_partition(part: Partition, runs: list[RunSpec], store_url: str, out: s
     table = pa.Table.from_arrays(arrays, schema=OUTPUT_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    _put_atomic(fs, final, buf.getvalue())
+    put_atomic(fs, final, buf.getvalue())
     return table.num_rows
 
 
@@ -279,8 +270,8 @@ def _prepare_out(fs, root: str, out: str, meta: dict, classes: dict) -> set[str]
     elif names:
         raise ValueError(f"{out}: holds partitions but no {META}; refusing to add to them")
     else:  # metadata first: a partition on disk always has its fingerprint beside it
-        _put_atomic(fs, f"{root}/{CLASSES}", json.dumps(classes, indent=2).encode())
-        _put_atomic(fs, meta_path, json.dumps(meta, indent=2).encode())
+        put_atomic(fs, f"{root}/{CLASSES}", json.dumps(classes, indent=2).encode())
+        put_atomic(fs, meta_path, json.dumps(meta, indent=2).encode())
     for stray in fs.glob(f"{root}/.*.tmp-*"):  # from a crash: never renamed, never complete
         fs.rm(stray)
     return names

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from vidattn.decoders import DecodeConfig, PathLike, VideoDecodeError
+from vidattn.errors import one_line
 
 # How often the parent checks that the child is still alive while it waits for a message.
 _POLL_S = 0.1
@@ -73,8 +74,7 @@ def _portable(e: BaseException) -> BaseException:
         pickle.loads(pickle.dumps(e))
         return e
     except Exception:
-        text = " ".join(str(e).split())
-        return RuntimeError(f"{type(e).__name__}: {text}" if text else type(e).__name__)
+        return RuntimeError(one_line(e, with_type=True))
 
 
 def _exit_when_orphaned(alive) -> None:

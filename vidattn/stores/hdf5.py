@@ -55,6 +55,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from vidattn.errors import one_line
 from vidattn.progress import bar
 from vidattn.stores.schema import ARRAYS, SCHEMA_VERSION, conform
 from vidattn.stores.zarr_store import FeatureStore, StoreError, open_store
@@ -67,11 +68,6 @@ GZIP_LEVEL = 4  # float16 maps barely compress past level 4; higher only costs t
 
 class H5FormatError(ValueError):
     """An .h5 file is unreadable or not in this layout; ``str(e)`` is one line naming it."""
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text or type(e).__name__
 
 
 def h5_name(video_id: str) -> str:
@@ -263,7 +259,7 @@ def _read_source(path: Path) -> _Source:
         raise
     except (OSError, KeyError, ValueError, TypeError) as e:  # h5py/parquet/json damage
         raise H5FormatError(f"{path}: not a readable vidattn HDF5 file "
-                            f"({_one_line(e)})") from None
+                            f"({one_line(e)})") from None
 
 
 def _read_map(f: h5py.File, path: Path, stream: str, entry: dict) -> np.ndarray:
@@ -272,7 +268,7 @@ def _read_map(f: h5py.File, path: Path, stream: str, entry: dict) -> np.ndarray:
     try:
         values = f[where][()]
     except (OSError, KeyError, ValueError) as e:  # fletcher32 / gzip errors on damaged chunks
-        raise H5FormatError(f"{path}: cannot read {where} ({_one_line(e)})") from None
+        raise H5FormatError(f"{path}: cannot read {where} ({one_line(e)})") from None
     shape = (int(entry["t"]), int(entry["h"]), int(entry["w"]))
     if values.ndim != 4 or values.shape[:3] != shape or values.dtype != np.float16:
         raise H5FormatError(f"{path}: {where} is {values.dtype} {values.shape}, its attrs "
@@ -364,7 +360,7 @@ def import_h5(path: str, store_url: str, part_size: int = 16) -> dict:
     try:
         f = h5py.File(h5_path, "r")
     except OSError as e:  # replaced or damaged since it was validated
-        raise H5FormatError(f"{h5_path}: not a readable HDF5 file ({_one_line(e)})") from None
+        raise H5FormatError(f"{h5_path}: not a readable HDF5 file ({one_line(e)})") from None
     progress = bar(total=sum(len(e) for e in entries.values()), desc="import-h5",
                    unit="video")
     with f, progress:

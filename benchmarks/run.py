@@ -14,7 +14,6 @@ import argparse
 import platform
 import resource
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -25,19 +24,10 @@ import cluster  # benchmarks/cluster.py and extraction.py, beside this script
 import extraction
 import numpy as np
 import torch
+from timing import timed
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CLIP = REPO.parent / "shared" / "data" / "activitynet_walking_the_dog.mp4"
-
-
-def timed(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def machine() -> str:

@@ -22,6 +22,7 @@ provenance of every stream, for tools that read HDF5 (h5py, MATLAB, HDFView, Jul
     /tables/manifest                    uint8: the bytes of a parquet file (exact round trip)
     /tables/pairs                       uint8: parquet bytes
     /tables/boxes                       uint8: parquet bytes (only when the store has boxes)
+    /tables/label_text                  uint8: parquet bytes (only with detection tokens)
     /columns/<table>/<column>           the same tables one 1-D dataset per column, for
                                         tools without a parquet reader (lossy, see below)
 
@@ -62,7 +63,7 @@ from vidattn.stores.zarr_store import FeatureStore, StoreError, open_store
 
 FORMAT = "vidattn-features"
 LAYOUT_VERSION = 1
-TABLE_NAMES = ("manifest", "pairs", "boxes")
+TABLE_NAMES = ("manifest", "pairs", "boxes", "label_text")
 GZIP_LEVEL = 4  # float16 maps barely compress past level 4; higher only costs time
 
 
@@ -190,9 +191,9 @@ def export_h5(store_url: str, out: str, streams: tuple[str, ...] | None = None) 
                     progress.update(1)
             _write_table(f, "manifest", conform("manifest", store.manifest()))
             _write_table(f, "pairs", conform("pairs", store.pairs()))
-            boxes = store.boxes()
-            if boxes is not None:
-                _write_table(f, "boxes", conform("boxes", boxes))
+            for name, table in (("boxes", store.boxes()), ("label_text", store.label_text())):
+                if table is not None:
+                    _write_table(f, name, conform(name, table))
         os.replace(tmp, out_path)
     finally:
         progress.close()
@@ -343,8 +344,9 @@ def import_h5(path: str, store_url: str, part_size: int = 16) -> dict:
     pairs = src.tables["pairs"]
     if pairs is not None and (len(pairs) or not len(store.pairs())):
         store.write_table("pairs", pairs)
-    if src.tables["boxes"] is not None:
-        store.write_table("boxes", src.tables["boxes"])
+    for name in ("boxes", "label_text"):
+        if src.tables[name] is not None:
+            store.write_table(name, src.tables[name])
     if src.dataset and "dataset" not in store.group.attrs:
         store.update_attrs({"dataset": src.dataset})
 

@@ -9,9 +9,16 @@ A vidattn store is a Zarr (format 3) group plus parquet tables beside it::
       manifest.parquet               MANIFEST_SCHEMA: one row per video or segment
       pairs.parquet                  PAIRS_SCHEMA: action clip -> conjugate clip
       boxes.parquet                  BOXES_SCHEMA: per-frame ground-truth acting region (optional)
+      label_text.parquet             LABEL_TEXT_SCHEMA: text embedding of each detector class name
       plan.parquet                   PLAN_SCHEMA: video -> part, fixed before any part is written
       index/<stream>/part-00000.parquet   INDEX_SCHEMA: written last; its presence marks a part done
       locks/                         per-part and store locks of running writers (see zarr_store)
+
+The referring stream (RefAtomNet) uses the same mechanism for its tokens: ``detections``
+holds a video's DETR (or annotated) boxes as a (K keyframes, 1, N_o, 10) map and ``text``
+its referring sentence as a (1, 1, L tokens, E) map; class-name embeddings live once per
+store in ``label_text.parquet`` rather than in every detection token (they are a function
+of the class id: 100 queries x 384 floats per keyframe would repeat 91 distinct rows).
 
 Feature maps are stored flattened: a video's (T, H, W, D) map occupies rows
 ``offset : offset + T*H*W`` of its part array, in (t, h, w) order.  Flattening lets
@@ -68,6 +75,26 @@ class ArraySpec:
             raise ValueError(f"store: {self.name} map exceeds the range of {self.dtype}")
 
 
+# One detection token: the box twice (DETR's cx, cy, w, h and corners x1, y1, x2, y2, all
+# normalised to the full frame), the class id in the detector's label map, its score.
+DETECTION_FIELDS = ("cx", "cy", "w", "h", "x1", "y1", "x2", "y2", "class_id", "score")
+# Class id of "no object" padding rows (annotated boxes fill N_o queries with it): one past
+# COCO's 91 ids, DETR's own no-object index.
+NO_OBJECT = 91
+# COCO (DETR) id of the person class: the location stream keeps these queries.
+PERSON = 1
+
+
+def text_array(width: int) -> str:
+    """The store array for sentence tokens of an encoder with hidden size ``width``."""
+    name = "text" if width == 384 else f"text_{width}"
+    if name not in ARRAYS:
+        known = sorted(ARRAYS[n].channels for n in ARRAYS if n.startswith("text"))
+        raise ValueError(f"store: no text array for a {width}-wide encoder (known widths "
+                         f"{known}); add one to vidattn/stores/schema.py ARRAYS")
+    return name
+
+
 # Every array the store may hold.  Extractors declare which of these they write.
 # Names follow vidattn.extractors.two_stream.array_name: <stream>[_<backbone>][_<endpoint>].
 ARRAYS: dict[str, ArraySpec] = {
@@ -83,6 +110,15 @@ ARRAYS: dict[str, ArraySpec] = {
                          description="pytorchvideo I3D R50, res5 (T = N/2, 1/32 size)"),
     "rgb_r50_res4": ArraySpec("rgb_r50_res4", 1024, description="I3D R50, res4 (1/16 size)"),
     "rgb_r50_res3": ArraySpec("rgb_r50_res3", 512, description="I3D R50, res3 (1/8 size)"),
+    # float32: box coordinates and class ids must survive exactly (float16 has 11 bits).
+    "detections": ArraySpec(
+        "detections", len(DETECTION_FIELDS), dtype="float32", chunk_rows=4096,
+        description="detection tokens per keyframe, (K, 1, N_o, 10): "
+                    + ", ".join(DETECTION_FIELDS) + "; provenance says detr or annotations"),
+    **{name: ArraySpec(name, width, chunk_rows=256,
+                       description=f"referring-sentence tokens, (1, 1, L, {width}): last "
+                                   f"hidden states of a frozen BERT-family encoder")
+       for name, width in (("text", 384), ("text_768", 768), ("text_1024", 1024))},
 }
 
 MANIFEST_SCHEMA = pa.schema(
@@ -123,6 +159,14 @@ BOXES_SCHEMA = pa.schema(
     ]
 )
 
+LABEL_TEXT_SCHEMA = pa.schema(
+    [
+        ("class_id", pa.int32()),  # id in the detector's label map (COCO for DETR)
+        ("name", pa.string()),
+        ("embedding", pa.list_(pa.float32())),  # the text encoder's pooled name embedding
+    ]
+)
+
 PLAN_SCHEMA = pa.schema([("video_id", pa.string()), ("part", pa.int32())])
 
 INDEX_SCHEMA = pa.schema(
@@ -146,6 +190,7 @@ TABLES: dict[str, pa.Schema] = {
     "manifest": MANIFEST_SCHEMA,
     "pairs": PAIRS_SCHEMA,
     "boxes": BOXES_SCHEMA,
+    "label_text": LABEL_TEXT_SCHEMA,
     "plan": PLAN_SCHEMA,
     "index": INDEX_SCHEMA,
 }

@@ -194,7 +194,7 @@ class FeatureStore:
             return pq.read_table(f).to_pandas()
 
     def write_table(self, name: str, df) -> None:
-        """Write manifest/pairs/boxes/plan, conformed to the schema."""
+        """Write manifest/pairs/boxes/label_text/plan, conformed to the schema."""
         self._write_table(f"{name}.parquet", conform(name, df))
 
     def manifest(self) -> pd.DataFrame:
@@ -209,6 +209,10 @@ class FeatureStore:
 
     def boxes(self) -> pd.DataFrame | None:
         return self._read_table("boxes.parquet")
+
+    def label_text(self) -> pd.DataFrame | None:
+        """LABEL_TEXT_SCHEMA rows (class id, name, embedding), or None without detections."""
+        return self._read_table("label_text.parquet")
 
     def plan(self) -> pd.DataFrame:
         df = self._read_table("plan.parquet")

@@ -99,7 +99,7 @@ def test_manifest(tmp_path, video):
     assert list(m.status) == ["ok"] * 4 + ["missing"]
     assert m.loc["-vidA_1__0904__0", ["start_sec", "end_sec"]].tolist() == [3.0, 5.0]
     assert json.loads(m.loc["-vidA_1__0902__1", "extra"]) == {
-        "timestamp": 902, "person_id": 1, "box": [0.6, 0.1, 0.9, 0.8]}
+        "timestamp": 902, "keyframe_sec": 2.0, "person_id": 1, "box": [0.6, 0.1, 0.9, 0.8]}
     # without an offset the segment sits at the movie time; a wide window is clipped at 0
     m2 = A.load(tmp_path / "r", {"window_sec": "3000"}).manifest.set_index("video_id")
     assert m2.loc["vidC__1000__7", ["start_sec", "end_sec"]].tolist() == [0.0, 2500.0]

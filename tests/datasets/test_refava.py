@@ -59,7 +59,7 @@ def test_manifest(tmp_path):
                             "videos/vidB.mkv"]
     assert m.loc["vidB__1000__3", ["start_sec", "end_sec"]].tolist() == [99.0, 101.0]
     assert json.loads(m.loc["vid_A__0902__1", "extra"]) == {
-        "timestamp": 902, "person_id": 1, "box": [0.6, 0.1, 0.9, 0.8],
+        "timestamp": 902, "keyframe_sec": 2.0, "person_id": 1, "box": [0.6, 0.1, 0.9, 0.8],
         "description": "a woman"}
     assert list(ds.boxes.columns) == BOXES_SCHEMA.names
     assert ds.boxes.set_index("video_id").loc["vid_A__0902__0", "frame"] == 60  # 2 s x 30

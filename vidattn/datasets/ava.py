@@ -243,8 +243,10 @@ def keyframe_tables(name: str, root: Path, keyframes: list[Keyframe], window_sec
             rate = rates[kf.video] or fps
         start, end = max(0.0, t - window_sec / 2), t + window_sec / 2
         vid = f"{kf.video}__{kf.timestamp:04d}__{kf.person_id}"
-        extra = {"timestamp": kf.timestamp, "person_id": kf.person_id, "box": list(kf.box),
-                 **kf.extra}
+        # keyframe_sec: the keyframe in file time (the timestamp less time_offset), where
+        # the referring extractor runs the detector.
+        extra = {"timestamp": kf.timestamp, "keyframe_sec": t, "person_id": kf.person_id,
+                 "box": list(kf.box), **kf.extra}
         row = (vid, f"videos/{file or kf.video + '.mp4'}", kf.split, kf.labels, "action",
                kf.video, start, end, name, rate, round((end - start) * rate) if rate else None,
                "ok" if file else "missing", json.dumps(extra))

@@ -70,6 +70,13 @@ class SampleConfig:
     size: int = 128  # square frames, size x size
     train_context_corr: float = 0.5  # P(a train clip of class k uses context k)
     seed: int = 0
+    # The referring variant (vidattn.datasets.sample_ref): several actors per clip, one
+    # manifest row per actor with a sentence naming it.  The fields below only count when
+    # referring is True; they are left out of the hash otherwise (see _config_record).
+    referring: bool = False
+    actors: int = 3  # most actors per clip (2 .. 3, one per lane)
+    n_train_clips: int = 48
+    n_test_clips: int = 24
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.classes if c not in MOTIONS]
@@ -81,11 +88,28 @@ class SampleConfig:
             raise ValueError("SampleConfig: size must be even and >= 64 (yuv420p, actor size)")
         if not (0.0 <= self.train_context_corr <= 1.0 and self.fps > 0):
             raise ValueError("SampleConfig: need 0 <= train_context_corr <= 1 and fps > 0")
+        if not 2 <= self.actors <= 3 or min(self.n_train_clips, self.n_test_clips) < 1:
+            raise ValueError("SampleConfig: need 2 <= actors <= 3, >= 1 referring clip a split")
+
+
+# Fields only the referring variant reads.  A plain config hashes as it did before they
+# existed, so its cached dataset (and every result trained on it) stays valid.
+_REFERRING_FIELDS = ("referring", "actors", "n_train_clips", "n_test_clips")
+
+
+def _config_record(cfg: SampleConfig) -> dict:
+    """What identifies a generated dataset: the generator version(s) and the config."""
+    record = {"generator": GENERATOR_VERSION, **asdict(cfg)}
+    if not cfg.referring:
+        return {k: v for k, v in record.items() if k not in _REFERRING_FIELDS}
+    from vidattn.datasets.sample_ref import GENERATOR_VERSION as REF_VERSION  # lazy: a cycle
+
+    return {**record, "referring_generator": REF_VERSION}
 
 
 def config_hash(cfg: SampleConfig) -> str:
     """Short stable hash of a config (and the generator version): names the cache dir."""
-    blob = json.dumps({"generator": GENERATOR_VERSION, **asdict(cfg)}, sort_keys=True)
+    blob = json.dumps(_config_record(cfg), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -280,6 +304,10 @@ def _write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
 
 def _generate(dest: Path, cfg: SampleConfig) -> None:
     """Write the whole dataset into ``dest`` (an empty directory); COMPLETE comes last."""
+    if cfg.referring:
+        from vidattn.datasets.sample_ref import generate
+
+        return generate(dest, cfg)
     K = len(cfg.classes)
     (dest / "videos").mkdir(parents=True)
     manifest, pairs, boxes, contexts = [], [], [], []
@@ -326,7 +354,7 @@ def _generate(dest: Path, cfg: SampleConfig) -> None:
     pq.write_table(ctx_table.cast(CONTEXTS_SCHEMA), dest / "contexts.parquet")
     (dest / "classes.txt").write_text("".join(f"{c}\n" for c in cfg.classes))
     (dest / "config.json").write_text(
-        json.dumps({"generator": GENERATOR_VERSION, **asdict(cfg)}, indent=1) + "\n"
+        json.dumps(_config_record(cfg), indent=1) + "\n"
     )
     (dest / "COMPLETE").write_text(config_hash(cfg) + "\n")
 
@@ -362,7 +390,8 @@ def ensure_sample(
         raise FileExistsError(f"sample: {root} exists and does not hold a sample dataset")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    n_clips = 2 * len(cfg.classes) * (cfg.n_train_per_class + cfg.n_test_per_class)
+    n_clips = (cfg.n_train_clips + cfg.n_test_clips if cfg.referring
+               else 2 * len(cfg.classes) * (cfg.n_train_per_class + cfg.n_test_per_class))
     print(f"vidattn: generating sample dataset ({n_clips} clips) in {root}", file=sys.stderr,
           flush=True)
     try:
@@ -379,17 +408,30 @@ def ensure_sample(
     return root
 
 
-def load(root: str | Path | None = None, cfg: SampleConfig | None = None) -> DatasetTables:
+def load(root: str | Path | None = None, cfg: SampleConfig | None = None,
+         options: dict | None = None) -> DatasetTables:
     """Load the sample dataset's tables, generating the dataset first if needed.
 
     With an explicit ``root`` that already holds a complete dataset and no ``cfg``, that
-    dataset is read as it is, whatever config made it.
+    dataset is read as it is, whatever config made it.  ``options`` are ``key=value``
+    strings for SampleConfig fields (``-o referring=true``); ``classes`` is comma-separated.
     """
+    if options:
+        if cfg is not None:
+            raise ValueError("sample: pass cfg or options, not both")
+        from vidattn.options import parse_options
+
+        if isinstance(options.get("classes"), str):
+            options = {**options, "classes": tuple(options["classes"].split(","))}
+        cfg = parse_options(SampleConfig, options)
     if cfg is None and root is not None and _is_complete(Path(root), None):
         root = Path(root)
     else:
         root = ensure_sample(root, cfg or SampleConfig())
     classes = (root / "classes.txt").read_text().split()
+    # Referring rows are instances scored like RefAVA (BCE, mAP); older datasets lack the key.
+    record = root / "config.json"
+    referring = record.is_file() and json.loads(record.read_text()).get("referring", False)
     return DatasetTables(
         name="sample",
         root=root,
@@ -397,6 +439,7 @@ def load(root: str | Path | None = None, cfg: SampleConfig | None = None) -> Dat
         manifest=pq.read_table(root / "manifest.parquet").to_pandas(),
         pairs=pq.read_table(root / "pairs.parquet").to_pandas(),
         boxes=pq.read_table(root / "boxes.parquet").to_pandas(),
+        multilabel=bool(referring),
     )
 
 

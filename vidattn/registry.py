@@ -18,6 +18,12 @@ HEADS: dict[str, str] = {
     "w3": "vidattn.heads.w3:build",
     "cbam": "vidattn.heads.w3:build_cbam",
     "lightgbm": "vidattn.heads.lightgbm:build",
+    "refatomnet": "vidattn.heads.refatomnet:build",
+    "refatomnet-add": "vidattn.heads.refatomnet:build_add",
+    "refatomnet-concat": "vidattn.heads.refatomnet:build_concat",
+    "refatomnet-noloc": "vidattn.heads.refatomnet:build_noloc",
+    "refatomnet-nocaaf": "vidattn.heads.refatomnet:build_nocaaf",
+    "refatomnet-nocatf": "vidattn.heads.refatomnet:build_nocatf",
 }
 
 # Each head module also exposes its config dataclass under this name.

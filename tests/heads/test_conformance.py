@@ -67,6 +67,19 @@ def test_forward_shapes(name):
         assert other[m].shape == (2, 6, 5, 2)
 
 
+def _check_gradients(head, loss, every_parameter: bool) -> None:
+    """Backward; every trainable parameter gets a finite gradient, and some (or every) one
+    a non-zero gradient."""
+    loss.backward()
+    params = [(n, p) for n, p in head.named_parameters() if p.requires_grad]
+    assert params
+    for n, p in params:
+        assert p.grad is not None, n
+        assert torch.isfinite(p.grad).all(), n
+    nonzero = [bool(p.grad.abs().sum() > 0) for _, p in params]
+    assert all(nonzero) if every_parameter else any(nonzero)
+
+
 @pytest.mark.parametrize("name", TORCH_HEADS)
 def test_backward_gives_finite_gradients(name):
     torch.manual_seed(1)
@@ -79,13 +92,7 @@ def test_backward_gives_finite_gradients(name):
     assert "L_c" in parts and all(isinstance(v, float) for v in parts.values())
     if head.uses_conjugates:
         assert {"L_s", "L_d"} <= set(parts)
-    loss.backward()
-    params = [(n, p) for n, p in head.named_parameters() if p.requires_grad]
-    assert params
-    for n, p in params:
-        assert p.grad is not None, n
-        assert torch.isfinite(p.grad).all(), n
-    assert any(p.grad.abs().sum() > 0 for _, p in params)
+    _check_gradients(head, loss, every_parameter=False)
 
 
 def _learnable(n: int, seed: int):
@@ -165,3 +172,139 @@ def test_lightgbm_fits_sixteen_samples_and_round_trips(multilabel, tmp_path):
 
 def test_head_tests_run_single_threaded():
     assert torch.get_num_threads() == 1  # the directory's autouse fixture is in force
+
+
+# ---------------------------------------------------------------- referring heads
+# Heads whose module sets TRAINER = "referring" (RefAtomNet and its ablations) read a dict
+# batch: the visual map, the referring sentence's token embeddings and the detections, and
+# predict the referred person's actions (multi-label) and box.  Their contract:
+# forward(batch) -> {"logits" (B, K), "box" (B, 4) x1y1x2y2 in [0, 1], one (B, T, H, W) map per
+# name in map_names}; loss(out, batch) -> (scalar, {term: float}).
+REFERRING_HEADS = sorted(n for n in HEADS if head_trainer(n) == "referring")
+E, M, L = 16, 5, 6  # text-embedding width, detections, sentence tokens
+# Small sizes keep the tests fast; applied to the fields a head's Config has.
+SMALL = {"text_dim": str(E), "dim": "32", "n_tokens": "8", "heads": "2", "n_blocks": "2"}
+
+
+def _referring_head(name: str, **options: str):
+    cls = head_config_class(name)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    options = {**{k: v for k, v in SMALL.items() if k in fields}, **options}
+    cfg = parse_options(cls, options, num_classes=K, multilabel=True, in_channels=D)
+    return build_head(name, cfg)
+
+
+def referring_batch(n: int, seed: int, t: int = T, h: int = H, w: int = W, m: int = M,
+                    length: int = L) -> dict[str, torch.Tensor]:
+    """A learnable synthetic referring batch of n samples (float32, masks bool).
+
+    The referred person's box is one of the m detections (at a random slot) and is spelt out
+    by the sentence's first token (a fixed linear code of the box); the person's classes
+    shift the visual features inside the box.  Padding (masked tokens and detections) holds
+    garbage; sample 1's detections are all masked (the sentence still tells the box).
+    """
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % K
+    labels = torch.nn.functional.one_hot(y, K).float()
+    labels[::2, (y[::2] + 1) % K] = 1.0  # every other sample has two labels
+    size = 0.2 + 0.4 * torch.rand(n, 2, generator=g)
+    start = torch.rand(n, 2, generator=g) * (1 - size)
+    box = torch.cat([start, start + size], 1)  # (n, 4) x1 y1 x2 y2
+    cy, cx = (torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w
+    in_y = (cy >= box[:, 1:2]) & (cy <= box[:, 3:4])  # (n, h): cell centres inside the box
+    in_x = (cx >= box[:, 0:1]) & (cx <= box[:, 2:3])  # (n, w)
+    inside = in_y[:, :, None] & in_x[:, None, :]  # (n, h, w)
+    shift = 2 * torch.randn(K, D, generator=g)
+    visual = torch.randn(n, D, t, h, w, generator=g)
+    visual = visual + (labels @ shift)[:, :, None, None, None] * inside[:, None, None].float()
+    # detections: random person boxes, the referred one at slot `who`; the last slot pads
+    s2 = 0.1 + 0.5 * torch.rand(n, m, 2, generator=g)
+    st2 = torch.rand(n, m, 2, generator=g) * (1 - s2)
+    xyxy = torch.cat([st2, st2 + s2], 2)
+    who = torch.randint(0, m - 1, (n,), generator=g)
+    xyxy[torch.arange(n), who] = box
+    det_boxes = torch.cat([(xyxy[..., :2] + xyxy[..., 2:]) / 2, xyxy[..., 2:] - xyxy[..., :2],
+                           xyxy], 2)
+    det_mask = torch.ones(n, m, dtype=torch.bool)
+    det_mask[:, -1] = False
+    det_mask[1 % n] = False
+    person = torch.randn(E, generator=g)
+    det_emb = person.expand(n, m, E).clone()
+    garbage = 1e6 * torch.randn(n, m, generator=g)
+    det_boxes[~det_mask], det_emb[~det_mask] = garbage[~det_mask, None], garbage[~det_mask, None]
+    code = torch.randn(4, E, generator=g)
+    text = 0.3 * torch.randn(n, length, E, generator=g)
+    text[:, 0] += 4 * (box - 0.5) @ code
+    lengths = torch.randint(2, length + 1, (n,), generator=g)
+    text_mask = torch.arange(length)[None] < lengths[:, None]
+    text[~text_mask] = 1e6
+    return {"visual": visual.relu(), "text": text, "text_mask": text_mask,
+            "det_boxes": det_boxes, "det_emb": det_emb, "det_scores": torch.rand(n, m, generator=g),
+            "det_mask": det_mask, "labels": labels, "box": box}
+
+
+def _box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of paired x1y1x2y2 boxes (n, 4), (n, 4) -> (n,)."""
+    inter = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2]))
+    inter = inter.clamp(min=0).prod(1)
+    area_a, area_b = ((x[:, 2:] - x[:, :2]).clamp(min=0).prod(1) for x in (a, b))
+    return inter / (area_a + area_b - inter)
+
+
+def test_referring_heads_are_registered():
+    assert REFERRING_HEADS  # RefAtomNet and its ablations
+
+
+@pytest.mark.parametrize("name", REFERRING_HEADS)
+def test_referring_forward_shapes(name):
+    torch.manual_seed(0)
+    head = _referring_head(name).eval()
+    assert head.uses_conjugates is False and isinstance(head.map_names, tuple)
+    for size in [(T, H, W, M, L), (6, 5, 2, 3, 9)]:  # any map size, detections, length
+        t, h, w, m, length = size
+        batch = referring_batch(B, seed=0, t=t, h=h, w=w, m=m, length=length)
+        with torch.no_grad():
+            out = head(batch)
+        assert out["logits"].shape == (B, K) and torch.isfinite(out["logits"]).all()
+        box = out["box"]
+        assert box.shape == (B, 4) and torch.isfinite(box).all()
+        assert (box >= 0).all() and (box <= 1).all()
+        assert (box[:, :2] <= box[:, 2:]).all()  # x1 <= x2, y1 <= y2
+        for name_ in head.map_names:
+            assert out[name_].shape == (B, t, h, w), name_
+            assert torch.isfinite(out[name_]).all(), name_
+
+
+@pytest.mark.parametrize("name", REFERRING_HEADS)
+def test_referring_backward_gives_finite_gradients(name):
+    torch.manual_seed(1)
+    head = _referring_head(name).train()
+    batch = referring_batch(B, seed=1)  # sample 1 has every detection masked
+    loss, parts = head.loss(head(batch), batch)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert parts and all(isinstance(v, float) for v in parts.values())
+    _check_gradients(head, loss, every_parameter=True)  # no trainable parameter is dead
+
+
+@pytest.mark.parametrize("name", REFERRING_HEADS)
+def test_referring_overfits_sixteen_samples(name):
+    torch.manual_seed(2)
+    head = _referring_head(name, dropout="0")
+    assert head.cfg.dropout == 0.0
+    batch = referring_batch(16, seed=3)
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    head.train()
+    first = None
+    for _ in range(150):
+        opt.zero_grad()
+        loss, _ = head.loss(head(batch), batch)
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+    head.eval()
+    with torch.no_grad():
+        out = head(batch)
+        final, _ = head.loss(out, batch)
+    assert final.item() < 0.1 * first
+    assert ((out["logits"] > 0).float() == batch["labels"]).all()  # every label, no extra
+    assert _box_iou(out["box"], batch["box"]).mean() > 0.8

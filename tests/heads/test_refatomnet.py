@@ -1,0 +1,309 @@
+"""RefAtomNet and its ablations: shapes, box range, masking, which inputs reach which stream,
+the cross-stream fusion equations against hand computations, the loss terms, the config.
+
+Parameters at the default config with in_channels=1024, num_classes=4 (d=256, N=32, n=4,
+h=4, 3 blocks; printed by sum(p.numel() for p in head.parameters())):
+    refatomnet         10,117,324
+    refatomnet-add      5,371,636
+    refatomnet-concat   5,397,172
+    refatomnet-noloc    6,845,152
+    refatomnet-nocaaf  10,117,324  (CAAF and CATF are parameter-free)
+    refatomnet-nocatf  10,117,324
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vidattn.heads.agent_attention import AgentAttention, CrossStreamBlock, avg_fuse
+from vidattn.heads.refatomnet import (
+    Config,
+    RefAtomNet,
+    box_iou,
+    build,
+    build_add,
+    build_concat,
+    build_nocaaf,
+    build_nocatf,
+    build_noloc,
+    decode_box,
+    position_features,
+)
+from vidattn.options import parse_options
+from vidattn.pipeline.runs import build_head
+from vidattn.registry import head_config_class, head_trainer
+
+D, E, K = 32, 16, 3  # visual channels, text width, classes
+SMALL = {"in_channels": D, "text_dim": E, "num_classes": K, "dim": 32, "n_tokens": 8,
+         "heads": 2, "n_blocks": 2}
+BUILDERS = {"refatomnet": build, "refatomnet-add": build_add, "refatomnet-concat": build_concat,
+            "refatomnet-noloc": build_noloc, "refatomnet-nocaaf": build_nocaaf,
+            "refatomnet-nocatf": build_nocatf}
+
+
+def _head(builder=build, seed: int = 0, **kw) -> RefAtomNet:
+    """A small head in eval mode (dropout off: outputs are deterministic)."""
+    torch.manual_seed(seed)
+    return builder(Config(**{**SMALL, **kw})).eval()
+
+
+def _batch(b: int = 3, t: int = 2, h: int = 3, w: int = 4, m: int = 5, length: int = 6,
+           seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random referring batch; the last detection and the last two tokens of row 0 are masked."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(b, m, 2, generator=g) * 0.5
+    wh = 0.1 + 0.4 * torch.rand(b, m, 2, generator=g)
+    det_mask = torch.ones(b, m, dtype=torch.bool)
+    det_mask[:, m - 1:] = False
+    text_mask = torch.ones(b, length, dtype=torch.bool)
+    text_mask[0, -2:] = False
+    return {"visual": torch.randn(b, D, t, h, w, generator=g).relu(),
+            "text": torch.randn(b, length, E, generator=g), "text_mask": text_mask,
+            "det_boxes": torch.cat([xy + wh / 2, wh, xy, xy + wh], dim=2),
+            "det_emb": torch.randn(b, m, E, generator=g), "det_scores": torch.rand(b, m),
+            "det_mask": det_mask, "labels": (torch.rand(b, K, generator=g) < 0.4).float(),
+            "box": torch.tensor([[0.1, 0.2, 0.5, 0.9]]).expand(b, 4).clone()}
+
+
+def _run(head: RefAtomNet, batch: dict) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        return head(batch)
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in ("logits", "box", "visual_attn"))
+
+
+# ------------------------------------------------------------------- shapes and ranges
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_shapes_box_range_and_attention_map(name):
+    head = _head(BUILDERS[name])
+    out = _run(head, _batch(b=3, t=2, h=3, w=4))
+    assert out["logits"].shape == (3, K)
+    box = out["box"]
+    assert box.shape == (3, 4) and (box >= 0).all() and (box <= 1).all()
+    assert (box[:, :2] <= box[:, 2:]).all()
+    attn = out["visual_attn"]
+    assert attn.shape == (3, 2, 3, 4) and (attn >= 0).all()
+    assert torch.allclose(attn.sum(dim=(1, 2, 3)), torch.ones(3))  # a distribution
+    assert head.map_names == ("visual_attn",) and head.uses_conjugates is False
+
+
+def test_decode_box_stays_inside_the_frame_for_any_regressor_output():
+    raw = torch.tensor([[-1e4, -1e4, -1e4, -1e4], [1e4, 1e4, 1e4, 1e4], [0.0, 0.0, 0.0, 0.0],
+                        [30.0, -30.0, 2.0, -2.0]])
+    box = decode_box(raw)
+    assert torch.isfinite(box).all() and (box >= 0).all() and (box <= 1).all()
+    assert (box[:, :2] <= box[:, 2:]).all()
+    # raw 0: size 1/2, start halfway through the free 1/2 -> [0.25, 0.75]
+    assert torch.allclose(box[2], torch.tensor([0.25, 0.25, 0.75, 0.75]))
+
+
+def test_box_iou():
+    a = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.2, 0.2]])
+    b = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.25, 0.0, 0.75, 0.5], [0.5, 0.5, 0.9, 0.9]])
+    assert torch.allclose(box_iou(a, b), torch.tensor([1.0, 1 / 3, 0.0]))
+
+
+# ------------------------------------------------------------------- masking
+@pytest.mark.parametrize("name", ["refatomnet", "refatomnet-concat"])
+def test_masked_detections_and_tokens_do_not_change_the_output(name):
+    head = _head(BUILDERS[name])
+    batch = _batch()
+    ref = _run(head, batch)
+    bad = {k: v.clone() for k, v in batch.items()}
+    bad["det_boxes"][~bad["det_mask"]] = float("nan")
+    bad["det_emb"][~bad["det_mask"]] = float("inf")
+    bad["text"][~bad["text_mask"]] = float("nan")
+    assert _same(ref, _run(head, bad))  # bit for bit
+    # padding counts as absent: without the (masked) last detection, with one more padded token
+    short = {k: (v[:, :-1] if k.startswith("det_") else v) for k, v in batch.items()}
+    short["text"] = torch.cat([batch["text"], torch.ones_like(batch["text"][:, :1])], dim=1)
+    short["text_mask"] = F.pad(batch["text_mask"], (0, 1), value=False)
+    out = _run(head, short)
+    assert all(torch.allclose(out[k], ref[k], atol=1e-6) for k in ref)
+    # ... while an unmasked detection does count (the assertion above can fail)
+    bad["det_boxes"][:, 0] = 1 - bad["det_boxes"][:, 0]
+    assert not torch.equal(ref["box"], _run(head, bad)["box"])
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_all_masked_rows_and_empty_detections_give_finite_output(name):
+    head = _head(BUILDERS[name])
+    batch = _batch()
+    batch["det_mask"][1] = False  # no person detected in sample 1
+    batch["text_mask"][2] = False  # and (never in practice) no sentence in sample 2
+    out = _run(head, batch)
+    assert all(torch.isfinite(v).all() for v in out.values())
+    empty = _batch(m=0)  # no detection at all in the whole batch
+    assert all(torch.isfinite(v).all() for v in _run(head, empty).values())
+    head.train()
+    loss, _ = head.loss(head(batch), batch)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
+
+
+# ------------------------------------------------------------------- what reaches what
+def test_without_location_the_detections_are_not_read():
+    head = _head(build_noloc)
+    batch = _batch()
+    ref = _run(head, batch)
+    other = {k: v for k, v in _batch(seed=1).items() if not k.startswith("det_")}
+    other.update(visual=batch["visual"], text=batch["text"], text_mask=batch["text_mask"])
+    assert _same(ref, _run(head, other))  # no det_* keys at all
+    # with the stream, moving the detections moves the output
+    full = _head(build)
+    moved = dict(batch, det_boxes=batch["det_boxes"].flip(1))
+    moved["det_mask"] = torch.ones_like(batch["det_mask"])
+    assert not torch.equal(_run(full, batch)["logits"], _run(full, moved)["logits"])
+
+
+def _visual_tokens(head: RefAtomNet, batch: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return head.encode(batch)[0]["visual"]
+
+
+@pytest.mark.parametrize("caaf,catf,fused", [(False, False, False), (True, False, True),
+                                             (False, True, True), (True, True, True)])
+def test_text_reaches_the_visual_stream_only_through_caaf_or_catf(caaf, catf, fused):
+    head = _head(caaf=caaf, catf=catf)
+    batch = _batch()
+    other = dict(batch, text=torch.randn_like(batch["text"]))
+    same = torch.equal(_visual_tokens(head, batch), _visual_tokens(head, other))
+    assert same != fused
+    # the prediction reads every stream (t_agg), fused or not
+    assert not torch.equal(_run(head, batch)["logits"], _run(head, other)["logits"])
+
+
+def test_position_embedding_makes_the_visual_stream_see_where():
+    # without it the resampler would be invariant to any permutation of the positions
+    head = _head()
+    batch = _batch()
+    flipped = dict(batch, visual=batch["visual"].flip(-1))
+    diff = (_visual_tokens(head, batch) - _visual_tokens(head, flipped)).abs().max()
+    assert diff > 1e-2  # ~0.09 here; without the position embedding ~5e-7 (rounding)
+    feats = position_features(2, 3, 4)
+    assert feats.shape == (24, 27) and torch.unique(feats, dim=0).shape[0] == 24
+    assert torch.allclose(feats[5, :3], torch.tensor([0.25, 0.5, 0.375]))  # (t0, y1, x1)
+
+
+# ------------------------------------------------------------------- fusion equations
+def test_avg_fuse_against_a_hand_computation():
+    own = torch.tensor([[4.0, 8.0], [12.0, 16.0]])
+    others = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])
+    # sigma_c (last axis): [[1/4, 3/4], [1/2, 1/2]];  sigma_t (axis -2): [[1/2, 3/4], [1/2, 1/4]]
+    # AVG = (X + [[1, 6], [6, 8]] + [[2, 6], [6, 4]]) / 3
+    want = torch.tensor([[7.0, 20.0], [24.0, 28.0]]) / 3
+    assert torch.allclose(avg_fuse(own, others), want)
+    # batched leading axes are carried along
+    assert torch.allclose(avg_fuse(own.expand(2, 3, 2, 2), others.expand(2, 3, 2, 2))[1, 2], want)
+
+
+def test_one_stream_agent_attention_is_the_two_softmax_formula():
+    torch.manual_seed(0)
+    block = AgentAttention(dim=8, n_tokens=5, n_agents=3, heads=2, dropout=0.0).eval()
+    x = torch.randn(2, 5, 8)
+    q, k, v, a = block.qkva(x)
+    assert q.shape == k.shape == v.shape == (2, 2, 5, 4) and a.shape == (2, 2, 3, 4)
+    # A is an MLP over the token axis of Q: per head and channel, one vector of N values
+    qt = q.transpose(-1, -2)
+    assert torch.allclose(a, block.agent(qt).transpose(-1, -2))
+    alpha = 1 / math.sqrt(4)
+    v_a = torch.softmax(alpha * a @ k.transpose(-1, -2), dim=-1) @ v  # agent aggregation
+    o = torch.softmax(alpha * q @ a.transpose(-1, -2), dim=-1) @ v_a  # agent broadcast
+    y = x + block.proj(o.transpose(1, 2).reshape(2, 5, 8))
+    y = y + block.mlp(block.norm_mlp(y))
+    with torch.no_grad():
+        assert torch.allclose(block(x), y, atol=1e-6)
+
+
+@pytest.mark.parametrize("caaf,catf", [(True, False), (False, True), (True, True)])
+def test_cross_stream_block_fuses_the_visual_stream_as_documented(caaf, catf):
+    torch.manual_seed(0)
+    n_tokens = {"visual": 6, "text": 6, "location": 6}
+    block = CrossStreamBlock(n_tokens, "visual", caaf, catf, dim=8, n_agents=3, heads=2,
+                             dropout=0.0).eval()
+    x = {s: torch.randn(2, 6, 8) for s in n_tokens}
+    with torch.no_grad():
+        got = block(x)
+        p = {s: block.streams[s].qkva(x[s]) for s in x}
+        q, k, v, a = p["visual"]
+        if catf:
+            a = avg_fuse(a, p["text"][3] + p["location"][3])
+        m = AgentAttention.broadcast_map(q, a)
+        if caaf:
+            m_t, m_l = (AgentAttention.broadcast_map(p[s][0], p[s][3])
+                        for s in ("text", "location"))
+            m = avg_fuse(m, m_t + m_l)
+        want = block.streams["visual"].finish(x["visual"], m, a, k, v)
+        assert torch.allclose(got["visual"], want, atol=1e-6)
+        # the other streams run unfused
+        for s in ("text", "location"):
+            assert torch.allclose(got[s], block.streams[s](x[s]), atol=1e-6)
+
+
+# ------------------------------------------------------------------- loss
+def test_loss_terms():
+    head = _head()
+    batch = _batch()
+    out = _run(head, batch)
+    perfect = dict(batch, box=out["box"].clone())
+    loss, parts = head.loss(out, perfect)
+    assert parts["L_box"] == 0.0
+    assert loss.item() == pytest.approx(parts["L_bce"])
+    loss, parts = head.loss(out, batch)
+    bce = F.binary_cross_entropy_with_logits(out["logits"], batch["labels"]).item()
+    mse = ((out["box"] - batch["box"]) ** 2).sum(1).mean().item()  # summed coordinates
+    assert parts["L_bce"] == pytest.approx(bce) and parts["L_box"] == pytest.approx(mse)
+    assert parts["L_box"] > 0
+    assert loss.item() == pytest.approx(parts["L_bce"] + 5.0 * parts["L_box"], rel=1e-6)
+    heavier = _head(box_weight=2.0)
+    assert heavier.loss(out, batch)[0].item() == pytest.approx(bce + 2.0 * mse, rel=1e-6)
+
+
+# ------------------------------------------------------------------- config and registry
+@pytest.mark.parametrize("bad,msg", [({"fusion": "sum"}, "fusion"), ({"dim": 30}, "heads"),
+                                     ({"n_tokens": 0}, "n_tokens"), ({"dropout": 1.0}, "dropout"),
+                                     ({"multilabel": False}, "multilabel"),
+                                     ({"box_weight": -1.0}, "box_weight")])
+def test_config_refuses_bad_values(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        Config(**bad)
+
+
+def test_builders_flip_one_field_and_keep_the_rest():
+    cfg = Config(**SMALL, dropout=0.0)
+    changed = {"refatomnet": {}, "refatomnet-add": {"fusion": "add"},
+               "refatomnet-concat": {"fusion": "concat"}, "refatomnet-noloc": {"location": False},
+               "refatomnet-nocaaf": {"caaf": False}, "refatomnet-nocatf": {"catf": False}}
+    for name, fields in changed.items():
+        assert BUILDERS[name](cfg).cfg == dataclasses.replace(cfg, **fields), name
+        assert head_trainer(name) == "referring" and head_config_class(name) is Config
+    # through the registry and string options, as the CLI builds it
+    opts = {k: str(v) for k, v in SMALL.items() if k not in ("in_channels", "num_classes")}
+    head = build_head("refatomnet-concat", parse_options(Config, opts, in_channels=D,
+                                                         num_classes=K, multilabel=True))
+    assert head.cfg.fusion == "concat" and head.cfg.dim == 32
+
+
+def test_parameter_bookkeeping():
+    counts = {n: sum(p.numel() for p in b(Config(**SMALL)).parameters())
+              for n, b in BUILDERS.items()}
+    # CAAF and CATF are parameter-free; add/concat have one stream of blocks, not three
+    assert counts["refatomnet"] == counts["refatomnet-nocaaf"] == counts["refatomnet-nocatf"]
+    assert counts["refatomnet-noloc"] < counts["refatomnet"]
+    assert counts["refatomnet-add"] < counts["refatomnet-concat"] < counts["refatomnet-noloc"]
+
+
+def test_bad_batches_fail_with_clear_messages():
+    head = _head()
+    batch = _batch()
+    with pytest.raises(KeyError, match="det_mask"):
+        head({k: v for k, v in batch.items() if k != "det_mask"})
+    with pytest.raises(ValueError, match="text has 5 channels"):
+        head(dict(batch, text=batch["text"][..., :5]))

@@ -1,0 +1,292 @@
+"""RefAtomNet: referring atomic video action recognition (Peng et al., ECCV 2024).
+
+Given a video, a sentence naming one person in it and the scene's detections, predict that
+person's atomic actions (multi-label) and box.  Equations cited are those of the paper
+(``shared/papers/002_...``); the blocks live in :mod:`vidattn.heads.agent_attention`.
+
+Input ``batch`` (float32 unless said), B samples:
+
+- "visual" (B, D, T, H, W): cached I3D Mixed_5c map (D = in_channels);
+- "text" (B, L, E), "text_mask" (B, L) bool (True = real token): the referring sentence's
+  token embeddings from a frozen BERT-family encoder (E = text_dim);
+- "det_boxes" (B, M, 8) [cx, cy, w, h, x1, y1, x2, y2] normalised, "det_emb" (B, M, E) the
+  text encoder's embedding of each detection's class name, "det_mask" (B, M) bool (True =
+  keep), "det_scores" (B, M) (accepted, unused: the paper's t^LS has no score, and the
+  pipeline's det_mask already drops what it does not trust).  Not read when location=False;
+- targets for :meth:`RefAtomNet.loss`: "labels" (B, K) multi-hot, "box" (B, 4) [x1, y1, x2, y2].
+
+Output: "logits" (B, K), "box" (B, 4) [x1, y1, x2, y2] in [0, 1] with x1 <= x2 and y1 <= y2,
+"visual_attn" (B, T, H, W): where the visual resampler read from (its cross-attention
+averaged over queries and heads; sums to 1), for explanation pictures.
+
+Architecture (d = dim, N = n_tokens, n = n_agents, h = heads):
+
+1. Stream tokens.  Visual: D -> d per (t, h, w) position, plus a position embedding (a linear
+   map of Fourier features of the normalised (t, y, x) cell centre, so any map size works and
+   "where" is in the boxes' coordinates).  Text: E -> d.  Location-semantic (LS), the
+   paper's t^LS = P_LS(Concat[V_RT(r_cats), r_boxes]): one token per detection, P_LS linear.
+   Each stream is then brought to N tokens by its own :class:`Resampler` (N learned queries,
+   one masked cross-attention layer and an MLP): the stand-in for BLIP-2's QFormer.  The
+   paper's agent tokens come from a fully-connected layer over the token axis and its fusion
+   sums attention maps across streams: both need one fixed token count shared by the streams.
+   Masked text tokens and detections are zeroed before use and masked out of the attention
+   (a learned null token is always there: an all-masked row attends to it alone).
+2. n_blocks x :class:`CrossStreamBlock`: per stream, 1D agent attention (Q, K, V; A = MLP
+   over the token axis of Q; V_A = softmax(alpha A K^T) V; O = softmax(alpha Q A^T) V_A;
+   alpha = 1 / sqrt(d / h); residual, LayerNorm, MLP), the visual stream fused with the text
+   and LS streams by CATF and CAAF, below.
+3. t_agg = sum over streams of (the stream's token mean) / N_s (paper), after a final
+   LayerNorm; an MLP classifier gives K logits, an MLP regressor the box.
+
+Cross-stream fusion: the paper's summary gives, for pi in {RT, LS} and the visual stream gamma,
+M_QA^pi = sigma_c(MatMul[alpha A^pi, Q^pi]) and
+M^_QA^gamma = AVG[M_QA^gamma, sigma_c(sum_pi M_QA^pi) . M_QA^gamma,
+sigma_t(sum_pi M_QA^pi) . M_QA^gamma], and says CATF is done "similarly".  Read here as:
+
+- CAAF: M_QA is the broadcast (query-agent) map, (B, h, N, n) per head; sigma_c is a softmax
+  over the agent axis, sigma_t over the token axis, "." elementwise, AVG the mean of the three
+  terms.  The visual broadcast uses M^ instead of its own M.  Its rows then sum to between
+  1/3 and 1, not 1: taken literally (the output projection absorbs the scale);
+- CATF: the same formula on the agent tokens A (B, h, n, c): sigma_c a softmax over the
+  channels c of a head, sigma_t over the agent axis.  The fused A^ replaces the visual
+  stream's agent tokens in its aggregation and in its broadcast map (CATF runs first, so with
+  both on CAAF fuses M_QA computed from A^);
+- the text and LS streams run unfused; token i of one stream meets token i of another only as
+  "the i-th learned query slot", as with the paper's QFormer tokens.
+
+Choices left open by the paper (besides the above): the box regressor's sigmoids give the box
+size (w, h) and where the box sits in the frame; x1 = (1 - w) s_x, x2 = x1 + w (same for y),
+i.e. cx = x1 + w / 2 is confined to where the whole box fits, so the box is always inside
+[0, 1] without a clamp that would zero gradients.  Dropout acts on attention outputs, MLPs
+and t_agg.
+
+Loss: L = L_BCE + box_weight * L_MSE, L_BCE the mean over classes and batch, L_MSE the sum of
+the 4 coordinates' squared errors, mean over the batch.  The weight (5, the paper's "with a
+weight of 5") is on the box term: on normalised coordinates the squared errors are an order of
+magnitude below the BCE, and unweighted the box would barely be learnt.
+
+Ablations (the paper's "Ablation" and "Comparison with other fusion mechanisms" tables), each a
+builder that ``dataclasses.replace``s one field of the given config:
+
+- ``build_add`` (fusion="add", "w/o ALSAF" / "Addition"): the resampled streams are added
+  token-wise and one stream of agent-attention blocks runs on the sum (no cross-stream agent
+  fusion; t_agg is that stream's token mean);
+- ``build_concat`` (fusion="concat", "Concatenation"): the streams' tokens are concatenated
+  along the token axis (3N tokens, 2N without LS) and one stream of agent-attention blocks,
+  whose agent MLP spans all of them, runs on the joint sequence;
+- ``build_noloc`` (location=False, "w/o LSAS"): no location-semantic stream, N_s = 2; CAAF
+  and CATF sum over the text stream alone; det_* inputs are not read;
+- ``build_nocaaf`` (caaf=False, "w/o CAAF"): the visual stream broadcasts with its own M_QA;
+- ``build_nocatf`` (catf=False, "w/o CATF"): the visual stream keeps its own agent tokens.
+
+caaf and catf only act with fusion="agent"; location applies to every fusion.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidattn.heads.agent_attention import CrossStreamBlock, Resampler
+
+TRAINER = "referring"  # trained on referring batches (dicts), not on bare feature maps
+BOX_DIM = 8  # det_boxes: [cx, cy, w, h, x1, y1, x2, y2]
+POS_FREQS = 4  # Fourier frequencies pi * 2^k, k < POS_FREQS, of the visual position embedding
+FUSIONS = ("agent", "add", "concat")
+
+
+@dataclass(frozen=True)
+class Config:
+    in_channels: int = 1024  # D of the visual map
+    num_classes: int = 80  # K: AVA's atomic actions
+    multilabel: bool = True  # must be True: the paper's L_BCE
+    dropout: float = 0.1
+    text_dim: int = 384  # E of the text encoder (all-MiniLM-L6-v2: 384)
+    dim: int = 256  # d: token width inside the head
+    n_tokens: int = 32  # N: tokens per stream (BLIP-2 QFormer's query count)
+    n_agents: int = 4  # n: agent tokens per stream and block
+    heads: int = 4  # attention heads (d must divide by it)
+    n_blocks: int = 3  # cross-stream agent-attention blocks
+    fusion: str = "agent"  # "agent" (the paper's) | "add" | "concat" (its comparisons)
+    location: bool = True  # False: no location-semantic stream (ablation "w/o LSAS")
+    caaf: bool = True  # cross-stream agent attention fusion (fusion="agent" only)
+    catf: bool = True  # cross-stream agent token fusion (fusion="agent" only)
+    box_weight: float = 5.0  # weight of L_MSE in the loss
+
+    def __post_init__(self):
+        for name in ("in_channels", "num_classes", "text_dim", "dim", "n_tokens", "n_agents",
+                     "heads", "n_blocks"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"refatomnet: {name} must be >= 1, got {getattr(self, name)}")
+        if self.dim % self.heads:
+            raise ValueError(f"refatomnet: dim {self.dim} must divide by heads {self.heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"refatomnet: dropout must lie in [0, 1), got {self.dropout}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"refatomnet: fusion must be one of {', '.join(FUSIONS)}, "
+                             f"got {self.fusion!r}")
+        if not self.multilabel:
+            raise ValueError("refatomnet: multilabel must be True (atomic actions, L_BCE)")
+        if self.box_weight < 0:
+            raise ValueError(f"refatomnet: box_weight must be >= 0, got {self.box_weight}")
+
+
+def position_features(t: int, h: int, w: int, device=None) -> torch.Tensor:
+    """Fourier features of each cell centre (t, y, x) in (0, 1): (T*H*W, 3 (2 POS_FREQS + 1)),
+    rows in the order of a (T, H, W) flatten."""
+    axes = [(torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n for n in (t, h, w)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
+    freqs = math.pi * 2.0 ** torch.arange(POS_FREQS, device=device, dtype=torch.float32)
+    angles = (grid[..., None] * freqs).flatten(1)  # (THW, 3 POS_FREQS)
+    return torch.cat([grid, angles.sin(), angles.cos()], dim=1)
+
+
+def decode_box(raw: torch.Tensor) -> torch.Tensor:
+    """Regressor output (B, 4) -> box (B, 4) [x1, y1, x2, y2] inside [0, 1].
+
+    sigmoid(raw[:, 2:]) is the size (w, h); sigmoid(raw[:, :2]) says where in [0, 1 - size]
+    the box starts, so the centre cx = x1 + w / 2 keeps the whole box in the frame.
+    """
+    s = torch.sigmoid(raw)
+    size = s[:, 2:]
+    start = (1 - size) * s[:, :2]
+    return torch.cat([start, start + size], dim=1)
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of paired boxes [x1, y1, x2, y2]: (B, 4), (B, 4) -> (B,) (0 for empty unions)."""
+    lo, hi = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (hi - lo).clamp(min=0).prod(dim=1)
+    area = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(1) + (b[:, 2:] - b[:, :2]).clamp(min=0).prod(1)
+    union = area - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(union))
+
+
+class RefAtomNet(nn.Module):
+    """Visual, text and location-semantic tokens fused by cross-stream agent attention."""
+
+    uses_conjugates = False
+    map_names = ("visual_attn",)
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        d, n = cfg.dim, cfg.n_tokens
+        self.stream_names = ("visual", "text", "location") if cfg.location else ("visual", "text")
+        self.visual_in = nn.Linear(cfg.in_channels, d)
+        self.visual_pos = nn.Linear(3 * (2 * POS_FREQS + 1), d)
+        self.text_in = nn.Linear(cfg.text_dim, d)
+        self.location_in = nn.Linear(cfg.text_dim + BOX_DIM, d) if cfg.location else None  # P_LS
+        self.resample = nn.ModuleDict({
+            s: Resampler(d, n, cfg.heads, cfg.dropout, null=s != "visual")
+            for s in self.stream_names})
+        if cfg.fusion == "agent":
+            n_tokens, target = dict.fromkeys(self.stream_names, n), "visual"
+        else:  # one joint stream: the token-wise sum, or the streams one after another
+            n_tokens = {"joint": n if cfg.fusion == "add" else n * len(self.stream_names)}
+            target = None
+        self.blocks = nn.ModuleList(
+            CrossStreamBlock(n_tokens, target, cfg.caaf, cfg.catf, d, cfg.n_agents, cfg.heads,
+                             cfg.dropout) for _ in range(cfg.n_blocks))
+        self.norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.classifier = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(cfg.dropout),
+                                        nn.Linear(d, cfg.num_classes))
+        self.box_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 4))
+
+    def _check(self, batch: dict) -> None:
+        keys = ["visual", "text", "text_mask"]
+        if self.cfg.location:
+            keys += ["det_boxes", "det_emb", "det_mask"]
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise KeyError(f"refatomnet batch lacks {', '.join(missing)} (needs {', '.join(keys)})")
+        for key, dim in (("visual", 1), ("text", 2), ("det_emb", 2)):
+            want = self.cfg.in_channels if key == "visual" else self.cfg.text_dim
+            if key in keys and batch[key].shape[dim] != want:
+                raise ValueError(f"refatomnet: {key} has {batch[key].shape[dim]} channels, "
+                                 f"the config says {want}")
+
+    def stream_tokens(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Resampled tokens {stream: (B, N, d)} and the visual read-out attention (B, T*H*W)."""
+        vis = batch["visual"]
+        _, _, t, h, w = vis.shape
+        x = self.visual_in(vis.flatten(2).transpose(1, 2))  # (B, T*H*W, d)
+        x = x + self.visual_pos(position_features(t, h, w, vis.device).to(x.dtype))
+        tokens, attn = {}, None
+        tokens["visual"], attn = self.resample["visual"](x)
+        # torch.where, not a product: padding may hold anything (even NaN) and must not leak.
+        text_mask = batch["text_mask"].bool()
+        text = torch.where(text_mask[..., None], batch["text"], 0.0)
+        tokens["text"], _ = self.resample["text"](self.text_in(text), text_mask)
+        if self.location_in is not None:
+            det_mask = batch["det_mask"].bool()
+            ls = torch.cat([batch["det_emb"], batch["det_boxes"]], dim=-1)  # Concat[V_RT, r]
+            ls = torch.where(det_mask[..., None], ls, 0.0)
+            tokens["location"], _ = self.resample["location"](self.location_in(ls), det_mask)
+        return tokens, attn
+
+    def encode(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Tokens after the blocks, {stream: (B, N_s, d)} ("joint" for add/concat), and the
+        visual attention (B, T*H*W)."""
+        self._check(batch)
+        tokens, attn = self.stream_tokens(batch)
+        if self.cfg.fusion == "add":
+            tokens = {"joint": sum(tokens[s] for s in self.stream_names)}
+        elif self.cfg.fusion == "concat":
+            tokens = {"joint": torch.cat([tokens[s] for s in self.stream_names], dim=1)}
+        for block in self.blocks:
+            tokens = block(tokens)
+        return tokens, attn
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """batch (see the module doc) -> {"logits" (B, K), "box" (B, 4) x1y1x2y2,
+        "visual_attn" (B, T, H, W)}."""
+        tokens, attn = self.encode(batch)
+        # t_agg = sum_s mean(t^s) / N_s; for concat the mean over all 3N tokens is exactly that,
+        # for add the single summed stream is its own aggregate.
+        t_agg = torch.stack([self.norm(x).mean(dim=1) for x in tokens.values()]).mean(dim=0)
+        t_agg = self.drop(t_agg)
+        return {"logits": self.classifier(t_agg), "box": decode_box(self.box_head(t_agg)),
+                "visual_attn": attn.view(attn.shape[0], *batch["visual"].shape[2:])}
+
+    def loss(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_BCE + box_weight * L_MSE -> (scalar, {"L_bce": float, "L_box": float (L_MSE)})."""
+        l_bce = F.binary_cross_entropy_with_logits(out["logits"], batch["labels"].float())
+        l_box = ((out["box"] - batch["box"].float()) ** 2).sum(dim=1).mean()
+        total = l_bce + self.cfg.box_weight * l_box
+        return total, {"L_bce": l_bce.item(), "L_box": l_box.item()}
+
+
+def build(cfg: Config) -> RefAtomNet:
+    """RefAtomNet: visual, text and location-semantic streams, cross-stream agent fusion."""
+    return RefAtomNet(cfg)
+
+
+def build_add(cfg: Config) -> RefAtomNet:
+    """RefAtomNet, addition fusion: streams summed token-wise, agent blocks on the sum."""
+    return RefAtomNet(replace(cfg, fusion="add"))
+
+
+def build_concat(cfg: Config) -> RefAtomNet:
+    """RefAtomNet, concatenation fusion: agent blocks on the streams' joint token sequence."""
+    return RefAtomNet(replace(cfg, fusion="concat"))
+
+
+def build_noloc(cfg: Config) -> RefAtomNet:
+    """RefAtomNet without the location-semantic stream (visual fused with text only)."""
+    return RefAtomNet(replace(cfg, location=False))
+
+
+def build_nocaaf(cfg: Config) -> RefAtomNet:
+    """RefAtomNet without CAAF: the visual stream broadcasts with its own M_QA."""
+    return RefAtomNet(replace(cfg, caaf=False))
+
+
+def build_nocatf(cfg: Config) -> RefAtomNet:
+    """RefAtomNet without CATF: the visual stream keeps its own agent tokens."""
+    return RefAtomNet(replace(cfg, catf=False))

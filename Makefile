@@ -27,6 +27,11 @@ demo: $(STAMP)
 	$(VIDATTN) evaluate $(DEMO)/runs/actx
 	$(VIDATTN) compare $(DEMO)/runs/avgpool $(DEMO)/runs/actx --out $(DEMO)/compare
 	$(VIDATTN) explain $(DEMO)/runs/actx test_wave_00 --out $(DEMO)/explain-test_wave_00.png
+	# the referring path (RefAtomNet): several actors per clip, one sentence per actor
+	$(VIDATTN) extract --dataset sample -o referring=true --boxes annotations --store $(DEMO)/ref-store
+	$(VIDATTN) train-head refatomnet --store $(DEMO)/ref-store --out $(DEMO)/runs/refatomnet --lr 1e-4 --epochs 30
+	$(VIDATTN) train-head refatomnet-add --store $(DEMO)/ref-store --out $(DEMO)/runs/refatomnet-add --lr 1e-4 --epochs 30
+	$(VIDATTN) compare $(DEMO)/runs/refatomnet $(DEMO)/runs/refatomnet-add --out $(DEMO)/compare-ref
 
 lint: $(STAMP)
 	.venv/bin/ruff check vidattn tests benchmarks

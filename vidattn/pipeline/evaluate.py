@@ -1,4 +1,9 @@
-"""``vidattn evaluate RUN_DIR``: mAP and a per-class AP table on a split of the store."""
+"""``vidattn evaluate RUN_DIR``: mAP and a per-class AP table on a split of the store.
+
+Referring runs (RefAtomNet) report the RefAVA protocol instead: mIoU of the predicted
+box, mAP weighted by class frequency over classes with a positive and macro AUROC, class
+scores zeroed where the box has IoU < 0.5 (vidattn.datasets.refava.refava_metrics).
+"""
 
 from __future__ import annotations
 
@@ -44,6 +49,12 @@ def summarize(scores: np.ndarray, targets: np.ndarray, classes: list[str],
 
 def format_table(summary: dict) -> str:
     """A markdown table: one row per class, then the mean."""
+    if "mIoU" in summary:  # referring: the RefAVA metrics, then ungated per-class AP
+        lines = ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {100 * summary[k]:.1f} |" for k in ("mIoU", "mAP", "AUROC")]
+        for c, a in summary.get("per_class_AP_ungated", {}).items():
+            lines.append(f"| AP {c} (ungated) | {'n/a' if a is None else f'{100 * a:.1f}'} |")
+        return "\n".join(lines)
     lines = ["| class | AP |", "|---|---|"]
     for c, a in summary["per_class_AP"].items():
         lines.append(f"| {c} | {'n/a' if a is None else f'{100 * a:.1f}'} |")
@@ -115,10 +126,45 @@ def ava_frame_map(manifest, ids: list[str], scores: np.ndarray) -> dict:
     return {"protocol": "AVA frame-mAP@0.5, ground-truth person boxes", "frame_mAP": res["mAP"]}
 
 
+def run_referring(cfg: EvaluateConfig, device: str) -> dict:
+    """The RefAVA metrics of a referring run on ``cfg.split`` (module docstring)."""
+    from vidattn.pipeline import refdata
+    from vidattn.pipeline.train_ref import evaluate_ref
+
+    if cfg.fuse_with:
+        raise ValueError(f"{cfg.run_dir}: late fusion of referring runs is not defined "
+                         f"(their boxes cannot be averaged meaningfully)")
+    head, config = load_run(cfg.run_dir, device)
+    store = open_store(cfg.store or config["store"])
+    if store.classes != config["classes"]:
+        raise ValueError(f"{store.url}: its classes differ from those {cfg.run_dir} was "
+                         f"trained on")
+    manifest = store.manifest()
+    labelled = (manifest.role != "conjugate") & (manifest.labels.map(len) > 0)
+    ids = manifest.loc[labelled & (manifest.split == cfg.split), "video_id"].tolist()
+    split = refdata.load_ref_split(store, ids, config["stream"], config["text_stream"],
+                                   len(config["classes"]), f"read {cfg.split}")
+    if len(split) == 0:
+        raise RuntimeError(f"{store.url}: no rows of split {cfg.split!r} with all three "
+                           f"referring streams stored")
+    summary = evaluate_ref(head, split, refdata.label_embeddings(store), device,
+                           config["det_min_score"], config["classes"])
+    summary.update(split=cfg.split, head=config["head"], store=store.url,
+                   protocol="RefAVA: mIoU; mAP and AUROC with scores zeroed at IoU < 0.5")
+    return summary
+
+
 def run(cfg: EvaluateConfig) -> dict:
     """Score the action clips of ``cfg.split``; with ``fuse_with``, average two runs' scores
     (two-stream late fusion).  Writes eval-<split>[-fusion].json into the (first) run dir."""
     device = pick_device(cfg.device)
+    run_config = Path(cfg.run_dir) / "config.json"
+    if run_config.is_file() and json.loads(run_config.read_text()).get("referring"):
+        summary = run_referring(cfg, device)
+        out = Path(cfg.run_dir) / f"eval-{cfg.split}.json"
+        out.write_text(json.dumps(summary, indent=2))
+        summary["path"] = str(out)
+        return summary
     head, config, store, split, scores = _scores(cfg.run_dir, cfg.store, cfg.split, device)
     targets, name = split.targets, config["head"]
     if cfg.fuse_with:

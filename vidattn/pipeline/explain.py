@@ -48,7 +48,7 @@ def upsample(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-def run(cfg: ExplainConfig) -> tuple[str, str]:
+def run(cfg: ExplainConfig) -> tuple[str, str | None]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,6 +61,10 @@ def run(cfg: ExplainConfig) -> tuple[str, str]:
     if not getattr(head, "map_names", ()):
         raise ValueError(f"head {config['head']!r} has no attention maps to explain")
     store = open_store(config["store"])
+    if config.get("referring"):  # one keyframe, its boxes and the sentence: a PNG, no GIF
+        from vidattn.pipeline import explain_ref
+
+        return explain_ref.run(cfg, head, config, store, device)
     fmap = store.read(cfg.video_id, config["stream"])
     maps, logits = attention_maps(head, channels_first(fmap), device)
 

@@ -47,7 +47,7 @@ DISTRIBUTED_DECODE_TIMEOUT_S = 600.0
 class ExtractConfig:
     dataset: str = "sample"
     root: str | None = None  # dataset root; None = the dataset's default location
-    store: str | None = None  # path or fsspec URL; None = stores/<dataset>
+    store: str | None = None  # path or URL; None = stores/<dataset> (sample-referring)
     extractor: str = "i3d"
     i3d_rgb: str | None = None  # None = packaged Kinetics-400 weights; "random"; or a path
     i3d_flow: str | None = None  # no packaged flow weights: None = seeded random, loudly
@@ -72,6 +72,14 @@ class ExtractConfig:
     decode_timeout_s: float | None = None
     window_steps: int | None = None  # I3D window core in steps of 8 frames (None: 32)
     trust_checkpoint: bool = False  # allow pickled checkpoints (files you trust only)
+    # The referring streams (RefAtomNet): detection tokens from "detr" or "annotations"
+    # (the dataset's person boxes), and the referring sentence's tokens.
+    detector: str | None = None
+    detr: str | None = None  # facebook/detr-resnet-50 directory or detr-r50 .pth
+    detr_size: int = 800  # DETR's input short side; smaller is faster on CPU
+    keyframe_every: float | None = None  # seconds; None = the dataset's keyframes
+    text_encoder: str | None = None  # HF directory; None = the packaged MiniLM
+    text: bool | None = None  # sentence tokens; None = when detections and sentences exist
 
     @property
     def distributed(self) -> bool:
@@ -118,12 +126,17 @@ def decode_config(cfg: ExtractConfig, dataset: str):
 
 def extractor_config(cfg: ExtractConfig, device: str):
     """The I3DExtractorConfig of ``cfg`` on ``device`` (frozen and hashable: the key of
-    a worker's extractor cache).  The flow method is pinned here, where the device is
-    known, so that an extractor built elsewhere records the same provenance."""
+    a worker's extractor cache), or None for ``--streams none``.  The flow method is pinned
+    here, where the device is known, so that an extractor built elsewhere records the same
+    provenance."""
     from vidattn.extractors.flow import default_method
     from vidattn.extractors.two_stream import I3DExtractorConfig
 
     streams = tuple(s.strip() for s in cfg.streams.split(",") if s.strip())
+    if streams in ((), ("none",)):
+        if cfg.detector is None:
+            raise ValueError("--streams none extracts nothing without --detector/--boxes")
+        return None
     endpoints = tuple(e.strip() for e in cfg.endpoints.split(",") if e.strip())
     return I3DExtractorConfig(rgb_weights=cfg.i3d_rgb, flow_weights=cfg.i3d_flow,
                               streams=streams, backbone=cfg.backbone, endpoints=endpoints,
@@ -132,8 +145,52 @@ def extractor_config(cfg: ExtractConfig, device: str):
                               trust_checkpoint=cfg.trust_checkpoint)
 
 
-def build_extractor(cfg: ExtractConfig, device: str):
-    return resolve(EXTRACTORS, cfg.extractor, "extractor")(extractor_config(cfg, device))
+def referring_config(cfg: ExtractConfig, device: str, sentences: bool):
+    """The ReferringConfig of ``cfg`` (None without --detector/--boxes); ``sentences``:
+    whether the dataset has referring sentences (the text stream's default)."""
+    if cfg.detector is None:
+        if cfg.text:
+            raise ValueError("--text needs --detector detr or --boxes annotations")
+        return None
+    from vidattn.extractors.referring import ReferringConfig
+    from vidattn.extractors.text import TextConfig
+
+    detr = None
+    if cfg.detector == "detr":
+        from vidattn.extractors.detr import DetrConfig
+
+        if cfg.detr is None:
+            raise ValueError("--detector detr needs --detr PATH (a facebook/detr-resnet-50 "
+                             "directory or a detr-r50 .pth)")
+        detr = DetrConfig(checkpoint=str(Path(cfg.detr).resolve()), size=cfg.detr_size,
+                          device=device, trust_checkpoint=cfg.trust_checkpoint)
+    text_model = str(Path(cfg.text_encoder).resolve()) if cfg.text_encoder else None
+    return ReferringConfig(boxes=cfg.detector, detr=detr,
+                           text=TextConfig(model=text_model, device=device),
+                           keyframe_every=cfg.keyframe_every, device=device,
+                           with_text=sentences if cfg.text is None else cfg.text)
+
+
+class Extractors:
+    """The run's extractors: ``i3d`` (feature maps; None with --streams none) and ``ref``
+    (the referring tokens; None without --detector/--boxes).  ``streams`` lists every
+    store array they write, I3D's first."""
+
+    def __init__(self, i3d, ref):
+        self.i3d, self.ref = i3d, ref
+        self.i3d_streams = tuple(i3d.streams) if i3d is not None else ()
+        self.streams = self.i3d_streams + (tuple(ref.streams) if ref is not None else ())
+
+    def provenance(self, preprocessing: dict, stream: str) -> dict:
+        owner = self.i3d if stream in self.i3d_streams else self.ref
+        return owner.provenance(preprocessing, stream)
+
+
+def build_extractors(name: str, net, ref) -> Extractors:
+    from vidattn.extractors.referring import build as build_referring
+
+    i3d = resolve(EXTRACTORS, name, "extractor")(net) if net is not None else None
+    return Extractors(i3d, build_referring(ref) if ref is not None else None)
 
 
 # Frames per decoded chunk: the unit of prefetching and of the flow computation (OpenCV's
@@ -184,8 +241,9 @@ class PartJob:
     """What every part of a run shares; picklable, sent with each dask task.
 
     store: the store's URL; extractor: its registry name; net: its I3DExtractorConfig
-    (hashable: a worker builds one extractor per distinct ``(extractor, net)``); decode:
-    the DecodeConfig; decode_timeout_s: None = decode in the extracting process.
+    or None; ref: the ReferringConfig or None (both hashable: a worker builds one
+    extractor per distinct ``(extractor, net, ref)``); decode: the DecodeConfig;
+    decode_timeout_s: None = decode in the extracting process.
     """
 
     store: str
@@ -193,12 +251,14 @@ class PartJob:
     net: Any
     decode: Any
     decode_timeout_s: float | None = None
+    ref: Any = None
 
 
 @dataclass(frozen=True)
 class PartWork:
     """One store part to (re)do whole: its number, the arrays it still lacks, and its
-    videos in plan order as plain dicts (video_id, path (absolute), start_sec, end_sec)."""
+    videos in plan order as plain dicts (video_id, path (absolute), start_sec, end_sec,
+    and for the referring streams the keys of vidattn.pipeline.referring.plan)."""
 
     part: int
     needed: tuple[str, ...]
@@ -206,7 +266,7 @@ class PartWork:
     redo: bool = False  # done already, redone on purpose (--retry-failed)
 
 
-def extract_part(store, extractor, work: PartWork, job: PartJob,
+def extract_part(store, extractors: Extractors, work: PartWork, job: PartJob,
                  on_video: Callable[[dict], None] | None = None) -> list[dict]:
     """Extract every video of one part, then write the part's arrays and index fragments
     (``store.write_part`` per needed array: the fragment last, so a part interrupted
@@ -219,14 +279,28 @@ def extract_part(store, extractor, work: PartWork, job: PartJob,
             return []
         work = replace(work, needed=needed)
     rows, maps = [], {a: {} for a in work.needed}
+    i3d_needed = tuple(a for a in work.needed if a in extractors.i3d_streams)
+    ref_needed = tuple(a for a in work.needed if a not in extractors.i3d_streams)
+    # Rows that share a file segment (AVA's persons of one keyframe, the instances of a
+    # referring clip) are consecutive in the plan: their maps are computed once.
+    last: tuple | None = None
     for video in work.videos:
         vid, path = video["video_id"], Path(video["path"])
         row = {"video_id": vid, "status": "done", "error": None, "n_frames": 0,
                "fps": job.decode.fps or 0.0}
         try:
-            n_frames, fps, out = extract_video(extractor, path, job.decode, video,
-                                               work.needed, job.decode_timeout_s)
-            row.update(n_frames=n_frames, fps=fps)
+            out = {}
+            if i3d_needed:
+                key = (str(path), video["start_sec"], video["end_sec"])
+                if last is None or last[0] != key:
+                    last = None  # a failure below must not leave the previous maps here
+                    last = (key, extract_video(extractors.i3d, path, job.decode, video,
+                                               i3d_needed, job.decode_timeout_s))
+                n_frames, fps, shared = last[1]
+                out = dict(shared)
+                row.update(n_frames=n_frames, fps=fps)
+            if ref_needed:
+                out.update(extractors.ref(video, ref_needed))
             for array, fmap in out.items():
                 ARRAYS[array].check(fmap)  # NaN/Inf or a wrong shape fails this video only
                 maps[array][vid] = fmap
@@ -243,10 +317,6 @@ def extract_part(store, extractor, work: PartWork, job: PartJob,
     return rows
 
 
-def _build(name: str, net) -> Any:
-    return resolve(EXTRACTORS, name, "extractor")(net)
-
-
 def extract_part_task(work: PartWork, job: PartJob) -> list[dict]:
     """The dask task of one part (see :func:`extract_part`), run on a worker.
 
@@ -260,40 +330,58 @@ def extract_part_task(work: PartWork, job: PartJob) -> list[dict]:
 
     # A worker that cannot run the part fails its task (and the run) with a clear message,
     # rather than record every video of the archive as failed.
-    pick_device(job.net.device)
+    pick_device((job.net or job.ref).device)
     if job.decode_timeout_s is not None:
         require_child_processes()
-    extractor = worker_cached(("extractor", job.extractor, job.net),
-                              lambda: _build(job.extractor, job.net))
-    return extract_part(open_store(job.store, mode="a"), extractor, work, job)
+    extractors = worker_cached(("extractor", job.extractor, job.net, job.ref),
+                               lambda: build_extractors(job.extractor, job.net, job.ref))
+    return extract_part(open_store(job.store, mode="a"), extractors, work, job)
 
 
-def _videos(group, rows_by_id, root: Path) -> tuple[dict, ...]:
-    """A part's manifest rows as plain dicts, paths made absolute."""
+def _videos(group, rows_by_id, root: Path, referring: dict | None) -> tuple[dict, ...]:
+    """A part's manifest rows as plain dicts, paths made absolute; with ``referring``
+    (video_id -> planned keyframes, persons, ...) those keys too."""
     out = []
     for vid in group.video_id:
         meta = rows_by_id.loc[vid]
         path = Path(meta.path) if Path(meta.path).is_absolute() else root / meta.path
-        out.append({"video_id": str(vid), "path": str(path),
-                    "start_sec": segment_start(meta.start_sec),
-                    "end_sec": segment_start(meta.end_sec)})
+        video = {"video_id": str(vid), "path": str(path),
+                 "start_sec": segment_start(meta.start_sec),
+                 "end_sec": segment_start(meta.end_sec)}
+        if referring is not None:
+            fps = meta.fps if meta.fps is not None and meta.fps == meta.fps else None
+            video.update(referring[vid], fps=fps)
+        out.append(video)
     return tuple(out)
 
 
 def run(cfg: ExtractConfig) -> ExtractResult:
     from vidattn.datasets import load_dataset
+    from vidattn.pipeline import referring
     from vidattn.pipeline.runs import pick_device
 
     t0 = time.time()
     ds = load_dataset(cfg.dataset, cfg.root, cfg.options or None)
-    url = cfg.store or f"stores/{ds.name}"
+    sentences = referring.has_descriptions(ds.manifest)
+    # the referring sample must not land in the plain sample's default store
+    url = cfg.store or f"stores/{ds.name}" + ("-referring" if ds.name == "sample" and sentences
+                                              else "")
     # Distributed: an explicit device is the workers' (checked there), not this machine's.
     explicit = cfg.distributed and cfg.device != "auto"
     device = cfg.device if explicit else pick_device(cfg.device)
     decode = decode_config(cfg, ds.name)
     net = extractor_config(cfg, device)
-    # Here only for the provenance if the workers extract: keep this machine's GPU free.
-    extractor = _build(cfg.extractor, replace(net, device="cpu") if cfg.distributed else net)
+    ref = referring_config(cfg, device, sentences)
+
+    def here(c):  # here only for provenance if the workers extract: keep the GPU free
+        return replace(c, device="cpu") if cfg.distributed and c is not None else c
+
+    planned = referring.plan(ds.manifest, ds.boxes) if ref is not None else None
+    if ref is not None and ref.boxes == "annotations" and not any(
+            p["persons"] is not None or p["track"] for p in planned.values()):
+        raise ValueError(f"{ds.source or ds.root}: dataset {ds.name!r} has no annotated "
+                         f"person boxes for --boxes annotations; use --detector detr")
+    extractor = build_extractors(cfg.extractor, here(net), here(ref))
     prep = {"fps": decode.fps, "short_side": decode.short_side, "crop": decode.crop,
             "scale": "[-1, 1]"}
     store = open_store(url, mode="a")
@@ -309,6 +397,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
         store.write_table("pairs", ds.pairs)
     if ds.boxes is not None:
         store.write_table("boxes", ds.boxes)
+    if extractor.ref is not None:  # class names embedded once per store, not per token
+        store.write_table("label_text", extractor.ref.label_table())
     store.update_attrs({"dataset": {"name": ds.name, "root": str(Path(ds.root).resolve()),
                                     "multilabel": bool(ds.multilabel)}})
     # files the adapter could not find are listed in the manifest, never planned
@@ -328,15 +418,16 @@ def run(cfg: ExtractConfig) -> ExtractResult:
             idx = store.index(s)
             done[s] -= set(idx.loc[idx.status == "failed", "part"].tolist())
     rows_by_id = manifest.set_index("video_id")
+
     todo = plan[~plan.part.isin(set.intersection(*done.values()))]
     result = ExtractResult(store=url, n_videos=len(plan), n_skipped=len(plan) - len(todo),
                            missing=missing.video_id.tolist(), notices=notices)
     works = [PartWork(int(part), tuple(s for s in extractor.streams if part not in done[s]),
-                      _videos(group, rows_by_id, Path(ds.root)),
+                      _videos(group, rows_by_id, Path(ds.root), planned),
                       redo=any(part in fresh[s] for s in extractor.streams))
              for part, group in todo.groupby("part", sort=True)]
     job = PartJob(store=store.url, extractor=cfg.extractor, net=net, decode=decode,
-                  decode_timeout_s=cfg.decode_timeout())
+                  decode_timeout_s=cfg.decode_timeout(), ref=ref)
     bar = progress(total=len(todo), desc=f"extract {','.join(extractor.streams)}", unit="video")
 
     def tally(row: dict) -> None:
@@ -370,7 +461,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     result.failures += [
         (r.video_id, r.error) for r in failed.itertuples() if r.video_id not in seen
     ]
-    if cfg.mine and ds.name in NEAREST_NEGATIVE and not result.failures:
+    if cfg.mine and ds.name in NEAREST_NEGATIVE and not result.failures and net is not None:
         from vidattn.pipeline.mine import MineConfig
         from vidattn.pipeline.mine import run as mine
 

@@ -50,6 +50,7 @@ class TrainConfig:
     options: dict = field(default_factory=dict)  # head Config overrides, key -> str
     teacher: str | None = None  # run dir of a trained head of the same kind: W3's MFR, eq. 9
     mfr_weight: float = 1.0
+    det_min_score: float = 0.5  # referring heads: person queries below it are masked
 
 
 def split_ids(manifest, val_fraction: float, seed: int) -> dict[str, list[str]]:
@@ -188,6 +189,11 @@ def fit_lightgbm(head, train: data.Split, val: data.Split):
 
 def run(cfg: TrainConfig) -> dict:
     """Train, select, test; write the run directory; return the metrics dict."""
+    trainer = head_trainer(cfg.head)
+    if trainer == "referring":  # RefAtomNet: three streams in, box and actions out
+        from vidattn.pipeline import train_ref
+
+        return train_ref.run(cfg)
     t0 = time.time()
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -196,7 +202,6 @@ def run(cfg: TrainConfig) -> dict:
     manifest = store.manifest()
     classes = store.classes
     multilabel = data.is_multilabel(store)
-    trainer = head_trainer(cfg.head)
     if cfg.stream not in ARRAYS:
         raise ValueError(f"unknown stream {cfg.stream!r}; the store's arrays: "
                          f"{', '.join(ARRAYS)}")

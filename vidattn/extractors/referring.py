@@ -24,7 +24,7 @@ that many seconds of the segment.  They are decoded at full frame, short side
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,13 @@ class ReferringConfig:
             raise ValueError(f"--keyframe-every must be > 0 seconds, got {self.keyframe_every}")
         if not 1 <= self.num_queries <= 1000:
             raise ValueError(f"num_queries must be in 1..1000, got {self.num_queries}")
+
+
+def on_device(cfg: ReferringConfig, device: str) -> ReferringConfig:
+    """``cfg`` with the detector and text encoder on ``device`` too."""
+    detr = replace(cfg.detr, device=device) if cfg.detr is not None else None
+    text = replace(cfg.text, device=device) if cfg.text is not None else None
+    return replace(cfg, device=device, detr=detr, text=text)
 
 
 def coco_label_names() -> list[str]:

@@ -373,15 +373,18 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     net = extractor_config(cfg, device)
     ref = referring_config(cfg, device, sentences)
 
-    def here(c):  # here only for provenance if the workers extract: keep the GPU free
-        return replace(c, device="cpu") if cfg.distributed and c is not None else c
-
     planned = referring.plan(ds.manifest, ds.boxes) if ref is not None else None
     if ref is not None and ref.boxes == "annotations" and not any(
             p["persons"] is not None or p["track"] for p in planned.values()):
         raise ValueError(f"{ds.source or ds.root}: dataset {ds.name!r} has no annotated "
                          f"person boxes for --boxes annotations; use --detector detr")
-    extractor = build_extractors(cfg.extractor, here(net), here(ref))
+    if cfg.distributed:  # built here only for provenance: keep this machine's GPU free
+        from vidattn.extractors.referring import on_device
+
+        extractor = build_extractors(cfg.extractor, net and replace(net, device="cpu"),
+                                     ref and on_device(ref, "cpu"))
+    else:
+        extractor = build_extractors(cfg.extractor, net, ref)
     prep = {"fps": decode.fps, "short_side": decode.short_side, "crop": decode.crop,
             "scale": "[-1, 1]"}
     store = open_store(url, mode="a")
@@ -418,7 +421,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
             idx = store.index(s)
             done[s] -= set(idx.loc[idx.status == "failed", "part"].tolist())
     rows_by_id = manifest.set_index("video_id")
-
+    if ref is not None:  # the merged manifest: rows of earlier runs may be redone too
+        planned = referring.plan(manifest, ds.boxes)
     todo = plan[~plan.part.isin(set.intersection(*done.values()))]
     result = ExtractResult(store=url, n_videos=len(plan), n_skipped=len(plan) - len(todo),
                            missing=missing.video_id.tolist(), notices=notices)

@@ -123,6 +123,9 @@ def describe_run(run_dir: str | Path) -> RunSpec:
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{path}: not a vidattn run directory (no config.json)")
     config = json.loads(cfg_path.read_text())
+    if config.get("referring"):  # needs a sentence and detections per row, not just maps
+        raise ValueError(f"{path}: {config['head']} is a referring run; score re-scores "
+                         f"map-only heads (use evaluate on a referring store)")
     h = hashlib.sha256()
     # weights are model.safetensors (torch heads) or model*.txt (LightGBM)
     for f in [cfg_path, *sorted(path.glob("model*"))]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from vidattn.pipeline import data
-from vidattn.pipeline.referring import gt_box
+from vidattn.pipeline.referring import box_tracks, gt_box
 from vidattn.progress import bar as progress
 from vidattn.stores.schema import ARRAYS, PERSON
 
@@ -75,11 +75,7 @@ def load_ref_split(store, ids: list[str], stream: str, text: str, num_classes: i
     man = store.manifest().set_index("video_id")
     have = set(store.video_ids(stream)) & set(store.video_ids(text))
     have &= set(store.video_ids("detections"))
-    boxes_table = store.boxes()
-    tracks: dict[str, dict] = {}
-    if boxes_table is not None:
-        for r in boxes_table.itertuples(index=False):
-            tracks.setdefault(r.video_id, {})[int(r.frame)] = [r.x1, r.y1, r.x2, r.y2]
+    tracks = box_tracks(store.boxes())
     keep, gts = [], []
     for v in ids:
         box = gt_box(man.at[v, "extra"], tracks.get(v)) if v in have else None

@@ -34,6 +34,16 @@ def has_descriptions(manifest: pd.DataFrame) -> bool:
     return any(_extra(e).get("description") for e in manifest["extra"])
 
 
+def box_tracks(boxes: pd.DataFrame | None) -> dict[str, dict[int, list[float]]]:
+    """A BOXES_SCHEMA table as video_id -> {frame: [x1, y1, x2, y2]} ({} for None)."""
+    tracks: dict[str, dict[int, list[float]]] = {}
+    if boxes is not None:
+        for r in boxes.itertuples(index=False):
+            tracks.setdefault(r.video_id, {})[int(r.frame)] = [
+                float(r.x1), float(r.y1), float(r.x2), float(r.y2)]
+    return tracks
+
+
 def plan(manifest: pd.DataFrame, boxes: pd.DataFrame | None) -> dict[str, dict]:
     """video_id -> {"keyframes", "persons", "track", "description"} (module docstring)."""
     extras = {v: _extra(e) for v, e in zip(manifest.video_id, manifest.extra)}
@@ -43,11 +53,7 @@ def plan(manifest: pd.DataFrame, boxes: pd.DataFrame | None) -> dict[str, dict]:
     for vid, ex in extras.items():
         if "timestamp" in ex and "box" in ex:
             at_keyframe.setdefault((groups[vid], ex["timestamp"]), []).append(ex["box"])
-    tracks: dict[str, dict[int, list[float]]] = {}
-    if boxes is not None and len(boxes):
-        for r in boxes.itertuples(index=False):
-            tracks.setdefault(r.video_id, {})[int(r.frame)] = [
-                float(r.x1), float(r.y1), float(r.x2), float(r.y2)]
+    tracks = box_tracks(boxes)
     out = {}
     for vid, ex in extras.items():
         keyframe = ex.get("keyframe_sec")

@@ -222,12 +222,13 @@ def test_one_stream_agent_attention_is_the_two_softmax_formula():
         assert torch.allclose(block(x), y, atol=1e-6)
 
 
+@pytest.mark.parametrize("caaf_map", ["broadcast", "aggregation"])
 @pytest.mark.parametrize("caaf,catf", [(True, False), (False, True), (True, True)])
-def test_cross_stream_block_fuses_the_visual_stream_as_documented(caaf, catf):
+def test_cross_stream_block_fuses_the_visual_stream_as_documented(caaf, catf, caaf_map):
     torch.manual_seed(0)
     n_tokens = {"visual": 6, "text": 6, "location": 6}
     block = CrossStreamBlock(n_tokens, "visual", caaf, catf, dim=8, n_agents=3, heads=2,
-                             dropout=0.0).eval()
+                             dropout=0.0, caaf_map=caaf_map).eval()
     x = {s: torch.randn(2, 6, 8) for s in n_tokens}
     with torch.no_grad():
         got = block(x)
@@ -235,16 +236,53 @@ def test_cross_stream_block_fuses_the_visual_stream_as_documented(caaf, catf):
         q, k, v, a = p["visual"]
         if catf:
             a = avg_fuse(a, p["text"][3] + p["location"][3])
-        m = AgentAttention.broadcast_map(q, a)
-        if caaf:
+        m_qa = AgentAttention.broadcast_map(q, a)  # (B, h, N, n)
+        m_ak = AgentAttention.aggregation_map(a, k)  # (B, h, n, N)
+        assert m_qa.shape == (2, 2, 6, 3) and m_ak.shape == (2, 2, 3, 6)
+        if caaf and caaf_map == "broadcast":
             m_t, m_l = (AgentAttention.broadcast_map(p[s][0], p[s][3])
                         for s in ("text", "location"))
-            m = avg_fuse(m, m_t + m_l)
-        want = block.streams["visual"].finish(x["visual"], m, a, k, v)
+            m_qa = avg_fuse(m_qa, m_t + m_l)
+        if caaf and caaf_map == "aggregation":
+            m_t, m_l = (AgentAttention.aggregation_map(p[s][3], p[s][1])
+                        for s in ("text", "location"))
+            m_ak = avg_fuse(m_ak, m_t + m_l)
+        want = block.streams["visual"].finish(x["visual"], m_qa, m_ak, v)
         assert torch.allclose(got["visual"], want, atol=1e-6)
         # the other streams run unfused
         for s in ("text", "location"):
             assert torch.allclose(got[s], block.streams[s](x[s]), atol=1e-6)
+    if caaf:  # the two readings differ
+        other = "aggregation" if caaf_map == "broadcast" else "broadcast"
+        torch.manual_seed(0)
+        alt = CrossStreamBlock(n_tokens, "visual", caaf, catf, dim=8, n_agents=3, heads=2,
+                               dropout=0.0, caaf_map=other).eval()
+        with torch.no_grad():
+            assert not torch.allclose(alt(x)["visual"], got["visual"], atol=1e-5)
+
+
+def test_linear_location_tokens_keep_the_detection_order():
+    """ls_tokens="linear": P_LS per detection, then one linear map over the N_o slots."""
+    head = _head(ls_tokens="linear", n_detections=7)
+    assert "location" not in head.resample and head.location_mix.in_features == 7
+    batch = _batch(m=5)
+    with torch.no_grad():
+        got = head.stream_tokens(batch)[0]["location"]
+        ls = torch.cat([batch["det_emb"], batch["det_boxes"]], dim=-1)
+        p = torch.where(batch["det_mask"][..., None], head.location_in(ls), 0.0)
+        p = torch.cat([p, torch.zeros(p.shape[0], 2, p.shape[2])], dim=1)  # 5 -> 7 slots
+        want = torch.einsum("nm,bmd->bnd", head.location_mix.weight, p)
+        want = want + head.location_mix.bias[:, None]
+        assert got.shape == (3, SMALL["n_tokens"], SMALL["dim"])
+        assert torch.allclose(got, want, atol=1e-5)
+    # unlike the resampler, the order of the slots matters (DETR's queries, left-to-right
+    # annotated persons)
+    swapped = dict(batch, det_boxes=batch["det_boxes"].flip(1), det_emb=batch["det_emb"].flip(1),
+                   det_mask=batch["det_mask"].flip(1))
+    with torch.no_grad():
+        assert not torch.allclose(head.stream_tokens(swapped)[0]["location"], got, atol=1e-4)
+    with pytest.raises(ValueError, match="n_detections=4"):
+        _head(ls_tokens="linear", n_detections=4)(batch)
 
 
 # ------------------------------------------------------------------- loss
@@ -270,7 +308,10 @@ def test_loss_terms():
 @pytest.mark.parametrize("bad,msg", [({"fusion": "sum"}, "fusion"), ({"dim": 30}, "heads"),
                                      ({"n_tokens": 0}, "n_tokens"), ({"dropout": 1.0}, "dropout"),
                                      ({"multilabel": False}, "multilabel"),
-                                     ({"box_weight": -1.0}, "box_weight")])
+                                     ({"box_weight": -1.0}, "box_weight"),
+                                     ({"ls_tokens": "pool"}, "ls_tokens"),
+                                     ({"caaf_map": "both"}, "caaf_map"),
+                                     ({"n_detections": 0}, "n_detections")])
 def test_config_refuses_bad_values(bad, msg):
     with pytest.raises(ValueError, match=msg):
         Config(**bad)

@@ -134,23 +134,29 @@ class AgentAttention(nn.Module):
         return q, k, v, a
 
     @staticmethod
+    def aggregation_map(a: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """M_AK = softmax over tokens of alpha A K^T: A (B, h, n, c), K (B, h, N, c) ->
+        (B, h, n, N)."""
+        return torch.softmax(a @ k.transpose(-1, -2) / math.sqrt(k.shape[-1]), dim=-1)
+
+    @staticmethod
     def broadcast_map(q: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """M_QA = softmax over agents of alpha Q A^T: Q (B, h, N, c), A (B, h, n, c) ->
         (B, h, N, n)."""
         return torch.softmax(q @ a.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
 
-    def finish(self, x: torch.Tensor, m_qa: torch.Tensor, a: torch.Tensor, k: torch.Tensor,
+    def finish(self, x: torch.Tensor, m_qa: torch.Tensor, m_ak: torch.Tensor,
                v: torch.Tensor) -> torch.Tensor:
-        """Agent aggregation with A, broadcast with M_QA, then residual, MLP: -> (B, N, d)."""
-        scores = a @ k.transpose(-1, -2) / math.sqrt(k.shape[-1])  # (B, h, n, N)
-        v_agents = torch.softmax(scores, dim=-1) @ v  # (B, h, n, c)
+        """Agent aggregation with M_AK (B, h, n, N), broadcast with M_QA (B, h, N, n), then
+        residual, MLP: -> (B, N, d)."""
+        v_agents = m_ak @ v  # (B, h, n, c)
         x = x + self.drop(self.proj(merge_heads(m_qa @ v_agents)))
         return x + self.mlp(self.norm_mlp(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Plain (single-stream) agent attention block: x (B, N, d) -> (B, N, d)."""
         q, k, v, a = self.qkva(x)
-        return self.finish(x, self.broadcast_map(q, a), a, k, v)
+        return self.finish(x, self.broadcast_map(q, a), self.aggregation_map(a, k), v)
 
 
 class CrossStreamBlock(nn.Module):
@@ -168,24 +174,28 @@ class CrossStreamBlock(nn.Module):
     """
 
     def __init__(self, n_tokens: dict[str, int], target: str | None, caaf: bool, catf: bool,
-                 dim: int, n_agents: int, heads: int, dropout: float):
+                 dim: int, n_agents: int, heads: int, dropout: float,
+                 caaf_map: str = "broadcast"):
         super().__init__()
-        self.target, self.caaf, self.catf = target, caaf, catf
+        self.target, self.caaf, self.catf, self.caaf_map = target, caaf, catf, caaf_map
         self.streams = nn.ModuleDict({s: AgentAttention(dim, n, n_agents, heads, dropout)
                                       for s, n in n_tokens.items()})
 
     def forward(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """{stream: (B, N_s, d)} -> {stream: (B, N_s, d)}, same keys."""
         parts = {s: self.streams[s].qkva(x) for s, x in tokens.items()}
-        maps = {s: AgentAttention.broadcast_map(p[0], p[3]) for s, p in parts.items()}
+        bmaps = {s: AgentAttention.broadcast_map(p[0], p[3]) for s, p in parts.items()}
+        amaps = {s: AgentAttention.aggregation_map(p[3], p[1]) for s, p in parts.items()}
         others = [s for s in parts if s != self.target]
         if self.target in parts and others:
             q, k, v, a = parts[self.target]
             if self.catf:
                 a = avg_fuse(a, sum(parts[s][3] for s in others))
                 parts[self.target] = (q, k, v, a)
-                maps[self.target] = AgentAttention.broadcast_map(q, a)
+                bmaps[self.target] = AgentAttention.broadcast_map(q, a)
+                amaps[self.target] = AgentAttention.aggregation_map(a, k)
             if self.caaf:
+                maps = bmaps if self.caaf_map == "broadcast" else amaps
                 maps[self.target] = avg_fuse(maps[self.target], sum(maps[s] for s in others))
-        return {s: self.streams[s].finish(tokens[s], maps[s], parts[s][3], parts[s][1],
-                                          parts[s][2]) for s in tokens}
+        return {s: self.streams[s].finish(tokens[s], bmaps[s], amaps[s], parts[s][2])
+                for s in tokens}

@@ -54,6 +54,20 @@ sigma_t(sum_pi M_QA^pi) . M_QA^gamma], and says CATF is done "similarly".  Read 
 - the text and LS streams run unfused; token i of one stream meets token i of another only as
   "the i-th learned query slot", as with the paper's QFormer tokens.
 
+Two readings are options, because the summary's equations and the authors' released code
+differ on them:
+
+- ``caaf_map``: "broadcast" (default) fuses M_QA = softmax(alpha Q A^T), the map the paper's
+  M_QA^pi = sigma_c(MatMul[alpha A^pi, Q^pi]) names (A and Q); "aggregation" fuses
+  M_AK = softmax_tokens(alpha A K^T) (B, h, n, N), which the released code fuses instead
+  (there sigma_c is a softmax over tokens, sigma_t over agents).  Either way the visual
+  stream's other map is the unfused one;
+- ``ls_tokens``: "resample" (default) reads the detections with the LS stream's own
+  resampler, like the other two streams; "linear" zeroes the masked detections after P_LS,
+  pads them to ``n_detections`` (N_o = 100) slots and maps the slot axis to N tokens with one
+  linear layer, as the released code does: the detections' order then matters (DETR's query
+  slots, or annotated persons left to right).
+
 Choices left open by the paper (besides the above): the box regressor's sigmoids give the box
 size (w, h) and where the box sits in the frame; x1 = (1 - w) s_x, x2 = x1 + w (same for y),
 i.e. cx = x1 + w / 2 is confined to where the whole box fits, so the box is always inside
@@ -97,6 +111,8 @@ TRAINER = "referring"  # trained on referring batches (dicts), not on bare featu
 BOX_DIM = 8  # det_boxes: [cx, cy, w, h, x1, y1, x2, y2]
 POS_FREQS = 4  # Fourier frequencies pi * 2^k, k < POS_FREQS, of the visual position embedding
 FUSIONS = ("agent", "add", "concat")
+LS_TOKENS = ("resample", "linear")
+CAAF_MAPS = ("broadcast", "aggregation")
 
 
 @dataclass(frozen=True)
@@ -116,10 +132,13 @@ class Config:
     caaf: bool = True  # cross-stream agent attention fusion (fusion="agent" only)
     catf: bool = True  # cross-stream agent token fusion (fusion="agent" only)
     box_weight: float = 5.0  # weight of L_MSE in the loss
+    ls_tokens: str = "resample"  # LS stream to N tokens: "resample" | "linear" (over queries)
+    n_detections: int = 100  # N_o: detection slots the "linear" LS map reads (DETR's queries)
+    caaf_map: str = "broadcast"  # CAAF fuses "broadcast" (M_QA) or "aggregation" (M_AK)
 
     def __post_init__(self):
         for name in ("in_channels", "num_classes", "text_dim", "dim", "n_tokens", "n_agents",
-                     "heads", "n_blocks"):
+                     "heads", "n_blocks", "n_detections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"refatomnet: {name} must be >= 1, got {getattr(self, name)}")
         if self.dim % self.heads:
@@ -129,6 +148,10 @@ class Config:
         if self.fusion not in FUSIONS:
             raise ValueError(f"refatomnet: fusion must be one of {', '.join(FUSIONS)}, "
                              f"got {self.fusion!r}")
+        for name, allowed in (("ls_tokens", LS_TOKENS), ("caaf_map", CAAF_MAPS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"refatomnet: {name} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
         if not self.multilabel:
             raise ValueError("refatomnet: multilabel must be True (atomic actions, L_BCE)")
         if self.box_weight < 0:
@@ -181,9 +204,11 @@ class RefAtomNet(nn.Module):
         self.visual_pos = nn.Linear(3 * (2 * POS_FREQS + 1), d)
         self.text_in = nn.Linear(cfg.text_dim, d)
         self.location_in = nn.Linear(cfg.text_dim + BOX_DIM, d) if cfg.location else None  # P_LS
+        linear_ls = cfg.location and cfg.ls_tokens == "linear"
+        self.location_mix = nn.Linear(cfg.n_detections, n) if linear_ls else None
         self.resample = nn.ModuleDict({
             s: Resampler(d, n, cfg.heads, cfg.dropout, null=s != "visual")
-            for s in self.stream_names})
+            for s in self.stream_names if not (s == "location" and linear_ls)})
         if cfg.fusion == "agent":
             n_tokens, target = dict.fromkeys(self.stream_names, n), "visual"
         else:  # one joint stream: the token-wise sum, or the streams one after another
@@ -191,7 +216,7 @@ class RefAtomNet(nn.Module):
             target = None
         self.blocks = nn.ModuleList(
             CrossStreamBlock(n_tokens, target, cfg.caaf, cfg.catf, d, cfg.n_agents, cfg.heads,
-                             cfg.dropout) for _ in range(cfg.n_blocks))
+                             cfg.dropout, cfg.caaf_map) for _ in range(cfg.n_blocks))
         self.norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
         self.classifier = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(cfg.dropout),
@@ -227,7 +252,16 @@ class RefAtomNet(nn.Module):
             det_mask = batch["det_mask"].bool()
             ls = torch.cat([batch["det_emb"], batch["det_boxes"]], dim=-1)  # Concat[V_RT, r]
             ls = torch.where(det_mask[..., None], ls, 0.0)
-            tokens["location"], _ = self.resample["location"](self.location_in(ls), det_mask)
+            if self.location_mix is None:
+                tokens["location"], _ = self.resample["location"](self.location_in(ls), det_mask)
+            else:  # masked slots are zero tokens, the query order is kept
+                m = ls.shape[1]
+                if m > self.cfg.n_detections:
+                    raise ValueError(f"refatomnet: {m} detections, the config reads "
+                                     f"n_detections={self.cfg.n_detections}")
+                ls = torch.where(det_mask[..., None], self.location_in(ls), 0.0)
+                ls = F.pad(ls, (0, 0, 0, self.cfg.n_detections - m))
+                tokens["location"] = self.location_mix(ls.transpose(1, 2)).transpose(1, 2)
         return tokens, attn
 
     def encode(self, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

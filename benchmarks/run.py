@@ -4,8 +4,10 @@ Stages: decoding (decord vs PyAV), I3D RGB and flow forward (fp32 and bf16), opt
 (OpenCV TV-L1, DIS, the PyTorch TV-L1 and its agreement with OpenCV), end-to-end extraction
 against the bare forward, peak memory on 1- and 10-minute videos, the store (write/read
 throughput, compression), training steps of every head at the ActX paper's Hollywood2
-setting, and the whole path on the sample store.  Most figures are the median of a few
-repeats after one warm-up; the extraction ones (benchmarks/extraction.py) one timed run.
+setting, the referring streams (DETR-R50, the sentence encoder, RefAtomNet steps;
+benchmarks/referring.py), and the whole path on the sample store.  Most figures are the
+median of a few repeats after one warm-up; the extraction ones (benchmarks/extraction.py)
+one timed run.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import cluster  # benchmarks/cluster.py and extraction.py, beside this script
+import cluster  # benchmarks/cluster.py, extraction.py, referring.py, beside this script
 import extraction
 import numpy as np
+import referring
 import torch
 from timing import timed
 
@@ -176,30 +179,41 @@ def bench_heads(rows: list, device: str, steps: int = 5) -> None:
                      f"{1 / sec:.2f} steps/s; loader {sec / load:.1f}x ahead"))
 
 
+STAGES = {
+    "decode": lambda rows, device: bench_decode(rows),
+    "store": lambda rows, device: bench_store(rows),
+    "i3d": extraction.bench_i3d_precision,
+    "flow": extraction.bench_flow,
+    "end-to-end": lambda rows, device: extraction.bench_end_to_end(rows, device, REAL_CLIP),
+    "long-video": extraction.bench_long_video,
+    "heads": bench_heads,
+    "referring": referring.bench_referring,
+    "sample": bench_sample,
+    "cluster": lambda rows, device: cluster.bench_cluster(rows),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="BENCHMARKS.md")
+    ap.add_argument("--only", choices=sorted(STAGES), action="append",
+                    help="run only these stages (repeatable); default: all of them")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows: list[tuple[str, str, str]] = []
-    for stage in (bench_decode, bench_store):
-        stage(rows)
-    extraction.bench_i3d_precision(rows, device)
-    extraction.bench_flow(rows, device)
-    extraction.bench_end_to_end(rows, device, REAL_CLIP)
-    extraction.bench_long_video(rows, device)
-    bench_heads(rows, device)
-    bench_sample(rows, device)
-    cluster.bench_cluster(rows)
+    for name, stage in STAGES.items():
+        if not args.only or name in args.only:
+            stage(rows, device)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-    rows.append(("peak RSS of the whole benchmark", f"{peak:.0f} MiB", ""))
+    rows.append(("peak RSS of the " + ("stages run" if args.only else "whole benchmark"),
+                 f"{peak:.0f} MiB", ""))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Benchmarks",
         "",
         "Written by `make bench` (benchmarks/run.py); medians of 3 runs after a warm-up.",
         "",
-        f"## {stamp}",
+        f"## {stamp}" + (f" (only: {', '.join(args.only)})" if args.only else ""),
         "",
         f"Machine: {machine()}",
         "",

@@ -14,9 +14,10 @@ from conftest import write_video
 
 from vidattn.datasets import DATASETS, DatasetError, DatasetTables, check_paths, load_dataset
 from vidattn.datasets import refava as R
-from vidattn.extractors.i3d import I3D, I3DConfig, load_i3d, random_init
+from vidattn.extractors.i3d import I3D, I3DConfig, random_init
 from vidattn.extractors.i3d_r50 import I3DR50, load_r50
 from vidattn.extractors.i3d_r50 import random_init as random_init_r50
+from vidattn.extractors.i3d_weights import load_i3d
 from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig
 from vidattn.safeload import UntrustedCheckpointError
 

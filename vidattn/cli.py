@@ -206,6 +206,14 @@ def classify(video, i3d_rgb, start, end, top, device) -> None:
               help="Weight of the MFR term when --teacher is given.")
 @click.option("--det-min-score", type=float, default=0.5, show_default=True,
               help="Referring heads: person detections scoring below this are masked.")
+@click.option("--loader", type=click.Choice(["auto", "memory", "stream"]), default="auto",
+              show_default=True, help="Hold the maps in memory, or stream each crop from the "
+              "store; auto streams when the splits exceed --max-memory.")
+@click.option("--max-memory", default=None,
+              help="Memory budget for held maps, e.g. 8GiB [default: half the RAM].")
+@click.option("--workers", type=int, default=None,
+              help="DataLoader processes reading the store [default: min(4, cores) when "
+                   "streaming, else 0].")
 def train_head(head, list_heads, out, options, **kw) -> None:
     """Train a head (actx, avgpool, ...) on a store's cached maps."""
     from vidattn.registry import HEADS
@@ -229,9 +237,9 @@ def train_head(head, list_heads, out, options, **kw) -> None:
         _fail(e)
     click.echo(f"run: {cfg.out}  (selected epoch {metrics['selected_epoch']})")
     if "test" in metrics:
-        t = metrics["test"]
-        extra = "".join(f", {k} {100 * t[k]:.1f}" for k in ("mIoU", "AUROC") if k in t)
-        click.echo(f"test mAP: {100 * t['mAP']:.1f}{extra}")
+        from vidattn import tasks
+
+        click.echo(f"test {tasks.for_head(head).headline(metrics['test'])}")
     click.echo(f"curves: {cfg.out}/curves.png")
 
 
@@ -251,7 +259,7 @@ def evaluate(run_dir, run_dir_2, split, store, device) -> None:
     except Exception as e:
         _fail(e)
     click.echo(pipeline.format_table(res))
-    click.echo(f"{split} mAP: {100 * res['mAP']:.1f}  ({res['n']} clips; {res['path']})")
+    click.echo(f"{split} {pipeline.headline(res)}  ({res['n']} clips; {res['path']})")
 
 
 @main.command()

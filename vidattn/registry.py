@@ -41,7 +41,8 @@ def resolve(table: dict[str, str], name: str, kind: str) -> Any:
 
 
 def head_module(name: str):
-    """The module a head lives in (its ``Config``, ``build`` and optional ``TRAINER``)."""
+    """The module a head lives in (its ``Config``, ``build``, ``TASK`` and optional
+    ``TRAINER``)."""
     if name not in HEADS:
         resolve(HEADS, name, "head")  # raises with the known names
     return importlib.import_module(HEADS[name].partition(":")[0])

@@ -12,6 +12,7 @@ from conftest import write_video
 
 from vidattn.datasets import DatasetError, load_dataset
 from vidattn.datasets import ava as A
+from vidattn.metrics import frame_map
 from vidattn.stores.schema import BOXES_SCHEMA, MANIFEST_SCHEMA
 
 # Four classes with ids 1, 3, 5, 80 in a deliberately mixed layout: one-line and
@@ -196,38 +197,7 @@ GT = boxes_df([("v", 1, 0.0, 0.0, 0.5, 0.5, 0), ("v", 1, 0.5, 0.5, 1.0, 1.0, 0),
 
 def test_frame_map_perfect_and_from_manifest(tmp_path, video):
     pred = GT.assign(score=1.0)
-    assert A.frame_map(pred, GT) == {"mAP": 1.0, "per_class": {0: 1.0, 1: 1.0}, "n_classes": 2}
+    assert frame_map(pred, GT) == {"mAP": 1.0, "per_class": {0: 1.0, 1: 1.0}, "n_classes": 2}
     ds = A.load(make_root(tmp_path / "r", video))
     gt = A.ground_truth(ds.manifest)
-    assert len(gt) == 6 and A.frame_map(gt.assign(score=0.5), gt)["mAP"] == 1.0
-
-
-def test_frame_map_duplicates_and_interpolation():
-    # class 0 has 3 boxes; ranked TP, duplicate (FP), TP, TP -> precision 1, .5, .67, .75 at
-    # recall 1/3, 1/3, 2/3, 1.  All-point interpolation: (1 + .75 + .75) / 3, where the
-    # non-interpolated mean of precisions at hits would give (1 + .67 + .75) / 3.
-    pred = boxes_df([("v", 1, 0.0, 0.0, 0.5, 0.5, 0, 0.9), ("v", 1, 0.0, 0.0, 0.5, 0.5, 0, 0.8),
-                     ("v", 1, 0.5, 0.5, 1.0, 1.0, 0, 0.7), ("v", 2, 0.0, 0.0, 1.0, 1.0, 0, 0.6)],
-                    True)
-    res = A.frame_map(pred, GT)
-    assert res["per_class"][0] == pytest.approx(2.5 / 3)
-    assert res["per_class"][1] == 0.0 and res["mAP"] == pytest.approx(2.5 / 6)
-    # the top detection moved to a frame without ground truth is a FP ranked first: the
-    # rest are TPs (the duplicate now finds its box free), precision .75 at every recall
-    moved = pred.assign(timestamp=[3, 1, 1, 2])
-    assert A.frame_map(moved, GT)["per_class"][0] == pytest.approx(0.75)
-    # unless that keyframe is excluded: then it is not evaluated at all
-    assert A.frame_map(moved, GT, excluded=[("v", 3)])["per_class"][0] == 1.0
-    # excluding frame 2 drops class 1 entirely; class 0 keeps TP, duplicate, TP
-    assert A.frame_map(pred, GT, excluded={("v", 2)})["per_class"] == {0: pytest.approx(5 / 6)}
-
-
-def test_frame_map_iou_threshold():
-    gt = boxes_df([("v", 1, 0.0, 0.0, 1.0, 1.0, 0)], False)
-    for width, ap in ((0.49, 0.0), (0.51, 1.0)):  # IoU with the full frame = width
-        pred = boxes_df([("v", 1, 0.0, 0.0, width, 1.0, 0, 1.0)], True)
-        assert A.frame_map(pred, gt)["mAP"] == ap
-    assert A.iou_matrix([[0, 0, 0.5, 1]], [[0.25, 0, 0.75, 1], [0.6, 0, 1, 1]]).tolist() == [
-        [pytest.approx(1 / 3), 0.0]]
-    with pytest.raises(ValueError, match="pred lacks columns"):
-        A.frame_map(gt, gt)
+    assert len(gt) == 6 and frame_map(gt.assign(score=0.5), gt)["mAP"] == 1.0

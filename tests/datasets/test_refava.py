@@ -12,7 +12,6 @@ import pytest
 
 from vidattn.datasets import DatasetError, load_dataset
 from vidattn.datasets import refava as R
-from vidattn.metrics import average_precision as plain_ap
 from vidattn.stores.schema import BOXES_SCHEMA, MANIFEST_SCHEMA
 
 MULTI_HOT = np.zeros(80, np.float32)
@@ -166,53 +165,3 @@ def test_errors(tmp_path):
 def test_registry(tmp_path):
     ds = load_dataset("refava", make_root(tmp_path / "r"), {"splits": "val"})
     assert list(ds.manifest.video_id) == ["vidB__1000__3"]
-
-
-def test_auroc_and_ap():
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        s = rng.integers(0, 5, 40) / 4  # many ties
-        y = rng.random(40) < 0.3
-        pairs = s[y][:, None] - s[~y][None]
-        brute = ((pairs > 0) + 0.5 * (pairs == 0)).mean()
-        assert R.auroc(s, y) == pytest.approx(brute)
-        # order-free under ties: reversing the rows changes nothing
-        assert R.average_precision(s, y) == pytest.approx(R.average_precision(s[::-1], y[::-1]))
-        u = rng.random(40)  # no ties: the project's AP
-        assert R.average_precision(u, y) == pytest.approx(plain_ap(u, y))
-    assert R.auroc([0.5, 0.5], [True, False]) == 0.5
-    assert R.average_precision([0.5, 0.5, 0.5], [True, False, False]) == pytest.approx(1 / 3)
-    assert np.isnan(R.auroc([0.1, 0.2], [True, True]))
-
-
-def test_refava_metrics():
-    gt = np.array([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1]])
-    targets = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 0]])
-    scores = np.array([[0.9, 0.1, 0.3], [0.8, 0.7, 0.2], [0.2, 0.9, 0.1], [0.1, 0.2, 0.4]])
-    perfect = R.refava_metrics(scores, targets, gt, gt)
-    assert perfect == {"mIoU": 1.0, "mAP": 1.0, "AUROC": 1.0, "n_classes": 2}
-    # row 1's box misses (IoU 0): its scores become 0, below every other row's.
-    # class 0: positives rows 0, 1; ranks .9 (+), .2, .1, 0 (+) -> AP (1 + 2/4) / 2 = .75,
-    # AUROC (2 + 0) / 4 = .5.  class 1: positives rows 1, 2; .9 (+), .2, .1, 0 (+) -> the same.
-    pred = gt.copy()
-    pred[1] = [0, 0, 0.4, 0.4]
-    res = R.refava_metrics(scores, targets, pred, gt)
-    assert res["mIoU"] == pytest.approx(0.75)
-    assert res["mAP"] == pytest.approx(0.75) and res["AUROC"] == pytest.approx(0.5)
-    # weighting by positives: class 1 with 3 positives counts three times class 0's one
-    t2 = np.array([[1, 1, 0], [0, 1, 0], [0, 1, 0], [0, 0, 0]])
-    s2 = np.array([[0.9, 0.1, 0], [0.9, 0.9, 0], [0, 0.8, 0], [0, 0.7, 0]])
-    ap0, ap1 = R.average_precision(s2[:, 0], t2[:, 0]), R.average_precision(s2[:, 1], t2[:, 1])
-    assert ap0 == pytest.approx(0.5) and ap1 == pytest.approx((1 + 1 + 3 / 4) / 3)
-    res2 = R.refava_metrics(s2, t2, gt, gt)
-    assert res2["mAP"] == pytest.approx((ap0 + 3 * ap1) / 4) and res2["n_classes"] == 2
-    # an IoU of exactly the threshold keeps the scores
-    half = np.array([[0, 0, 1, 1]] * 4, float)
-    half[:, 2] = 0.5
-    assert R.refava_metrics(scores, targets, half, np.array([[0, 0, 1, 1]] * 4))["mAP"] == 1.0
-    with pytest.raises(ValueError, match="probabilities"):
-        R.refava_metrics(scores - 1, targets, gt, gt)
-    with pytest.raises(ValueError, match="multi-hot"):
-        R.refava_metrics(scores, targets * 2, gt, gt)
-    with pytest.raises(ValueError, match="need scores and targets"):
-        R.refava_metrics(scores, targets[:3], gt, gt)

@@ -18,11 +18,10 @@ from vidattn.extractors.i3d import (
     INCEPTION_BLOCKS,
     MIXED_5C_CHANNELS,
     I3DConfig,
-    load_i3d,
     random_init,
     same_pad,
 )
-from vidattn.extractors.i3d_weights import _FLAX_BRANCHES, _STEM
+from vidattn.extractors.i3d_weights import _FLAX_BRANCHES, _STEM, load_i3d
 from vidattn.safeload import sha256_file
 
 REPO = Path(__file__).resolve().parents[2]

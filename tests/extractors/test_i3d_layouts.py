@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidattn.extractors.i3d import I3D, I3DConfig, load_i3d, random_init
-from vidattn.extractors.i3d_weights import rename_hassony2
+from vidattn.extractors.i3d import I3D, I3DConfig, random_init
+from vidattn.extractors.i3d_weights import load_i3d, rename_hassony2
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

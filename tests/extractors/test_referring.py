@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from vidattn.extractors.referring import ReferringConfig, annotation_tokens, coco_label_names
-from vidattn.pipeline.referring import gt_box, has_descriptions, plan
+from vidattn.data.refer import gt_box
+from vidattn.extractors.referring import (
+    ReferringConfig,
+    ReferringExtractor,
+    annotation_tokens,
+    coco_label_names,
+)
+from vidattn.pipeline.referring import has_descriptions, plan
 from vidattn.stores.schema import DETECTION_FIELDS, NO_OBJECT, PERSON
 
 
@@ -60,7 +67,7 @@ def test_plan_gathers_every_person_of_an_ava_keyframe():
     assert p["n__0902__0"]["persons"] == [[[.1, .1, .2, .2]]]  # another movie
     assert p["m__0902__1"]["keyframes"] == [2.0] and p["m__0903__0"]["track"] is None
     assert p["m__0902__1"]["description"] == "the man on the right"
-    assert has_descriptions(man) and gt_box(man.extra[1], None) == [.5, 0, .7, .5]
+    assert has_descriptions(man) and gt_box(_row(man.extra[1]), None) == [.5, 0, .7, .5]
 
 
 def test_plan_falls_back_to_recorded_persons_then_to_the_rows_track():
@@ -73,6 +80,21 @@ def test_plan_falls_back_to_recorded_persons_then_to_the_rows_track():
     assert p["clip_p0"]["persons"] == [[[.1, .1, .3, .9], [.6, .1, .8, .9]]]
     assert p["plain"]["persons"] is None and p["plain"]["keyframes"] is None
     assert sorted(p["plain"]["track"]) == [0, 1, 2]
-    # ground truth: the recorded box, else the track's middle frame
-    assert gt_box(man.extra[1], p["plain"]["track"]) == pytest.approx([.2, .1, .5, .9])
-    assert gt_box(None, None) is None and not has_descriptions(man)
+    # ground truth: the recorded box, else the track's frame nearest the keyframe (the
+    # segment's middle, 0.04 s at 25 fps = frame 1) -- the frame the extractor takes too
+    track = p["plain"]["track"]
+    row = _row(None, start_sec=0.0, end_sec=0.08, fps=25.0)
+    assert gt_box(row, track) == pytest.approx([.2, .1, .5, .9])
+    video = {"path": "plain.mp4", "start_sec": 0.0, "end_sec": 0.08, "fps": 25.0,
+             "track": track, "keyframes": None}
+    assert ReferringExtractor.persons(None, video) == [[gt_box(row, track)]]
+    keyed = _row(json.dumps({"keyframe_sec": 0.07}), start_sec=0.0, end_sec=0.08, fps=25.0)
+    video.update(keyframes=[0.07])  # a recorded keyframe wins over the middle: frame 2
+    assert gt_box(keyed, track) == pytest.approx([.3, .1, .5, .9])
+    assert ReferringExtractor.persons(None, video) == [[gt_box(keyed, track)]]
+    assert gt_box(_row(None), None) is None and not has_descriptions(man)
+
+
+def _row(extra, start_sec=None, end_sec=None, fps=None, n_frames=None):
+    return SimpleNamespace(extra=extra, start_sec=start_sec, end_sec=end_sec, fps=fps,
+                           n_frames=n_frames, path="plain.mp4")

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from vidattn import tasks
 from vidattn.options import parse_options
-from vidattn.pipeline.runs import build_head
 from vidattn.registry import HEADS, head_config_class, head_trainer
+from vidattn.tasks.rundir import build_head
 
 # heads trained by gradient descent; the others (lightgbm) have their own conformance test
-TORCH_HEADS = sorted(n for n in HEADS if head_trainer(n) == "torch")
+TORCH_HEADS = sorted(n for n in HEADS
+                     if head_trainer(n) == "torch" and tasks.for_head(n).NAME == "classify")
 
 D, K, B, T, H, W = 64, 4, 4, 4, 3, 3
 
@@ -175,12 +177,12 @@ def test_head_tests_run_single_threaded():
 
 
 # ---------------------------------------------------------------- referring heads
-# Heads whose module sets TRAINER = "referring" (RefAtomNet and its ablations) read a dict
+# Heads of the refer task (TASK = "refer": RefAtomNet and its ablations) read a dict
 # batch: the visual map, the referring sentence's token embeddings and the detections, and
 # predict the referred person's actions (multi-label) and box.  Their contract:
 # forward(batch) -> {"logits" (B, K), "box" (B, 4) x1y1x2y2 in [0, 1], one (B, T, H, W) map per
 # name in map_names}; loss(out, batch) -> (scalar, {term: float}).
-REFERRING_HEADS = sorted(n for n in HEADS if head_trainer(n) == "referring")
+REFERRING_HEADS = sorted(n for n in HEADS if tasks.for_head(n).NAME == "refer")
 E, M, L = 16, 5, 6  # text-embedding width, detections, sentence tokens
 # Small sizes keep the tests fast; applied to the fields a head's Config has.
 SMALL = {"text_dim": str(E), "dim": "32", "n_tokens": "8", "heads": "2", "n_blocks": "2"}

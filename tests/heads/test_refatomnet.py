@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vidattn import tasks
 from vidattn.heads.agent_attention import AgentAttention, CrossStreamBlock, avg_fuse
 from vidattn.heads.refatomnet import (
     Config,
@@ -35,8 +36,8 @@ from vidattn.heads.refatomnet import (
     position_features,
 )
 from vidattn.options import parse_options
-from vidattn.pipeline.runs import build_head
-from vidattn.registry import head_config_class, head_trainer
+from vidattn.registry import head_config_class
+from vidattn.tasks.rundir import build_head
 
 D, E, K = 32, 16, 3  # visual channels, text width, classes
 SMALL = {"in_channels": D, "text_dim": E, "num_classes": K, "dim": 32, "n_tokens": 8,
@@ -324,7 +325,7 @@ def test_builders_flip_one_field_and_keep_the_rest():
                "refatomnet-nocaaf": {"caaf": False}, "refatomnet-nocatf": {"catf": False}}
     for name, fields in changed.items():
         assert BUILDERS[name](cfg).cfg == dataclasses.replace(cfg, **fields), name
-        assert head_trainer(name) == "referring" and head_config_class(name) is Config
+        assert tasks.for_head(name).NAME == "refer" and head_config_class(name) is Config
     # through the registry and string options, as the CLI builds it
     opts = {k: str(v) for k, v in SMALL.items() if k not in ("in_channels", "num_classes")}
     head = build_head("refatomnet-concat", parse_options(Config, opts, in_channels=D,

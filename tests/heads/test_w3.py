@@ -10,7 +10,7 @@ from torch import nn
 
 from vidattn.heads.w3 import W3, Config, build, build_cbam
 from vidattn.options import parse_options
-from vidattn.pipeline.runs import build_head
+from vidattn.tasks.rundir import build_head
 
 D, K = 16, 3
 BUILDERS = {"w3": build, "cbam": build_cbam}

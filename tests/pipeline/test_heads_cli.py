@@ -88,11 +88,12 @@ def test_classify_the_real_clip():
 def every_head(tiny_store, tmp_path_factory) -> dict[str, Path]:
     """Every registered head trained for 2 epochs on the tiny store, through the CLI (the
     referring heads need a referring store: tests/pipeline/test_referring_cli.py)."""
-    from vidattn.registry import HEADS, head_trainer
+    from vidattn import tasks
+    from vidattn.registry import HEADS
 
     root = tmp_path_factory.mktemp("every")
     runs = {}
-    for name in (n for n in HEADS if head_trainer(n) != "referring"):
+    for name in (n for n in HEADS if tasks.for_head(n).NAME == "classify"):
         out = root / name
         r = CliRunner().invoke(main, ["train-head", name, "--store", tiny_store, "--out",
                                       str(out), "--epochs", "2", "--crop-t", "2",
@@ -103,7 +104,7 @@ def every_head(tiny_store, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_every_head_evaluates_and_explains(every_head, tmp_path):
-    from vidattn.pipeline.runs import load_run
+    from vidattn.tasks.rundir import load_run
 
     for name, run_dir in every_head.items():
         r = CliRunner().invoke(main, ["evaluate", str(run_dir), "--device", "cpu"])

@@ -151,11 +151,12 @@ def test_bad_options_are_one_line_errors(ref_root, tmp_path):
 @pytest.fixture(scope="module")
 def ref_runs(ref_store, tmp_path_factory) -> dict[str, Path]:
     """Every referring head trained for 2 epochs through the CLI."""
-    from vidattn.registry import HEADS, head_trainer
+    from vidattn import tasks
+    from vidattn.registry import HEADS
 
     root = tmp_path_factory.mktemp("refruns")
     runs = {}
-    for name in (n for n in HEADS if head_trainer(n) == "referring"):
+    for name in (n for n in HEADS if tasks.for_head(n).NAME == "refer"):
         out = root / name
         r = CliRunner().invoke(main, ["train-head", name, "--store", str(ref_store), "--out",
                                       str(out), "--epochs", "2", "--crop-t", "2", "--device",

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from vidattn.data.maps import MemoryMaps, channels_first, crop_start, read_crop
 from vidattn.heads import actx, avgpool
 from vidattn.options import parse_options
-from vidattn.pipeline.data import batch, channels_first, crop
 
 
 # ---------------------------------------------------------------------------- options
@@ -57,6 +57,12 @@ def test_parse_options_drops_fixed_values_a_config_does_not_have():
 
 
 # ------------------------------------------------------------------------------- crop
+def crop(m, length, hw, rng):
+    """A crop as the training data takes it: the start drawn, then the rows read."""
+    start = crop_start(m.shape[1], length, rng)
+    return read_crop(MemoryMaps({"v": m}), "v", start, length, hw)
+
+
 def _map(t, h, w, d=2):
     """(D, T, H, W) whose values encode their position: m[0, t, y, x] = 100 t + 10 y + x."""
     tt, yy, xx = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
@@ -102,13 +108,6 @@ def test_crop_centres_spatially():
     assert torch.equal(crop(m, 2, (7, 6), None), m)  # full size: unchanged
 
 
-def test_batch_stacks_crops_as_float32():
-    maps = [_map(5, 3, 4), _map(2, 4, 4)]
-    b = batch(maps, 3, (3, 4), np.random.default_rng(0), "cpu")
-    assert b.dtype == torch.float32 and tuple(b.shape) == (2, 2, 3, 3, 4)
-    assert (b[1, 0, :, 0, 0] // 100).tolist() == [0, 1, 0]  # looped short map
-
-
 def test_bool_option_typo_is_refused():
     from vidattn.heads.actx import Config
     from vidattn.options import parse_options
@@ -122,7 +121,7 @@ def test_ava_frame_map_uses_ground_truth_boxes():
 
     import pandas as pd
 
-    from vidattn.pipeline.evaluate import ava_frame_map
+    from vidattn.tasks.classify import ava_frame_map
 
     def row(vid, person, box, labels):
         return {"video_id": f"v__0902__{person}", "group": vid, "labels": labels,

@@ -13,8 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from vidattn.cli import main
-from vidattn.pipeline.data import channels_first
-from vidattn.pipeline.runs import load_run, predict
+from vidattn.data.dataset import StoreDataset
 from vidattn.pipeline.score import (
     META,
     ScoreConfig,
@@ -25,6 +24,8 @@ from vidattn.pipeline.score import (
     select,
 )
 from vidattn.stores import open_store
+from vidattn.tasks import classify
+from vidattn.tasks.rundir import load_run
 
 VPP = 5  # videos per partition: the tiny store's 24 clips make 5 partitions
 
@@ -75,7 +76,8 @@ def test_scores_equal_runs_predict(scored, tiny_store):
         head, config = load_run(run_dir)
         rows = ordered(df[df.run == Path(run_dir).name])
         assert rows.video_id.tolist() == ids and (rows["head"] == config["head"]).all()
-        want = predict(head, [channels_first(store.read(v)) for v in ids], False, "cpu")
+        # the dataset path of evaluate (whole maps batched by shape) agrees with score's
+        want = classify.predict(head, StoreDataset(store, ids=ids), "cpu").scores
         got = np.stack(rows.scores.tolist())
         assert got.dtype == np.float32 and got.shape == (len(ids), 4)
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
@@ -195,7 +197,7 @@ def test_runs_of_two_streams_score_what_each_stream_has(tmp_path):
     import torch
 
     from vidattn.heads.avgpool import Config
-    from vidattn.pipeline.runs import build_head, save_json, save_weights
+    from vidattn.tasks.rundir import RunDir, build_head, save_weights
 
     store = open_store(tmp_path / "store", mode="a")
     store.set_classes(["x", "y", "z"])
@@ -215,7 +217,7 @@ def test_runs_of_two_streams_score_what_each_stream_has(tmp_path):
         cfg = Config(num_classes=3, multilabel=True)
         run_dir = tmp_path / f"avg-{stream}"
         save_weights(run_dir, build_head("avgpool", cfg))
-        save_json(run_dir, {"head": "avgpool", "head_config": vars(cfg), "stream": stream,
+        RunDir.write(run_dir, {"head": "avgpool", "head_config": vars(cfg), "stream": stream,
                             "classes": ["x", "y", "z"], "multilabel": True,
                             "store": store.url}, {})
         runs.append(str(run_dir))
@@ -226,7 +228,7 @@ def test_runs_of_two_streams_score_what_each_stream_has(tmp_path):
     assert list(zip(df.video_id, df.stream)) == [("a", "flow"), ("a", "rgb"), ("b", "flow"),
                                                  ("b", "rgb"), ("c", "rgb")]
     head, _ = load_run(runs[1])
-    want = predict(head, [channels_first(store.read("b", "flow"))], True, "cpu")[0]
+    want = classify.predict(head, StoreDataset(store, ids=["b"], stream="flow"), "cpu").scores[0]
     np.testing.assert_allclose(df.scores[2], want, rtol=0, atol=1e-6)
     assert not np.isclose(df.scores[2].sum(), 1)  # sigmoid per class, not a softmax
     assert all(len(k) == 2 for k in df.top_k) and all(len(s) == 3 for s in df.scores)

@@ -4,10 +4,11 @@ Multi-label per person: each (video, keyframe, person) is one manifest row, its 
 ``window_sec`` window centred on the keyframe (clips are read around keyframes), labels
 the person's actions as indices in label-map order, group the AVA video (its context).
 The boxes table holds the person's box at the keyframe; its ``frame`` is, as for every
-boxes table here (``pipeline/localize.py``, ``pipeline/explain.py``), the source frame
+boxes table here (``tasks/localize.py``, ``tasks/classify_explain.py``), the source frame
 index in the *file*, floor(t * fps), so boxes need the fps: ``probe=true`` (one probe per
 movie) or ``fps=RATE``; without it the table is None and boxes stay in ``extra["box"]``.
-:func:`frame_map` is AVA's frame-mAP.
+:func:`ground_truth` is the table AVA's frame-mAP (:func:`vidattn.metrics.frame_map`) scores
+against.
 """
 
 from __future__ import annotations
@@ -17,17 +18,17 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from vidattn.datasets import DatasetError, DatasetTables, require_root
+from vidattn.metrics import FRAME_COLUMNS
 from vidattn.options import parse_options
+from vidattn.rows import video_path
 from vidattn.stores.schema import BOXES_SCHEMA, MANIFEST_SCHEMA, PAIRS_SCHEMA, conform
 
 LAYOUT = """\
@@ -289,7 +290,7 @@ def parse_splits(name: str, text: str, known: tuple[str, ...]) -> list[str]:
 
 def under(root: Path, path: str) -> Path:
     """``path`` itself when absolute, else ROOT/path."""
-    return Path(path) if Path(path).is_absolute() else root / path
+    return video_path(path, root)
 
 
 def load(root: str | Path | None = None, options: dict | None = None) -> DatasetTables:
@@ -309,84 +310,11 @@ def load(root: str | Path | None = None, options: dict | None = None) -> Dataset
                          boxes, multilabel=True)
 
 
-_COLS = ("video", "timestamp", "x1", "y1", "x2", "y2", "label")
 
 
 def ground_truth(manifest: pd.DataFrame) -> pd.DataFrame:
     """The (video, timestamp, x1, y1, x2, y2, label) table of an AVA or RefAVA manifest."""
     extras = [json.loads(e) for e in manifest.extra]
     return pd.DataFrame([(g, e["timestamp"], *e["box"], int(k)) for g, e, labels in zip(
-        manifest.group, extras, manifest.labels) for k in labels], columns=list(_COLS))
+        manifest.group, extras, manifest.labels) for k in labels], columns=list(FRAME_COLUMNS))
 
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(n, m) IoU of [x1, y1, x2, y2] boxes; areas without the +1 of pixel boxes."""
-    a, b = np.asarray(a, np.float64)[:, None], np.asarray(b, np.float64)[None]
-    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = w * h
-    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
-    union = area(a) + area(b) - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def voc_ap(tp: np.ndarray, n_gt: int) -> float:
-    """AP from TP flags in descending score order: PASCAL VOC 2010+ all-point interpolation
-    (precision made non-increasing, area under the recall steps), as AVA's evaluation."""
-    if n_gt == 0:
-        return float("nan")
-    hits = np.cumsum(np.asarray(tp, bool))
-    recall = np.concatenate([[0.0], hits / n_gt])
-    precision = hits / np.arange(1, len(tp) + 1)
-    envelope = np.maximum.accumulate(precision[::-1])[::-1]
-    return float(np.sum(np.diff(recall) * envelope))
-
-
-def _frame_keyed(df: pd.DataFrame, what: str, cols: tuple[str, ...],
-                 excluded: set[tuple[str, int]]) -> pd.DataFrame:
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise ValueError(f"frame_map: {what} lacks columns {missing}")
-    df = df.assign(video=df.video.astype(str), timestamp=df.timestamp.astype(np.int64),
-                   label=df.label.astype(np.int64))
-    return df[np.array([(v, t) not in excluded for v, t in zip(df.video, df.timestamp)],
-                       bool)] if excluded else df
-
-
-def frame_map(pred: pd.DataFrame, gt: pd.DataFrame, iou: float = 0.5,
-              excluded: Iterable[tuple[str, int]] | None = None) -> dict:
-    """AVA frame-mAP: ``{"mAP", "per_class": {label: AP}, "n_classes"}``.
-
-    pred: video, timestamp, x1, y1, x2, y2, label, score; gt: the same without score
-    (:func:`ground_truth`).  AVA's official (PASCAL) rules: per class, detections in
-    descending score order each take the ground-truth box of their class and frame they
-    overlap most: a true positive when that IoU >= ``iou`` and the box is not matched yet,
-    else a false positive (a duplicate, or a frame without such a box).  AP: :func:`voc_ap`;
-    the mean runs over classes with a ground-truth box (no detection: AP 0).  Keyframes in
-    ``excluded`` are dropped from both tables.
-    """
-    skip = {(str(v), int(t)) for v, t in (excluded or ())}
-    gt = _frame_keyed(gt, "gt", _COLS, skip)
-    pred = _frame_keyed(pred, "pred", _COLS + ("score",), skip)
-    gt_boxes = {k: g[list(_COLS[2:6])].to_numpy()
-                for k, g in gt.groupby(["label", "video", "timestamp"], sort=False)}
-    n_gt = gt.label.value_counts().to_dict()
-    ap: dict[int, float] = {}
-    for c in sorted(n_gt):
-        scores, flags = [], []
-        for (video, ts), d in pred[pred.label == c].groupby(["video", "timestamp"], sort=False):
-            order = np.argsort(-d.score.to_numpy(np.float64), kind="stable")
-            tp = np.zeros(len(d), bool)
-            g = gt_boxes.get((c, video, ts))
-            if g is not None:
-                ious = iou_matrix(d[list(_COLS[2:6])].to_numpy()[order], g)
-                best, taken = ious.argmax(1), np.zeros(len(g), bool)
-                for i, j in enumerate(best):
-                    if ious[i, j] >= iou and not taken[j]:
-                        tp[i] = taken[j] = True
-            scores.append(d.score.to_numpy(np.float64)[order])
-            flags.append(tp)
-        order = np.argsort(-np.concatenate(scores or [[]]), kind="stable")
-        ap[int(c)] = voc_ap(np.concatenate(flags or [[]])[order].astype(bool), int(n_gt[c]))
-    m = float(np.mean(list(ap.values()))) if ap else float("nan")
-    return {"mAP": m, "per_class": ap, "n_classes": len(ap)}

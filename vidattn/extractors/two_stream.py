@@ -148,7 +148,7 @@ class I3DExtractor:
             model = load_r50(weights, c.device, c.trust_checkpoint)
             return _Net(model, to_model_input, "r50", endpoints, c.device, c.amp)
         from vidattn.extractors.flow import flow_to_input
-        from vidattn.extractors.i3d import load_i3d
+        from vidattn.extractors.i3d_weights import load_i3d
         from vidattn.video import to_model_input
 
         to_input = to_model_input if stream == "rgb" else (
@@ -194,7 +194,7 @@ class I3DExtractor:
         windows = {s: self._windows(s) for s in streams}
         chunks = [frames] if isinstance(frames, np.ndarray) else frames
         if "flow" in windows:
-            from vidattn.pipeline.prefetch import prefetch
+            from vidattn.prefetch import prefetch
 
             # Flow for the next chunk is computed in a thread (OpenCV's in its processes)
             # while I3D runs on this one.

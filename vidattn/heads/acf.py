@@ -44,6 +44,8 @@ from torch import nn
 from vidattn.heads.actx import Config as ActXConfig
 from vidattn.heads.common import classification_loss
 
+TASK = "classify"  # map -> labels (vidattn/tasks/classify.py)
+
 
 @dataclass(frozen=True)
 class Config:

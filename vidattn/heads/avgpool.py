@@ -12,6 +12,8 @@ from torch import nn
 
 from vidattn.heads.common import classification_only
 
+TASK = "classify"  # map -> labels (vidattn/tasks/classify.py)
+
 
 @dataclass(frozen=True)
 class Config:

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TRAINER = "lightgbm"  # the trainer dispatches on this instead of running the torch loop
+TASK = "classify"  # map -> labels (vidattn/tasks/classify.py)
+TRAINER = "lightgbm"  # fitted by LightGBM on pooled maps, not by the torch fit loop
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,7 @@ from torch import nn
 
 from vidattn.heads.agent_attention import CrossStreamBlock, Resampler
 
-TRAINER = "referring"  # trained on referring batches (dicts), not on bare feature maps
+TASK = "refer"  # map + sentence + detections -> labels + box (vidattn/tasks/refer.py)
 BOX_DIM = 8  # det_boxes: [cx, cy, w, h, x1, y1, x2, y2]
 POS_FREQS = 4  # Fourier frequencies pi * 2^k, k < POS_FREQS, of the visual position embedding
 FUSIONS = ("agent", "add", "concat")

@@ -61,6 +61,9 @@ from vidattn.heads.common import classification_only
 MASK_INIT_GAIN = 0.1
 
 
+TASK = "classify"  # map -> labels (vidattn/tasks/classify.py)
+
+
 @dataclass(frozen=True)
 class Config:
     in_channels: int = 1024

@@ -26,8 +26,8 @@ def kinetics400_labels() -> list[str]:
 
 def run(cfg: ClassifyConfig) -> list[tuple[str, float]]:
     """Decode at 25 fps, short side 256, centre crop 224 (DeepMind's evaluation) -> top-k."""
-    from vidattn.extractors.i3d import load_i3d
-    from vidattn.pipeline.runs import pick_device
+    from vidattn.extractors.i3d_weights import load_i3d
+    from vidattn.tasks.rundir import pick_device
     from vidattn.video import DecodeConfig, load_clip, to_model_input
 
     device = pick_device(cfg.device)

@@ -3,13 +3,13 @@
 Each run is evaluated on the same split; the table has method, stream, #params, mAP,
 mAcc / top-1 / top-5 (single-label) and, for heads with attention on a dataset with boxes,
 the share of the head's map on the action; referring runs (RefAtomNet and its ablations,
-the paper's Tables 3-4) add mIoU and AUROC, their mAP being RefAVA's IoU-gated one.
+the paper's Tables 3-4) add mIoU, AUROC and the IoU-gated mAP.  The cells come from each
+run's task (``compare_row``).
 Written as markdown and CSV.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,24 +35,17 @@ def human(n: int) -> str:
 def run(cfg: CompareConfig) -> pd.DataFrame:
     from vidattn.pipeline.evaluate import EvaluateConfig
     from vidattn.pipeline.evaluate import run as evaluate
+    from vidattn.tasks.rundir import RunDir
 
     if not cfg.run_dirs:
         raise ValueError("compare needs at least one run directory")
     rows = []
     for run_dir in cfg.run_dirs:
         res = evaluate(EvaluateConfig(run_dir, split=cfg.split, device=cfg.device))
-        config = json.loads((Path(run_dir) / "config.json").read_text())
-        metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-        method = config["head"] + (" +MFR" if config["train"].get("teacher") else "")
-        row = {"method": method, "run": str(run_dir), "stream": config["stream"],
-               "params": metrics.get("n_params", 0), "mAP": res["mAP"]}
-        for key in ("mIoU", "AUROC", "mAcc", "top1", "top5"):
-            if key in res:
-                row[key] = res[key]
-        loc = res.get("localization")
-        if not config.get("referring"):
-            row["attention on action"] = loc["mass_share"] if loc else None
-        rows.append(row)
+        run = RunDir.open(run_dir)
+        rows.append({"method": run.label, "run": str(run_dir), "stream": run.config["stream"],
+                     "params": run.metrics.get("n_params", 0),
+                     **run.task.compare_row(res)})
     table = pd.DataFrame(rows)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -63,9 +56,8 @@ def run(cfg: CompareConfig) -> pd.DataFrame:
 
 def to_markdown(table: pd.DataFrame) -> str:
     """Percentages with one decimal, '-' where a metric does not apply."""
-    cols = [c for c in ("method", "stream", "params", "mIoU", "mAP", "AUROC", "mAcc", "top1",
-                        "top5",
-                        "attention on action") if c in table]
+    cols = [c for c in ("method", "stream", "params", "mIoU", "mAP", "AUROC", "mAP_gated",
+                        "mAcc", "top1", "top5", "attention on action") if c in table]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in table.iterrows():
         cells = []

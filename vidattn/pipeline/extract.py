@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from vidattn.errors import one_line
-from vidattn.pipeline.localize import segment_start
 from vidattn.pipeline.mine import NEAREST_NEGATIVE
 from vidattn.progress import bar as progress
 from vidattn.registry import EXTRACTORS, resolve
+from vidattn.rows import bound as segment_start
+from vidattn.rows import video_path
 from vidattn.stores import open_store
 from vidattn.stores.schema import ARRAYS
 
@@ -208,8 +209,8 @@ def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...],
     Returns (n_frames, fps, {array: map}).  Memory: a few chunks of frames plus one window
     of the network, whatever the video's length.
     """
-    from vidattn.pipeline.prefetch import prefetch
     from vidattn.pipeline.subdecode import open_subclip
+    from vidattn.prefetch import prefetch
     from vidattn.video import open_clip
 
     n = 0
@@ -325,8 +326,8 @@ def extract_part_task(work: PartWork, job: PartJob) -> list[dict]:
     device missing) fails the task, which dask retries and then raises in the client.
     """
     from vidattn.cluster import worker_cached
-    from vidattn.pipeline.runs import pick_device
     from vidattn.pipeline.subdecode import require_child_processes
+    from vidattn.tasks.rundir import pick_device
 
     # A worker that cannot run the part fails its task (and the run) with a clear message,
     # rather than record every video of the archive as failed.
@@ -344,12 +345,12 @@ def _videos(group, rows_by_id, root: Path, referring: dict | None) -> tuple[dict
     out = []
     for vid in group.video_id:
         meta = rows_by_id.loc[vid]
-        path = Path(meta.path) if Path(meta.path).is_absolute() else root / meta.path
+        path = video_path(meta.path, root)
         video = {"video_id": str(vid), "path": str(path),
                  "start_sec": segment_start(meta.start_sec),
                  "end_sec": segment_start(meta.end_sec)}
         if referring is not None:
-            fps = meta.fps if meta.fps is not None and meta.fps == meta.fps else None
+            fps = segment_start(meta.fps)
             video.update(referring[vid], fps=fps)
         out.append(video)
     return tuple(out)
@@ -358,7 +359,7 @@ def _videos(group, rows_by_id, root: Path, referring: dict | None) -> tuple[dict
 def run(cfg: ExtractConfig) -> ExtractResult:
     from vidattn.datasets import load_dataset
     from vidattn.pipeline import referring
-    from vidattn.pipeline.runs import pick_device
+    from vidattn.tasks.rundir import pick_device
 
     t0 = time.time()
     ds = load_dataset(cfg.dataset, cfg.root, cfg.options or None)

@@ -17,36 +17,20 @@ RefAVA spread over one row per person.  So the main process gathers, per row:
 
 from __future__ import annotations
 
-import json
-import math
-
 import pandas as pd
 
-
-def _extra(value) -> dict:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return {}
-    return json.loads(value) if isinstance(value, str) else dict(value)
+from vidattn.data.refer import box_tracks
+from vidattn.rows import extra
 
 
 def has_descriptions(manifest: pd.DataFrame) -> bool:
     """Whether any row carries a referring sentence."""
-    return any(_extra(e).get("description") for e in manifest["extra"])
-
-
-def box_tracks(boxes: pd.DataFrame | None) -> dict[str, dict[int, list[float]]]:
-    """A BOXES_SCHEMA table as video_id -> {frame: [x1, y1, x2, y2]} ({} for None)."""
-    tracks: dict[str, dict[int, list[float]]] = {}
-    if boxes is not None:
-        for r in boxes.itertuples(index=False):
-            tracks.setdefault(r.video_id, {})[int(r.frame)] = [
-                float(r.x1), float(r.y1), float(r.x2), float(r.y2)]
-    return tracks
+    return any(extra(e).get("description") for e in manifest["extra"])
 
 
 def plan(manifest: pd.DataFrame, boxes: pd.DataFrame | None) -> dict[str, dict]:
     """video_id -> {"keyframes", "persons", "track", "description"} (module docstring)."""
-    extras = {v: _extra(e) for v, e in zip(manifest.video_id, manifest.extra)}
+    extras = {v: extra(e) for v, e in zip(manifest.video_id, manifest.extra)}
     groups = dict(zip(manifest.video_id, manifest.group))
     # (movie, timestamp) -> every annotated person's box there (AVA: one row per person)
     at_keyframe: dict[tuple, list] = {}
@@ -71,17 +55,3 @@ def plan(manifest: pd.DataFrame, boxes: pd.DataFrame | None) -> dict[str, dict]:
         }
     return out
 
-
-def gt_box(manifest_row_extra, track: dict | None, keyframe_frame: int | None = None):
-    """The referred person's ground-truth [x1, y1, x2, y2] at the keyframe: ``extra.box``
-    when recorded, else the track's box nearest ``keyframe_frame`` (its middle frame by
-    default); None without either."""
-    ex = _extra(manifest_row_extra)
-    if ex.get("box") is not None:
-        return [float(v) for v in ex["box"]]
-    if not track:
-        return None
-    frames = sorted(track)
-    target = frames[len(frames) // 2] if keyframe_frame is None else keyframe_frame
-    nearest = min(frames, key=lambda f: abs(f - target))
-    return list(track[nearest])

@@ -31,13 +31,13 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
 from vidattn.cluster import ClusterConfig, client, run_tasks, worker_cached
-from vidattn.pipeline.data import channels_first
-from vidattn.pipeline.runs import load_run, pick_device, predict
 from vidattn.progress import bar as progress
 from vidattn.stores import FeatureStore, open_store
 from vidattn.stores.files import put_atomic
+from vidattn.tasks.rundir import RunDir, pick_device
 
 OUTPUT_SCHEMA = pa.schema(
     [
@@ -119,13 +119,9 @@ class Partition:
 
 def describe_run(run_dir: str | Path) -> RunSpec:
     path = Path(run_dir).expanduser().resolve()
-    cfg_path = path / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{path}: not a vidattn run directory (no config.json)")
-    config = json.loads(cfg_path.read_text())
-    if config.get("referring"):  # needs a sentence and detections per row, not just maps
-        raise ValueError(f"{path}: {config['head']} is a referring run; score re-scores "
-                         f"map-only heads (use evaluate on a referring store)")
+    run = RunDir.open(path)
+    run.task.score_check(run)  # e.g. referring runs need a sentence and detections per row
+    config, cfg_path = run.config, path / "config.json"
     h = hashlib.sha256()
     # weights are model.safetensors (torch heads) or model*.txt (LightGBM)
     for f in [cfg_path, *sorted(path.glob("model*"))]:
@@ -234,11 +230,14 @@ def score_partition(part: Partition, runs: list[RunSpec], store_url: str, out: s
         fmaps: dict = {}
         for i in which:
             r = runs[i]
-            head, _ = worker_cached(("score-run", r.path, r.digest, device),
-                                    lambda r=r: load_run(r.path, device))
+            head = worker_cached(("score-run", r.path, r.digest, device),
+                                 lambda r=r: RunDir.open(r.path).load_head(device))
             if r.stream not in fmaps:
-                fmaps[r.stream] = channels_first(store.read(vid, r.stream))  # (D, T, H, W)
-            s = predict(head, [fmaps[r.stream]], r.multilabel, device)[0].astype(np.float32)
+                fmaps[r.stream] = torch.from_numpy(store.read(vid, r.stream)).permute(3, 0, 1, 2)
+            with torch.no_grad():  # (1, D, T, H, W) float32
+                logits = head(fmaps[r.stream][None].to(device))["logits"].float()
+            p = logits.sigmoid() if r.multilabel else logits.softmax(-1)
+            s = p[0].cpu().numpy().astype(np.float32)
             best = np.argsort(-s, kind="stable")[:top_k]  # ties: the lower class index
             for name, value in (("video_id", vid), ("run", r.name), ("head", r.head),
                                 ("stream", r.stream), ("scores", s),

@@ -43,10 +43,15 @@ class ArraySpec:
 
     dims are (voxel, channel); ``channels`` is D; rows are chunked ``chunk_rows`` at a time
     (a chunk of 1024 x 1024 float16 is 2 MiB, a good unit for reading one video).
+    ``frames_per_step``: input frames per map step t (the network's temporal stride to this
+    endpoint: step t covers frames ``f t .. f t + f - 1``); ``cell``: input pixels per map
+    cell (h, w).  Both 0 for token arrays, whose (T, H, W) are not space-time.
     """
 
     name: str
     channels: int
+    frames_per_step: int = 0
+    cell: int = 0
     dtype: str = "float16"
     dims: tuple[str, str] = ("voxel", "channel")
     chunk_rows: int = 1024
@@ -98,18 +103,22 @@ def text_array(width: int) -> str:
 # Every array the store may hold.  Extractors declare which of these they write.
 # Names follow vidattn.extractors.two_stream.array_name: <stream>[_<backbone>][_<endpoint>].
 ARRAYS: dict[str, ArraySpec] = {
-    "rgb": ArraySpec("rgb", 1024, description="I3D RGB stream, Mixed_5c (T = N/8, 1/32 size)"),
-    "flow": ArraySpec("flow", 1024, description="I3D optical-flow stream, Mixed_5c"),
-    "rgb_mixed_4f": ArraySpec("rgb_mixed_4f", 832,
+    "rgb": ArraySpec("rgb", 1024, 8, 32,
+                     description="I3D RGB stream, Mixed_5c (T = N/8, 1/32 size)"),
+    "flow": ArraySpec("flow", 1024, 8, 32, description="I3D optical-flow stream, Mixed_5c"),
+    "rgb_mixed_4f": ArraySpec("rgb_mixed_4f", 832, 4, 16,
                               description="I3D RGB, Mixed_4f (T = N/4, 1/16 size)"),
-    "flow_mixed_4f": ArraySpec("flow_mixed_4f", 832, description="I3D flow, Mixed_4f"),
-    "rgb_mixed_3c": ArraySpec("rgb_mixed_3c", 480,
+    "flow_mixed_4f": ArraySpec("flow_mixed_4f", 832, 4, 16, description="I3D flow, Mixed_4f"),
+    "rgb_mixed_3c": ArraySpec("rgb_mixed_3c", 480, 2, 8,
                               description="I3D RGB, Mixed_3c (T = N/2, 1/8 size)"),
-    "flow_mixed_3c": ArraySpec("flow_mixed_3c", 480, description="I3D flow, Mixed_3c"),
-    "rgb_r50": ArraySpec("rgb_r50", 2048,
+    "flow_mixed_3c": ArraySpec("flow_mixed_3c", 480, 2, 8, description="I3D flow, Mixed_3c"),
+    # pytorchvideo's I3D R50 halves time once, in the pool after res2: T = N/2 from res3 on
+    "rgb_r50": ArraySpec("rgb_r50", 2048, 2, 32,
                          description="pytorchvideo I3D R50, res5 (T = N/2, 1/32 size)"),
-    "rgb_r50_res4": ArraySpec("rgb_r50_res4", 1024, description="I3D R50, res4 (1/16 size)"),
-    "rgb_r50_res3": ArraySpec("rgb_r50_res3", 512, description="I3D R50, res3 (1/8 size)"),
+    "rgb_r50_res4": ArraySpec("rgb_r50_res4", 1024, 2, 16,
+                              description="I3D R50, res4 (T = N/2, 1/16 size)"),
+    "rgb_r50_res3": ArraySpec("rgb_r50_res3", 512, 2, 8,
+                              description="I3D R50, res3 (T = N/2, 1/8 size)"),
     # float32: box coordinates and class ids must survive exactly (float16 has 11 bits).
     "detections": ArraySpec(
         "detections", len(DETECTION_FIELDS), dtype="float32", chunk_rows=4096,

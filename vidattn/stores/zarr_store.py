@@ -158,6 +158,11 @@ class FeatureStore:
                 f"{SCHEMA_VERSION}; re-extract into a new store"
             )
 
+    @property
+    def dataset_root(self) -> Path:
+        """The root the manifest's relative video paths are resolved against."""
+        return Path(self.group.attrs.get("dataset", {}).get("root", "."))
+
     # ------------------------------------------------------------------ locks
     def lock(self, name: str):
         """Hold ``locks/<name>`` (re-entrant within this object); see :class:`Locks`."""

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from vidattn.pipeline.prefetch import prefetch
+from vidattn.prefetch import prefetch
 
 
 def test_items_come_in_order():

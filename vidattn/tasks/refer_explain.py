@@ -9,14 +9,14 @@ resampler's attention over the I3D cells, summed over time) upsampled onto the f
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vidattn.pipeline import refdata
-from vidattn.pipeline.localize import segment_start
+from vidattn import rows
+from vidattn.data.dataset import StoreDataset
+from vidattn.metrics import box_iou
 
 
 def _rect(ax, box, size: tuple[int, int], **style) -> None:
@@ -28,46 +28,41 @@ def _rect(ax, box, size: tuple[int, int], **style) -> None:
                            **style))
 
 
-def run(cfg, head, config: dict, store, device: str) -> tuple[str, None]:
-    """cfg: an ExplainConfig; head and config: the loaded referring run."""
+def draw(run, head, store, video_id: str, out: str | None, device: str) -> tuple[str, None]:
+    """The keyframe picture of ``video_id`` -> (its path, None: no animation)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vidattn.pipeline.explain import upsample
-    from vidattn.video import DecodeConfig, crop_box, load_clip
+    from vidattn.tasks.classify_explain import upsample
+    from vidattn.video import DecodeConfig, crop_box, load_clip, probe
 
+    config = run.config
     man = store.manifest().set_index("video_id")
-    if cfg.video_id not in man.index:
-        raise KeyError(f"{store.url}: video {cfg.video_id!r} is not in the manifest")
-    split = refdata.load_ref_split(store, [cfg.video_id], config["stream"],
-                                   config["text_stream"], len(config["classes"]), "read")
-    if not len(split):
-        raise KeyError(f"{store.url}: {cfg.video_id!r} lacks a stored referring stream or "
-                       f"a ground-truth box")
-    label_emb = refdata.label_embeddings(store)
-    batch = {k: v.to(device) for k, v in refdata.tokens(split, [0], label_emb,
-                                                        config["det_min_score"]).items()}
-    batch["visual"] = split.maps[0][None].float().to(device)
+    if video_id not in man.index:
+        raise LookupError(f"{store.url}: video {video_id!r} is not in the manifest")
+    ds = StoreDataset(store, ids=[video_id], stream=config["stream"], task="refer",
+                      min_score=config["det_min_score"])
+    if not len(ds):
+        raise LookupError(f"{store.url}: {video_id!r} lacks a stored referring stream or "
+                          f"a ground-truth box")
+    batch = {k: v.to(device) for k, v in ds.collate([ds[0]]).items()}
     with torch.no_grad():
-        out = head(batch)
-    probs = out["logits"][0].float().sigmoid().cpu().numpy()
-    pred_box = out["box"][0].float().cpu().numpy()
-    attn = out["visual_attn"][0].float().sum(0).cpu().numpy()  # (H, W)
+        out_ = head(batch)
+    probs = out_["logits"][0].float().sigmoid().cpu().numpy()
+    pred_box = out_["box"][0].float().cpu().numpy()
+    attn = out_["visual_attn"][0].float().sum(0).cpu().numpy()  # (H, W)
+    gt = ds.refer.boxes[0]
 
-    row = man.loc[cfg.video_id]
-    extra = json.loads(row.extra) if isinstance(row.extra, str) else {}
-    root = Path(store.group.attrs.get("dataset", {}).get("root", "."))
-    path = Path(row.path) if Path(row.path).is_absolute() else root / row.path
-    start, end = segment_start(row.start_sec), segment_start(row.end_sec)
-    t = extra.get("keyframe_sec")
-    if t is None:  # the segment's middle, as the extractor took it
-        clip = load_clip(path, DecodeConfig(fps=None, short_side=256, crop=None), start, end)
-        frame = clip.frames[len(clip.frames) // 2]
-    else:
-        frame = load_clip(path, DecodeConfig(fps=2.0, short_side=256, crop=None), t,
-                          t + 0.5).frames[0]
+    row = man.loc[video_id]
+    extra = rows.extra(row.extra)
+    path = rows.video_path(row.path, store.dataset_root)
+    # the keyframe by the extractor's rule; half a second at 2 fps is the frame on screen
+    t = rows.keyframe_sec(row.extra, row.start_sec, row.end_sec,
+                          lambda: probe(path)["duration"])
+    frame = load_clip(path, DecodeConfig(fps=2.0, short_side=256, crop=None), t,
+                      t + 0.5).frames[0]
     size = frame.shape[:2]
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.4))
@@ -79,7 +74,7 @@ def run(cfg, head, config: dict, store, device: str) -> tuple[str, None]:
     for box in det[batch["det_mask"][0].cpu().numpy()]:
         _rect(axes[0], box[4:8], size, edgecolor="0.8", lw=1, ls="--")
     for ax in axes:
-        _rect(ax, split.boxes[0], size, edgecolor="lime", lw=1.5)
+        _rect(ax, gt, size, edgecolor="lime", lw=1.5)
         _rect(ax, pred_box, size, edgecolor="red", lw=1.5)
     # The I3D cells cover the region the store's decoding kept (a centre crop, or all).
     prep = store.provenance(config["stream"])["preprocessing"]
@@ -96,14 +91,12 @@ def run(cfg, head, config: dict, store, device: str) -> tuple[str, None]:
     classes = config["classes"]
     top = np.argsort(-probs)[:3]
     truth = ", ".join(classes[i] for i in row.labels) or "none"
-    from vidattn.datasets.refava import box_iou
-
-    iou = float(box_iou(pred_box[None], split.boxes[:1])[0])
-    fig.suptitle(f"{cfg.video_id}: \"{extra.get('description', '')}\"\npredicted "
+    iou = float(box_iou(pred_box, gt))
+    fig.suptitle(f"{video_id}: \"{extra.get('description', '')}\"\npredicted "
                  + ", ".join(f"{classes[i]} {probs[i]:.2f}" for i in top)
                  + f" (label: {truth}); box IoU {iou:.2f} - {config['head']}", fontsize=9)
     fig.tight_layout()
-    out_path = Path(cfg.out) if cfg.out else Path(cfg.run_dir) / f"explain-{cfg.video_id}.png"
+    out_path = Path(out) if out else run.path / f"explain-{video_id}.png"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=110)
     plt.close(fig)

@@ -2,25 +2,27 @@
 
 For a video with ground-truth boxes of the acting region (the sample has them), each
 feature cell (t, h, w) gets the fraction of its extent covered by the box: cell t spans
-frames 8t .. 8t+7 at the extraction rate, cell (h, w) a 1/H x 1/W patch of the kept
-(cropped) frame.  The *mass share* of an attention map A is sum(A * cover) / sum(A): the
-share of attention that falls on the action.  Uniform attention scores the box's mean
-coverage (reported as ``area``), so a map localises when its share clearly exceeds that.
+frames f t .. f t + f - 1 at the extraction rate (f: the array's frames per step from its
+spec in stores/schema.py: 8 for Mixed_5c, 4 for Mixed_4f, 2 for the R50), cell (h, w) a
+1/H x 1/W patch of the kept (cropped) frame.  The *mass share* of an attention map A is
+sum(A * cover) / sum(A): the share of attention that falls on the action.  Uniform attention
+scores the box's mean coverage (reported as ``area``), so a map localises when its share
+clearly exceeds that.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-FRAMES_PER_STEP = 8  # I3D's temporal stride to Mixed_5c
+from vidattn import rows
+from vidattn.stores.schema import ARRAYS
 
 
 def cell_cover(boxes: pd.DataFrame, shape: tuple[int, int, int], box_crop, fps: float,
-               src_fps: float, start: float = 0.0) -> np.ndarray:
+               src_fps: float, start: float = 0.0, frames_per_step: int = 8) -> np.ndarray:
     """(T, H, W) fraction of each feature cell covered by the ground-truth boxes.
 
     boxes: rows (frame, x1, y1, x2, y2) of one video, normalised to the source frame;
@@ -34,7 +36,7 @@ def cell_cover(boxes: pd.DataFrame, shape: tuple[int, int, int], box_crop, fps: 
     ys = cy1 + (cy2 - cy1) * np.arange(h_cells + 1) / h_cells
     cover = np.zeros(shape, np.float64)
     for t in range(t_steps):
-        for j in range(FRAMES_PER_STEP * t, FRAMES_PER_STEP * (t + 1)):
+        for j in range(frames_per_step * t, frames_per_step * (t + 1)):
             src = int(math.floor((start + j / fps) * src_fps + 1e-6))
             if src not in by_frame:
                 continue
@@ -42,7 +44,7 @@ def cell_cover(boxes: pd.DataFrame, shape: tuple[int, int, int], box_crop, fps: 
             ox = np.clip(np.minimum(xs[1:], x2) - np.maximum(xs[:-1], x1), 0, None)
             oy = np.clip(np.minimum(ys[1:], y2) - np.maximum(ys[:-1], y1), 0, None)
             cover[t] += np.outer(oy / np.diff(ys), ox / np.diff(xs))
-    return cover / FRAMES_PER_STEP
+    return cover / frames_per_step
 
 
 def mass_share(attn: np.ndarray, cover: np.ndarray) -> float:
@@ -56,8 +58,10 @@ def mass_share(attn: np.ndarray, cover: np.ndarray) -> float:
     return float((attn * cover).sum() / total) if total > 0 else float("nan")
 
 
-def video_covers(store, shapes: dict[str, tuple[int, int, int]]) -> dict[str, np.ndarray]:
-    """Coverage (T, H, W) of every video in ``shapes`` that has ground-truth boxes.
+def video_covers(store, shapes: dict[str, tuple[int, int, int]],
+                 stream: str = "rgb") -> dict[str, np.ndarray]:
+    """Coverage (T, H, W) of every video in ``shapes`` (maps of array ``stream``) that has
+    ground-truth boxes.
 
     The store's tables are read once for all videos; each video file is probed for its
     native size and rate (the crop box and the box frame indices depend on them).
@@ -71,20 +75,15 @@ def video_covers(store, shapes: dict[str, tuple[int, int, int]]) -> dict[str, np
     if not by_video:
         return {}
     manifest = store.manifest().set_index("video_id")
-    prep = store.provenance("rgb")["preprocessing"]
+    prep = store.provenance(stream)["preprocessing"]
+    step = ARRAYS[stream].frames_per_step
     cfg = DecodeConfig(prep["fps"], prep["short_side"], prep["crop"])
-    root = Path(store.group.attrs.get("dataset", {}).get("root", "."))
     covers = {}
     for vid, vboxes in by_video.items():
         row = manifest.loc[vid]
-        path = Path(row.path) if Path(row.path).is_absolute() else root / row.path
-        info = probe(path)
-        start = segment_start(row.start_sec)
+        info = probe(rows.video_path(row.path, store.dataset_root))
         covers[vid] = cell_cover(vboxes, shapes[vid], crop_box(info["height"], info["width"], cfg),
-                                 prep["fps"] or info["fps"], info["fps"], start or 0.0)
+                                 prep["fps"] or info["fps"], info["fps"],
+                                 rows.bound(row.start_sec) or 0.0, step)
     return covers
 
-
-def segment_start(value) -> float | None:
-    """A manifest bound as a float, or None when it is null (NaN once read by pandas)."""
-    return None if value is None or value != value else float(value)

@@ -1,0 +1,159 @@
+"""StoreDataset: crops read straight from the store equal crops of maps held in memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from vidattn.data.dataset import Draw, StoreDataset, epoch_draws, shape_batches, split_ids
+from vidattn.data.maps import StoreMaps, entries
+from vidattn.stores import open_store
+
+D = 1024  # the rgb array's channels
+# (video, split, T, H, W, label); c_* are conjugates of the action with the same suffix
+CLIPS = [("a0", "train", 7, 3, 4, 0), ("a1", "train", 2, 3, 4, 1), ("a2", "train", 5, 4, 5, 0),
+         ("a3", "train", 9, 3, 4, 1), ("t0", "test", 4, 3, 4, 0), ("t1", "test", 4, 3, 4, 1),
+         ("t2", "test", 6, 4, 5, 1)]
+CONJ = [("c_a0", "a0", 3, 3, 4), ("c_a2", "a2", 6, 4, 5), ("c2_a2", "a2", 4, 3, 4)]
+
+
+def planted(vid: str, t: int, h: int, w: int) -> np.ndarray:
+    """(T, H, W, D) whose channel 0 encodes (t, y, x) and channel 1 the video."""
+    tt, yy, xx = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij")
+    m = np.zeros((t, h, w, D), np.float32)
+    m[..., 0] = 100 * tt + 10 * yy + xx
+    m[..., 1] = sum(map(ord, vid)) % 97
+    return m
+
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory) -> str:
+    """A store written directly: no decoding, maps of several shapes over three parts."""
+    store = open_store(tmp_path_factory.mktemp("planted") / "s", mode="a")
+    store.set_classes(["x", "y"])
+    rows = [{"video_id": v, "path": f"{v}.mp4", "split": s, "labels": [k], "role": "action",
+             "group": v, "start_sec": None, "end_sec": None, "dataset": "planted"}
+            for v, s, _, _, _, k in CLIPS]
+    rows += [{"video_id": c, "path": f"{c}.mp4", "split": "train", "labels": [],
+              "role": "conjugate", "group": a, "start_sec": None, "end_sec": None,
+              "dataset": "planted"} for c, a, *_ in CONJ]
+    store.write_table("manifest", pd.DataFrame(rows))
+    store.write_table("pairs", pd.DataFrame({"video_id": [a for _, a, *_ in CONJ],
+                                             "conjugate_id": [c for c, *_ in CONJ],
+                                             "rule": "planted", "distance": 0.0}))
+    shapes = {v: (t, h, w) for v, _, t, h, w, _ in CLIPS} | {c: s for c, _, *s in CONJ}
+    vids = sorted(shapes)
+    for part in range(3):
+        mine = vids[part::3]
+        store.write_part("rgb", part,
+                         [{"video_id": v, "status": "done", "error": None, "n_frames": 8,
+                           "fps": 25.0} for v in mine],
+                         {v: planted(v, *shapes[v]) for v in mine})
+    return store.url
+
+
+def test_streamed_and_held_crops_are_identical(store_url):
+    kw = {"crop_t": 4, "conjugates": True}
+    streamed = StoreDataset(store_url, "train", val_fraction=0, **kw)
+    held = StoreDataset(store_url, "train", val_fraction=0, in_memory=True, **kw)
+    assert streamed.ids == held.ids == ["a0", "a1", "a2", "a3"]
+    assert streamed.hw == held.hw == (3, 4)  # the smallest map of the split and conjugates
+    assert streamed.conjugates[2] == ["c_a2", "c2_a2"] and streamed.conjugates[1] == []
+    for draw in (Draw(0, 3, 0, 0), Draw(2, 1, 1, 0), Draw(3, 5), Draw(1, 0)):
+        a, b = streamed[draw], held[draw]
+        assert torch.equal(a["map"], b["map"]) and a["map"].dtype == torch.float16
+        assert (a["conj"] is None) == (b["conj"] is None)
+        if a["conj"] is not None:
+            assert torch.equal(a["conj"], b["conj"])
+    item = streamed[Draw(3, 5)]
+    assert tuple(item["map"].shape) == (D, 4, 3, 4)
+    assert (item["map"][0, :, 0, 0] // 100).tolist() == [5, 6, 7, 8]  # steps 5..8 of 9
+    looped = streamed[Draw(1, 0)]["map"]  # 2 steps, looped to 4
+    assert (looped[0, :, 0, 0] // 100).tolist() == [0, 1, 0, 1]
+    centred = streamed[Draw(2, 0)]["map"]  # 4x5 map centre-cropped to 3x4: rows 0..2
+    assert centred[0, 0].tolist() == [[0, 1, 2, 3], [10, 11, 12, 13], [20, 21, 22, 23]]
+
+
+def test_crop_reads_only_its_rows(store_url, monkeypatch):
+    store = open_store(store_url)
+    maps = StoreMaps(store_url, "rgb", entries(store, "rgb", ["a3"]), D)
+    sliced = []
+    real = type(store.group["features/rgb/part-00000"]).__getitem__
+
+    def spy(arr, key):
+        sliced.append(key)
+        return real(arr, key)
+
+    monkeypatch.setattr(type(store.group["features/rgb/part-00000"]), "__getitem__", spy)
+    crop = maps.read("a3", 2, 3)
+    e = maps.where["a3"]
+    assert sliced == [slice(e.offset + 2 * 12, e.offset + 5 * 12)]  # 3 steps of 3x4 cells
+    assert torch.equal(crop, maps.read("a3")[:, 2:5])
+
+
+def test_loader_workers_and_urls_give_the_same_batches(store_url):
+    ds = StoreDataset(store_url, "train", val_fraction=0, crop_t=3, conjugates=True)
+    draws = epoch_draws(ds, 3, np.random.default_rng(0))
+    assert epoch_draws(ds, 3, np.random.default_rng(0)) == draws  # drawn from the rng alone
+
+    def batches(dataset, workers):
+        loader = DataLoader(dataset, batch_sampler=draws, collate_fn=dataset.collate,
+                            num_workers=workers)
+        return list(loader)
+
+    one = batches(ds, 0)
+    url = StoreDataset("file://" + store_url, "train", val_fraction=0, crop_t=3,
+                       conjugates=True)
+    for other in (batches(ds, 2), batches(url, 0)):
+        for b1, b2 in zip(one, other, strict=True):
+            assert torch.equal(b1["fmap"], b2["fmap"]) and b1["fmap"].dtype == torch.float32
+            assert torch.equal(b1["index"], b2["index"])
+            assert torch.equal(b1["has_conj"], b2["has_conj"])
+            assert (b1["conj"] is None) == (b2["conj"] is None)
+    n_conj = sum(int(b["has_conj"].sum()) for b in one)
+    assert n_conj == 2  # a0 and a2 have conjugates, a1 and a3 none
+
+
+def test_random_items_and_whole_map_batches(store_url):
+    torch.manual_seed(0)
+    ds = StoreDataset(store_url, "train", val_fraction=0, crop_t=4)
+    starts = {int(ds[3]["map"][0, 0, 0, 0]) // 100 for _ in range(60)}
+    assert starts == set(range(6))  # every start of a 9-step map, drawn by torch
+    test = StoreDataset(store_url, "test")
+    groups = shape_batches(test, 16)
+    assert sorted(map(sorted, groups)) == [[0, 1], [2]]  # two shapes
+    for idx in groups:
+        batch = test.collate([test[i] for i in idx])
+        assert tuple(batch["fmap"].shape[2:]) == test.shape(idx[0])
+        assert batch["target"].tolist() == [CLIPS[4 + i][5] for i in idx]
+
+
+def test_split_ids_carves_val_from_train(store_url):
+    man = open_store(store_url).manifest()
+    ids = split_ids(man, 0.5, seed=0)
+    assert sorted(ids["train"] + ids["val"]) == ["a0", "a1", "a2", "a3"]
+    assert len(ids["val"]) == 2 and ids["test"] == ["t0", "t1", "t2"]
+    assert split_ids(man, 0.5, seed=0) == ids
+
+
+def test_the_readme_loop_trains_with_shuffling_workers(store_url):
+    from vidattn.heads.actx import Config, build
+    from vidattn.tasks import classify
+
+    torch.manual_seed(0)
+    ds = StoreDataset(store_url, "train", val_fraction=0, crop_t=2, conjugates=True)
+    loader = DataLoader(ds, batch_size=3, shuffle=True, num_workers=2, collate_fn=ds.collate)
+    head = build(Config(num_classes=len(ds.classes), in_channels=D))
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
+    seen, terms = 0, set()
+    for batch in loader:
+        loss, parts = classify.loss(head, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss)
+        seen, terms = seen + len(batch["index"]), terms | set(parts)
+    assert seen == len(ds) == 4 and "L_c" in terms

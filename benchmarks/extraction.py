@@ -110,7 +110,7 @@ def bench_flow(rows: list, device: str) -> None:
 
 def bench_i3d_precision(rows: list, device: str) -> None:
     """I3D RGB and flow forward, fp32 and bf16 autocast, 64 x 224² clips."""
-    from vidattn.extractors.i3d import load_i3d
+    from vidattn.extractors.i3d_weights import load_i3d
 
     for modality in ("rgb", "flow"):
         model = load_i3d(None if modality == "rgb" else "random", modality, device)

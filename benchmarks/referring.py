@@ -96,8 +96,8 @@ def referring_batch(b: int, device: str, persons: int = 4, length: int = 14) -> 
 
 def bench_refatomnet(rows: list, device: str, steps: int = 4) -> None:
     from vidattn.options import parse_options
-    from vidattn.pipeline.runs import build_head
     from vidattn.registry import head_config_class
+    from vidattn.tasks.rundir import build_head
 
     batch = referring_batch(16, device)
     # the other ablations (noloc, nocaaf, nocatf) cost what the full model costs

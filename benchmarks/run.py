@@ -4,10 +4,11 @@ Stages: decoding (decord vs PyAV), I3D RGB and flow forward (fp32 and bf16), opt
 (OpenCV TV-L1, DIS, the PyTorch TV-L1 and its agreement with OpenCV), end-to-end extraction
 against the bare forward, peak memory on 1- and 10-minute videos, the store (write/read
 throughput, compression), training steps of every head at the ActX paper's Hollywood2
-setting, the referring streams (DETR-R50, the sentence encoder, RefAtomNet steps;
-benchmarks/referring.py), and the whole path on the sample store.  Most figures are the
-median of a few repeats after one warm-up; the extraction ones (benchmarks/extraction.py)
-one timed run.
+setting, training from the store (streamed vs in-memory loader, peak memory under a budget,
+CLI start-up; benchmarks/loader.py), the referring streams (DETR-R50, the sentence
+encoder, RefAtomNet steps; benchmarks/referring.py), and the whole path on the sample
+store.  Most figures are the median of a few repeats after one warm-up; the extraction ones
+(benchmarks/extraction.py) one timed run.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import cluster  # benchmarks/cluster.py, extraction.py, referring.py, beside this script
 import extraction
+import loader as loader_bench
 import numpy as np
 import referring
 import torch
@@ -123,35 +125,38 @@ def bench_heads(rows: list, device: str, steps: int = 5) -> None:
     6x8x11x1024, batch 36, 12 classes, multi-label; and the loader's batches/s (random
     temporal crops of in-memory float16 maps -> a device tensor), which must stay >= 3x ahead.
     """
-    from vidattn.heads.lightgbm import pool_list
+    from vidattn import tasks
+    from vidattn.data.maps import MemoryMaps, channels_first, crop_start, read_crop
+    from vidattn.heads.lightgbm import pooled
     from vidattn.options import parse_options
-    from vidattn.pipeline import data
-    from vidattn.pipeline.runs import build_head
-    from vidattn.pipeline.train import train_step
     from vidattn.registry import HEADS, head_config_class, head_trainer
+    from vidattn.tasks.rundir import build_head
 
     rng = np.random.default_rng(0)
-    maps = [data.channels_first(np.maximum(rng.normal(size=(12, 8, 11, 1024)), 0))
-            for _ in range(72)]
+    maps = MemoryMaps({str(i): channels_first(np.maximum(rng.normal(size=(12, 8, 11, 1024)), 0))
+                       for i in range(72)})
     targets = (rng.random((72, 12)) < 0.15).astype(np.float32)
 
+    def crops(idx) -> torch.Tensor:
+        out = torch.empty((len(idx), 1024, 6, 8, 11))
+        for row, j in zip(out, idx):
+            row.copy_(read_crop(maps, str(j), crop_start(12, 6, rng), 6, (8, 11)))
+        return out.to(device)
+
     def load_batch():
-        idx = rng.choice(len(maps), 36, replace=False)
-        x = data.batch([maps[j] for j in idx], 6, (8, 11), rng, device)
-        c = data.batch([maps[(j + 1) % 72] for j in idx], 6, (8, 11), rng, device)
-        return x, c, torch.from_numpy(targets[idx]).to(device)
+        idx = rng.choice(72, 36, replace=False)
+        return crops(idx), crops((idx + 1) % 72), torch.from_numpy(targets[idx]).to(device)
 
     loader_conj = timed(load_batch)
-    loader = timed(lambda: data.batch([maps[j] for j in rng.choice(72, 36, replace=False)], 6,
-                                      (8, 11), rng, device))
+    loader = timed(lambda: crops(rng.choice(72, 36, replace=False)))
     rows.append(("loader: one batch of 36 crops (6x8x11x1024)", f"{loader * 1000:.0f} ms",
                  f"{1 / loader:.1f} batches/s"))
     rows.append(("loader: 36 action + 36 conjugate crops", f"{loader_conj * 1000:.0f} ms",
                  f"{1 / loader_conj:.1f} batches/s"))
     x, c, y = load_batch()
-    for name in HEADS:
+    for name in (n for n in HEADS if tasks.for_head(n).NAME == "classify"):  # refer: referring.py
         if head_trainer(name) == "lightgbm":
-            feats = pool_list(maps * 12)[:823]  # Hollywood2's 823 training clips
+            feats = np.concatenate([pooled(m[None]) for m in maps.maps.values()] * 12)[:823]
             head = build_head(name, parse_options(head_config_class(name), {},
                                                   num_classes=12, multilabel=True))
             labels = (rng.random((823, 12)) < 0.15).astype(np.float32)
@@ -167,8 +172,13 @@ def bench_heads(rows: list, device: str, steps: int = 5) -> None:
         conj = c if head.uses_conjugates else None
         has = torch.ones(36, dtype=torch.bool, device=device)
 
-        def step(head=head, opt=opt, conj=conj, has=has):
-            train_step(head, x, y, conj, has, opt)
+        batch = {"fmap": x, "target": y, "conj": conj, "has_conj": has}
+
+        def step(head=head, opt=opt, batch=batch):
+            loss, _ = tasks.get("classify").loss(head, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
             if device == "cuda":
                 torch.cuda.synchronize()
 
@@ -187,6 +197,7 @@ STAGES = {
     "end-to-end": lambda rows, device: extraction.bench_end_to_end(rows, device, REAL_CLIP),
     "long-video": extraction.bench_long_video,
     "heads": bench_heads,
+    "loader": loader_bench.bench_loader,
     "referring": referring.bench_referring,
     "sample": bench_sample,
     "cluster": lambda rows, device: cluster.bench_cluster(rows),

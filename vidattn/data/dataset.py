@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from vidattn.data import maps as M
 from vidattn.data import refer as R
@@ -185,23 +185,33 @@ class StoreDataset(Dataset):
         k = int(torch.randint(len(conj), ()))
         return Draw(i, start(self.ids[i]), k, start(conj[k]))
 
-    def collate(self, items: list[dict]) -> dict:
-        """Items -> a batch: "fmap" (B, D, L, h, w) float32, "target", "index", and "conj"
-        (n, D, L, h, w) of the n items that have one with "has_conj" (B,) (else None);
-        refer: RefAtomNet's input dict instead (see refer.py), "visual" being the maps."""
-        fmap = torch.empty((len(items), *items[0]["map"].shape), dtype=torch.float32)
-        for row, item in zip(fmap, items):
-            row.copy_(item["map"])
+    def collate(self, items: list[dict], dtype: torch.dtype = torch.float32) -> dict:
+        """Items -> a batch: "fmap" (B, D, L, h, w) in ``dtype``, "target", "index", and
+        "conj" (n, D, L, h, w) of the n items that have one with "has_conj" (B,) (else None);
+        refer: RefAtomNet's input dict instead (see refer.py), "visual" being the maps.
+        (vidattn's loop collates float16 in its reader processes, half the bytes to pass.)"""
+        fmap = _stack([it["map"] for it in items], dtype)
         target = torch.from_numpy(np.stack([it["target"] for it in items]))
         batch = {"fmap": fmap, "target": target,
                  "index": torch.tensor([it["index"] for it in items])}
         if self.uses_conjugates:
             conj = [it["conj"] for it in items if it["conj"] is not None]
             batch["has_conj"] = torch.tensor([it["conj"] is not None for it in items])
-            batch["conj"] = torch.stack(conj).float() if conj else None
+            batch["conj"] = _stack(conj, dtype) if conj else None
         if self.refer is not None:
             batch = {**self.refer.collate(items), "visual": fmap, "index": batch["index"]}
         return batch
+
+
+def _stack(maps: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """Same-shape maps (views, any strides) -> one contiguous (B, ...) tensor: one pass.
+    In a DataLoader worker it is made in shared memory, so handing it over copies nothing."""
+    out = torch.empty((len(maps), *maps[0].shape), dtype=dtype)
+    if get_worker_info() is not None:
+        out.share_memory_()
+    for row, m in zip(out, maps):
+        row.copy_(m)
+    return out
 
 
 def _conjugates(store, stream: str, ids: list[str]) -> list[list[str]]:

@@ -52,18 +52,22 @@ class StoreMaps:
 
     def __init__(self, url: str, stream: str, where: dict[str, Entry], channels: int):
         self.url, self.stream, self.where, self.channels = url, stream, where, channels
-        self._opened: tuple[int, object] | None = None  # (pid, store): one per process
+        # (pid, store, {part: array}): opened once per process, arrays once per part
+        self._opened: tuple[int, object, dict] | None = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_opened": None}
 
-    def _store(self):
+    def _array(self, part: int):
         pid = os.getpid()
         if self._opened is None or self._opened[0] != pid:
             from vidattn.stores import open_store
 
-            self._opened = (pid, open_store(self.url))
-        return self._opened[1]
+            self._opened = (pid, open_store(self.url), {})
+        _, store, arrays = self._opened
+        if part not in arrays:
+            arrays[part] = store.group[f"features/{self.stream}/part-{part:05d}"]
+        return arrays[part]
 
     def shape(self, vid: str) -> tuple[int, int, int]:
         e = self.where[vid]
@@ -73,18 +77,18 @@ class StoreMaps:
         return vid in self.where
 
     def read(self, vid: str, t0: int = 0, length: int | None = None) -> torch.Tensor:
-        """(D, L, H, W) in the stored dtype: steps [t0, t0 + L) of ``vid``."""
+        """(D, L, H, W) in the stored dtype: steps [t0, t0 + L) of ``vid``.  A channels-first
+        view of the rows read (copying it is the caller's one pass: the batch's collate)."""
         e = self.where[vid]
         length = e.t - t0 if length is None else length
         if not (0 <= t0 and t0 + length <= e.t and length > 0):
             raise IndexError(f"{self.url}: steps [{t0}, {t0 + length}) of {vid!r} ({self.stream}) "
                              f"lie outside its {e.t} steps")
         cells = e.h * e.w
-        arr = self._store().group[f"features/{self.stream}/part-{e.part:05d}"]
-        rows = arr[e.offset + t0 * cells : e.offset + (t0 + length) * cells]
+        rows = self._array(e.part)[e.offset + t0 * cells : e.offset + (t0 + length) * cells]
         # the stored dtype is kept: float16 maps, float32 detection tokens (exact boxes)
         flat = torch.from_numpy(np.ascontiguousarray(rows)).view(length, e.h, e.w, -1)
-        return flat.permute(3, 0, 1, 2).contiguous()
+        return flat.permute(3, 0, 1, 2)
 
 
 class MemoryMaps:

@@ -28,7 +28,7 @@ import pyarrow as pa
 from vidattn.datasets import DatasetError, DatasetTables, require_root
 from vidattn.metrics import FRAME_COLUMNS
 from vidattn.options import parse_options
-from vidattn.rows import video_path
+from vidattn.rows import extra, video_path
 from vidattn.stores.schema import BOXES_SCHEMA, MANIFEST_SCHEMA, PAIRS_SCHEMA, conform
 
 LAYOUT = """\
@@ -314,7 +314,7 @@ def load(root: str | Path | None = None, options: dict | None = None) -> Dataset
 
 def ground_truth(manifest: pd.DataFrame) -> pd.DataFrame:
     """The (video, timestamp, x1, y1, x2, y2, label) table of an AVA or RefAVA manifest."""
-    extras = [json.loads(e) for e in manifest.extra]
+    extras = [extra(e) for e in manifest.extra]
     return pd.DataFrame([(g, e["timestamp"], *e["box"], int(k)) for g, e, labels in zip(
         manifest.group, extras, manifest.labels) for k in labels], columns=list(FRAME_COLUMNS))
 

@@ -28,7 +28,7 @@ from vidattn.options import parse_options
 from vidattn.registry import head_config_class, head_trainer
 from vidattn.stores import open_store
 from vidattn.stores.schema import ARRAYS
-from vidattn.tasks.fit import FitConfig, fit, fit_lightgbm, plot_curves
+from vidattn.tasks.fit import PREFETCH, FitConfig, fit, fit_lightgbm, plot_curves
 from vidattn.tasks.rundir import RunDir, build_head, pick_device, save_weights
 
 LOADERS = ("auto", "memory", "stream")
@@ -71,20 +71,41 @@ def parse_size(text: str | int | None) -> int:
     return int(float(m.group(1)) * base**power)
 
 
-def choose_loader(cfg: TrainConfig, store, ids: dict[str, list[str]]) -> dict:
-    """Memory or streaming, and how many workers: what the run directory records."""
+def choose_loader(cfg: TrainConfig, store, ids: dict[str, list[str]],
+                  conjugates: bool) -> dict:
+    """Memory or streaming, and how many reader processes: what the run directory records.
+
+    Maps are held when all of them fit the budget.  Streaming holds none, only batches in
+    flight: about ``batch bytes x (3 + workers x (PREFETCH + 2))`` (each worker builds one,
+    queues PREFETCH; the main process has one as received and as float32).  Unless
+    ``workers`` is given, it starts from min(4, cores) and takes fewer while that exceeds
+    the budget (at least one).
+    """
     if cfg.loader not in LOADERS:
         raise ValueError(f"--loader must be one of {', '.join(LOADERS)}, got {cfg.loader!r}")
     budget = parse_size(cfg.max_memory)
     wanted = [v for split in ids.values() for v in split]
     pairs = store.pairs()  # conjugates are read too, by the heads that use them
     wanted += list(pairs.loc[pairs.video_id.isin(set(ids["train"])), "conjugate_id"])
-    need = nbytes(StoreMaps(store.url, cfg.stream, entries(store, cfg.stream, wanted),
-                            ARRAYS[cfg.stream].channels), wanted)
+    maps = StoreMaps(store.url, cfg.stream, entries(store, cfg.stream, wanted),
+                     ARRAYS[cfg.stream].channels)
+    need = nbytes(maps, wanted)
     mode = cfg.loader if cfg.loader != "auto" else ("memory" if need <= budget else "stream")
-    workers = cfg.workers if cfg.workers is not None else (
-        min(4, os.cpu_count() or 1) if mode == "stream" else 0)
-    return {"mode": mode, "workers": workers, "maps_bytes": int(need), "budget_bytes": budget}
+    cells = max((e.h * e.w for e in maps.where.values()), default=0)
+    batch = 2 * maps.channels * cfg.crop_t * cells * cfg.batch_size * (2 if conjugates else 1)
+
+    def in_flight(w: int) -> int:
+        return batch * (3 + w * (PREFETCH + 2)) if w else batch * 2
+
+    workers = cfg.workers
+    if workers is None:
+        workers = 0
+        if mode == "stream":
+            workers = min(4, os.cpu_count() or 1)
+            while workers > 1 and in_flight(workers) > budget:
+                workers -= 1
+    return {"mode": mode, "workers": workers, "maps_bytes": int(need), "budget_bytes": budget,
+            "batch_bytes": int(batch), "in_flight_bytes": int(in_flight(workers))}
 
 
 def load_teacher(cfg: TrainConfig, device: str):
@@ -116,7 +137,7 @@ def run(cfg: TrainConfig) -> dict:
                              **task.head_fields(store, cfg.stream))
     head = build_head(cfg.head, head_cfg).to(device)
     ids = split_ids(store.manifest(), cfg.val_fraction, cfg.seed)
-    how = choose_loader(cfg, store, ids)
+    how = choose_loader(cfg, store, ids, bool(getattr(head, "uses_conjugates", False)))
     common = {"in_memory": how["mode"] == "memory", "min_score": cfg.det_min_score}
     train = task.dataset(store, ids["train"], cfg.stream, crop_t=cfg.crop_t, desc="read train",
                          conjugates=bool(getattr(head, "uses_conjugates", False)), **common)

@@ -8,13 +8,12 @@ single-label datasets top-1, mean class accuracy (ActX Table 3's mAcc) and top-5
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import torch
 
 from vidattn import metrics as M
+from vidattn import rows
 from vidattn.data.dataset import StoreDataset, is_multilabel, labelled_ids
 from vidattn.heads.common import mature_feature_loss
 from vidattn.stores.schema import ARRAYS
@@ -72,7 +71,7 @@ def predict(head, ds: StoreDataset, device: str, workers: int = 0) -> Prediction
     multilabel = head.cfg.multilabel
     scores = np.zeros((len(ds), len(ds.classes)), np.float32)
     for batch in eval_batches(ds, workers):
-        logits = head(batch["fmap"].to(device))["logits"].float()
+        logits = head(batch["fmap"].to(device).float())["logits"].float()
         p = logits.sigmoid() if multilabel else logits.softmax(-1)
         scores[batch["index"].numpy()] = p.cpu().numpy()
     return Predictions(list(ds.ids), scores)
@@ -142,12 +141,12 @@ def ava_frame_map(manifest, ids: list[str], scores: np.ndarray) -> dict:
     from vidattn.datasets.ava import ground_truth
 
     man = manifest.set_index("video_id").loc[ids].reset_index()
-    rows = []
+    detections = []
     for i, (group, extra) in enumerate(zip(man.group, man.extra)):
-        e = json.loads(extra)
-        rows += [(group, e["timestamp"], *e["box"], k, float(scores[i, k]))
-                 for k in range(scores.shape[1])]
-    pred = pd.DataFrame(rows, columns=[*M.FRAME_COLUMNS, "score"])
+        e = rows.extra(extra)
+        detections += [(group, e["timestamp"], *e["box"], k, float(scores[i, k]))
+                       for k in range(scores.shape[1])]
+    pred = pd.DataFrame(detections, columns=[*M.FRAME_COLUMNS, "score"])
     res = M.frame_map(pred, ground_truth(man))
     return {"protocol": "AVA frame-mAP@0.5, ground-truth person boxes", "frame_mAP": res["mAP"]}
 

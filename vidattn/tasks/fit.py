@@ -9,6 +9,7 @@ key to maximise; the weights of the best epoch are kept and left in the head.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from torch.utils.data import DataLoader
 
 from vidattn.data.dataset import StoreDataset, epoch_draws, shape_batches
 from vidattn.progress import bar as progress
+
+PREFETCH = 2  # batches each reader process keeps ready
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,15 @@ class Predictions:
 
 
 def loader(ds: StoreDataset, batches, workers: int) -> DataLoader:
-    """Batches of ``ds`` in the given order (lists of keys), read by ``workers`` processes."""
-    return DataLoader(ds, batch_sampler=batches, collate_fn=ds.collate, num_workers=workers,
-                      prefetch_factor=4 if workers else None)
+    """Batches of ``ds`` in the given order (lists of keys), read by ``workers`` processes.
+
+    Reader processes hand over float16 batches (half the bytes through shared memory, half
+    the memory in flight); :func:`to_device` makes them float32.  Two batches in flight per
+    worker bound the memory streaming needs.
+    """
+    collate = partial(ds.collate, dtype=torch.float16) if workers else ds.collate
+    return DataLoader(ds, batch_sampler=batches, collate_fn=collate, num_workers=workers,
+                      prefetch_factor=PREFETCH if workers else None)
 
 
 def eval_batches(ds: StoreDataset, workers: int, batch_size: int = 16) -> DataLoader:
@@ -51,8 +60,14 @@ def eval_batches(ds: StoreDataset, workers: int, batch_size: int = 16) -> DataLo
 
 
 def to_device(batch: dict, device: str) -> dict:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-            for k, v in batch.items()}
+    """Tensors to ``device``; float16 ones (maps from reader processes) as float32."""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=True)
+            v = v.float() if v.dtype == torch.float16 else v
+        out[k] = v
+    return out
 
 
 def fit(head, task, train: StoreDataset, val: StoreDataset, cfg: FitConfig, device: str,

@@ -5,7 +5,7 @@ VIDATTN := .venv/bin/vidattn
 STAMP   := .venv/.installed
 DEMO    := demo
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench gpu-check clean
 
 install: $(STAMP)
 
@@ -22,15 +22,15 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VIDATTN) extract --dataset sample --store $(DEMO)/store
-	$(VIDATTN) train-head avgpool --store $(DEMO)/store --out $(DEMO)/runs/avgpool
-	$(VIDATTN) train-head actx --store $(DEMO)/store --out $(DEMO)/runs/actx
+	$(VIDATTN) train-head avgpool --store $(DEMO)/store --out $(DEMO)/runs/avgpool --overwrite
+	$(VIDATTN) train-head actx --store $(DEMO)/store --out $(DEMO)/runs/actx --overwrite
 	$(VIDATTN) evaluate $(DEMO)/runs/actx
 	$(VIDATTN) compare $(DEMO)/runs/avgpool $(DEMO)/runs/actx --out $(DEMO)/compare
 	$(VIDATTN) explain $(DEMO)/runs/actx test_wave_00 --out $(DEMO)/explain-test_wave_00.png
 	# the referring path (RefAtomNet): several actors per clip, one sentence per actor
 	$(VIDATTN) extract --dataset sample -o referring=true --boxes annotations --store $(DEMO)/ref-store
-	$(VIDATTN) train-head refatomnet --store $(DEMO)/ref-store --out $(DEMO)/runs/refatomnet --lr 1e-4 --epochs 30
-	$(VIDATTN) train-head refatomnet-add --store $(DEMO)/ref-store --out $(DEMO)/runs/refatomnet-add --lr 1e-4 --epochs 30
+	$(VIDATTN) train-head refatomnet --store $(DEMO)/ref-store --out $(DEMO)/runs/refatomnet --lr 1e-4 --epochs 30 --overwrite
+	$(VIDATTN) train-head refatomnet-add --store $(DEMO)/ref-store --out $(DEMO)/runs/refatomnet-add --lr 1e-4 --epochs 30 --overwrite
 	$(VIDATTN) compare $(DEMO)/runs/refatomnet $(DEMO)/runs/refatomnet-add --out $(DEMO)/compare-ref
 
 lint: $(STAMP)
@@ -42,6 +42,11 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --out BENCHMARKS.md
+
+# On a lent GPU machine (its own python3 holds PyTorch): make gpu-check PY=python3.
+# Writes a "GPU check" section into BENCHMARKS.md; --quick (CPU) is what the tests run.
+gpu-check:
+	PYTHONPATH=. $(PY) benchmarks/gpu_check.py --out BENCHMARKS.md
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -213,7 +213,8 @@ def classify(video, i3d_rgb, start, end, top, device) -> None:
               help="Memory budget for held maps, e.g. 8GiB [default: half the RAM].")
 @click.option("--workers", type=int, default=None,
               help="DataLoader processes reading the store [default: min(4, cores) when "
-                   "streaming, else 0].")
+                   "streaming, as the budget allows, else 0].")
+@click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
 def train_head(head, list_heads, out, options, **kw) -> None:
     """Train a head (actx, avgpool, ...) on a store's cached maps."""
     from vidattn.registry import HEADS
@@ -227,14 +228,29 @@ def train_head(head, list_heads, out, options, **kw) -> None:
             doc = getattr(mod, func).__doc__ or mod.__doc__ or ""  # a variant's own doc first
             click.echo(f"{name:12s} {doc.strip().splitlines()[0]}")
         return
+    import warnings
+
     from vidattn.pipeline import train as pipeline
 
     try:
         cfg = pipeline.TrainConfig(head=head, out=out or f"runs/{head}",
                                    options=_options(options), **kw)
-        metrics = pipeline.run(cfg)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pipeline.TrainingWarning)
+            metrics = pipeline.run(cfg)
+    except KeyboardInterrupt:
+        click.echo("interrupted before the first epoch ended: nothing was written", err=True)
+        sys.exit(130)
     except Exception as e:
         _fail(e)
+    for w in caught:
+        if issubclass(w.category, pipeline.TrainingWarning):
+            click.echo(f"warning: {w.message}", err=True)
+    if metrics.get("interrupted"):
+        click.echo(f"interrupted after {metrics['epochs_run']} epochs: the best so far (epoch "
+                   f"{metrics['selected_epoch']}) is kept in {cfg.out}, marked interrupted",
+                   err=True)
+        sys.exit(130)
     click.echo(f"run: {cfg.out}  (selected epoch {metrics['selected_epoch']})")
     if "test" in metrics:
         from vidattn import tasks
@@ -260,6 +276,9 @@ def evaluate(run_dir, run_dir_2, split, store, device) -> None:
         _fail(e)
     click.echo(pipeline.format_table(res))
     click.echo(f"{split} {pipeline.headline(res)}  ({res['n']} clips; {res['path']})")
+    if res.get("interrupted"):
+        click.echo(f"note: {run_dir} was interrupted during training; these are its best "
+                   f"weights so far", err=True)
 
 
 @main.command()

@@ -38,6 +38,8 @@ def run(cfg: EvaluateConfig) -> dict:
     summary = task.evaluate(run_dir, store, cfg.split, device, fuse_with=other,
                             workers=cfg.workers, in_memory=cfg.in_memory)
     summary["task"] = task.NAME
+    if run_dir.interrupted:
+        summary["interrupted"] = True
     summary["path"] = str(run_dir.write_eval(cfg.split, summary, fusion=other is not None))
     return summary
 

@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,9 +29,18 @@ from vidattn.data.maps import StoreMaps, entries, nbytes
 from vidattn.options import parse_options
 from vidattn.registry import head_config_class, head_trainer
 from vidattn.stores import open_store
+from vidattn.stores.files import naming
 from vidattn.stores.schema import ARRAYS
 from vidattn.tasks.fit import PREFETCH, FitConfig, fit, fit_lightgbm, plot_curves
-from vidattn.tasks.rundir import RunDir, build_head, pick_device, save_weights
+from vidattn.tasks.rundir import (
+    RunDir,
+    build_head,
+    check_out,
+    commit,
+    pick_device,
+    save_weights,
+    staging,
+)
 
 LOADERS = ("auto", "memory", "stream")
 
@@ -55,6 +66,7 @@ class TrainConfig:
     loader: str = "auto"  # auto | memory | stream
     max_memory: str | None = None  # budget for maps held in memory (default: half the RAM)
     workers: int | None = None  # DataLoader processes when streaming (default: min(4, cores))
+    overwrite: bool = False  # replace a finished run in ``out``
 
 
 def parse_size(text: str | int | None) -> int:
@@ -122,10 +134,54 @@ def load_teacher(cfg: TrainConfig, device: str):
     return teacher
 
 
+class TrainingWarning(UserWarning):
+    """Training ran, but what it can mean is limited (printed by the CLI, kept in
+    metrics.json under "warnings")."""
+
+
+def check_data(task, head, train, val, test, store_url: str) -> list[str]:
+    """Refuse data that cannot train anything; -> warnings for data that limits what the
+    run means (each also issued as a :class:`TrainingWarning`)."""
+
+    def present(ds) -> set[int]:
+        t = ds.targets
+        return set(np.flatnonzero((t > 0.5).any(0))) if t.ndim == 2 else set(t[t >= 0].tolist())
+
+    classes = train.classes
+    seen = present(train)
+    if len(seen) < 2:
+        names = ", ".join(classes[k] for k in sorted(seen)) or "none"
+        raise ValueError(f"{store_url}: the train split has {len(seen)} class ({names}); "
+                         f"a classifier needs at least 2 to learn anything")
+    out = []
+    unseen = sorted(present(test) - seen)
+    if unseen:
+        out.append(f"test classes never seen in training: {', '.join(classes[k] for k in unseen)}"
+                   f" (their AP measures nothing learnt)")
+    if not len(val):
+        out.append("no validation rows: the epoch with the lowest training loss is kept")
+    if getattr(head, "uses_conjugates", False):
+        n = sum(1 for c in train.conjugates if c)
+        if n == 0:
+            out.append(f"{task.NAME} head uses conjugates but no train clip has one in "
+                       f"{store_url} (no pairs.parquet rows): it trains on L_c alone; "
+                       f"run vidattn mine-conjugates first")
+        elif n < len(train):
+            out.append(f"{len(train) - n} of {len(train)} train clips have no conjugate: "
+                       f"they train on L_c alone")
+    for message in out:
+        warnings.warn(message, TrainingWarning, stacklevel=3)
+    return out
+
+
 def run(cfg: TrainConfig) -> dict:
-    """Train, select, test; write the run directory; return the metrics dict."""
+    """Train, select, test; write the run directory (into a hidden directory renamed into
+    place at the end); return the metrics dict.  ``cfg.out`` holding a run is refused
+    unless ``cfg.overwrite``.  A SIGINT after the first epoch keeps the best epoch so far:
+    the run is written with "interrupted": true (and no test metrics)."""
     t0 = time.time()
     task = tasks.for_head(cfg.head)
+    check_out(cfg.out, cfg.overwrite)  # before any work
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -146,11 +202,27 @@ def run(cfg: TrainConfig) -> dict:
     if len(train) == 0:
         raise RuntimeError(f"{cfg.store}: no train rows with extracted {cfg.stream} maps"
                            + (" and referring streams" if task.NAME == "refer" else ""))
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    found = check_data(task, head, train, val, test, store.url)
+    out = staging(cfg.out, cfg.overwrite)
+    try:
+        metrics = _train_and_write(cfg, task, head, store, ids, how, (train, val, test), device,
+                                   rng, out, {"warnings": found, "t0": t0})
+        commit(out, cfg.out)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # gone already once committed
+    return metrics
+
+
+def _train_and_write(cfg: TrainConfig, task, head, store, ids, how, splits, device: str, rng,
+                     out: Path, extra: dict) -> dict:
+    """Fit, test and write the run into ``out`` -> metrics.  extra: the data warnings and
+    the run's start time."""
+    train, val, test = splits
+    interrupted = False
     if head_trainer(cfg.head) == "lightgbm":  # trees on pooled maps: LightGBM's own loop
         history, selected = fit_lightgbm(head, train, val, how["workers"])
-        head.save(out)
+        with naming(out / "model.txt"):
+            head.save(out)
         n_params = head.n_params()
     else:
         teacher = load_teacher(cfg, device)
@@ -161,21 +233,27 @@ def run(cfg: TrainConfig) -> dict:
                     raise ValueError(f"head {cfg.head!r} has no attended map for MFR (--teacher)")
         fit_cfg = FitConfig(cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, how["workers"],
                             cfg.mfr_weight)
-        history, selected = fit(head, task, train, val, fit_cfg, device, rng, teacher, cfg.head)
+        result = fit(head, task, train, val, fit_cfg, device, rng, teacher, cfg.head)
+        history, selected, interrupted = result.history, result.selected, result.interrupted
         save_weights(out, head)
         n_params = sum(p.numel() for p in head.parameters())
     metrics: dict = {"history": history, "selected_epoch": selected, "n_train": len(train),
                      "n_val": len(val), "n_test": len(test), "n_params": n_params}
-    if len(test):
+    if interrupted:  # the best epoch so far, not tested: evaluate says so
+        metrics.update(interrupted=True, epochs_run=len(history))
+    elif len(test):
         metrics["test"] = task.summarize(task.predict(head, test, device, how["workers"]), test)
-    metrics["seconds"] = round(time.time() - t0, 2)
+    metrics.update(warnings=extra["warnings"], seconds=round(time.time() - extra["t0"], 2))
     # the head's own (effective) config: variants such as actx-nosatt or cbam set fields
     config = {"task": task.NAME, "head": cfg.head, "head_config": dataclasses.asdict(head.cfg),
               "train": dataclasses.asdict(cfg), "store": store.url, "classes": store.classes,
               "stream": cfg.stream, "multilabel": train.multilabel,
               "spatial": list(train.hw or ()), "loader": how,
               "splits": {k: len(v) for k, v in ids.items()}, **task.run_fields(store, train)}
+    if interrupted:
+        config["interrupted"] = True
     RunDir.write(out, config, metrics)
     if history:
-        plot_curves(history, out / "curves.png", cfg.head)
+        with naming(out / "curves.png"):
+            plot_curves(history, out / "curves.png", cfg.head)
     return metrics

@@ -1,8 +1,28 @@
-"""Whole-file writes through fsspec that readers never see half done."""
+"""Whole-file writes through fsspec that readers never see half done, and write errors
+that name their file."""
 
 from __future__ import annotations
 
+import errno
 import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+from vidattn.errors import one_line
+
+
+@contextmanager
+def naming(path: str | Path):
+    """Re-raise an OSError met while writing ``path`` as one line that names it and says
+    whether the disk was full (errno and type kept, so callers can still tell)."""
+    try:
+        yield
+    except OSError as e:
+        why = ("disk full" if e.errno == errno.ENOSPC else
+               "permission denied" if e.errno == errno.EACCES else "write failed")
+        err = type(e)(f"{path}: {why} ({one_line(e, with_type=True)})")
+        err.errno = e.errno
+        raise err from e
 
 
 def put_atomic(fs, path: str, data: bytes) -> None:
@@ -12,11 +32,12 @@ def put_atomic(fs, path: str, data: bytes) -> None:
     temporary file; on failure it is removed and the error re-raised."""
     folder, name = path.rsplit("/", 1)
     tmp = f"{folder}/.{name}.tmp-{uuid.uuid4().hex[:8]}"
-    fs.makedirs(folder, exist_ok=True)
     try:
-        with fs.open(tmp, "wb") as f:
-            f.write(data)
-        fs.mv(tmp, path)
+        with naming(path):
+            fs.makedirs(folder, exist_ok=True)
+            with fs.open(tmp, "wb") as f:
+                f.write(data)
+            fs.mv(tmp, path)
     except BaseException:
         try:  # best effort: the error being handled matters more than a failed cleanup
             if fs.exists(tmp):

@@ -70,16 +70,47 @@ def to_device(batch: dict, device: str) -> dict:
     return out
 
 
+@dataclass
+class FitResult:
+    history: list[dict]
+    selected: int  # the kept epoch (1-based)
+    interrupted: bool = False  # SIGINT: the best epoch so far is kept
+
+
+@dataclass
+class _Best:
+    key: tuple | None = None
+    epoch: int = 0
+    state: dict | None = None
+
+
 def fit(head, task, train: StoreDataset, val: StoreDataset, cfg: FitConfig, device: str,
-        rng: np.random.Generator, teacher=None, name: str = "head"):
-    """Train ``head`` on ``train``; select on ``val`` -> (history, selected epoch).
+        rng: np.random.Generator, teacher=None, name: str = "head") -> FitResult:
+    """Train ``head`` on ``train``; select on ``val``; leave the kept weights in ``head``.
 
     ``task.loss`` gives each batch's loss; ``task.predict``/``summarize``/``val_record``
     the validation figures; ``task.selection_key(record)`` what the best epoch maximises.
-    Without validation rows the epoch with the lowest training loss is kept.
+    Without validation rows the epoch with the lowest training loss is kept.  A
+    KeyboardInterrupt (SIGINT) after at least one whole epoch ends training with the best
+    epoch so far (``interrupted``); before that it propagates.
     """
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history, best, best_state = [], None, None
+    history: list[dict] = []
+    best = _Best()
+    try:
+        _epochs(head, task, train, val, cfg, device, rng, teacher, name, opt, history, best)
+        interrupted = False
+    except KeyboardInterrupt:
+        if best.state is None:
+            raise
+        interrupted = True
+    head.load_state_dict(best.state)
+    return FitResult(history, best.epoch, interrupted)
+
+
+def _epochs(head, task, train, val, cfg, device, rng, teacher, name, opt, history: list,
+            best: _Best) -> None:
+    """Run the epochs, appending each one's record and keeping the best weights in ``best``."""
     bar = progress(range(cfg.epochs), desc=f"train {name}", unit="epoch")
     for epoch in bar:
         head.train()
@@ -97,15 +128,13 @@ def fit(head, task, train: StoreDataset, val: StoreDataset, cfg: FitConfig, devi
         if len(val):
             record.update(task.val_record(task.summarize(
                 task.predict(head, val, device, cfg.workers), val)))
-        history.append(record)
         key = (*task.selection_key(record), -record["loss"])
-        if best is None or key > best[0]:
-            best = (key, epoch + 1)
-            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+        if best.key is None or key > best.key:
+            state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+            best.key, best.epoch, best.state = key, epoch + 1, state
+        history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}",
                         **{k: f"{v:.3f}" for k, v in record.items() if k.startswith("val_")})
-    head.load_state_dict(best_state)
-    return history, best[1]
 
 
 def pooled_features(ds: StoreDataset, workers: int) -> np.ndarray:

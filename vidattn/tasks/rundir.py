@@ -9,17 +9,26 @@ RUN_DIR/
   eval-<split>[-fusion].json   written by ``vidattn evaluate``
 
 Runs written before the task was recorded open too (``referring: true`` means refer).
+
+train-head writes a run into a hidden directory beside RUN_DIR and renames it into place
+when it is complete (:func:`staging`, :func:`commit`), so a finished run is never half
+replaced; one stopped by SIGINT is written the same way with ``"interrupted": true`` in
+both JSON files and the best weights so far.  Every file gets the same mode (0666 less the
+umask), and a failed write names its file.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from vidattn.registry import HEADS, head_config_class, head_trainer, resolve
+from vidattn.stores.files import naming
 
 
 def pick_device(device: str) -> str:
@@ -34,12 +43,63 @@ def build_head(name: str, cfg):
     return resolve(HEADS, name, "head")(cfg)
 
 
+def file_mode() -> int:
+    """0666 less the process umask: the mode open() gives a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_weights(run_dir: Path, head: torch.nn.Module) -> None:
     from safetensors.torch import save_file
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
-              str(run_dir / "model.safetensors"))
+    path = run_dir / "model.safetensors"
+    with naming(path):
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
+                  str(path))
+        os.chmod(path, file_mode())  # safetensors writes 0600; the other run files are not
+
+
+def check_out(out: str | Path, overwrite: bool = False) -> None:
+    """Refuse an ``out`` that holds a run (a config.json) unless ``overwrite``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a directory")
+    cfg = out / "config.json"
+    if cfg.is_file() and not overwrite:
+        try:
+            what = json.loads(cfg.read_text()).get("head", "a")
+        except (OSError, ValueError):
+            what = "a"
+        raise FileExistsError(f"{out}: holds a finished {what} run; pass --overwrite to "
+                              f"replace it, or choose another --out")
+
+
+def staging(out: str | Path, overwrite: bool = False) -> Path:
+    """A fresh hidden directory beside ``out`` to write a run into (:func:`check_out`
+    first)."""
+    check_out(out, overwrite)
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with naming(tmp):
+        tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit(tmp: Path, out: str | Path) -> Path:
+    """Rename the complete run ``tmp`` to ``out``; a run already there is moved aside
+    first and removed after, so ``out`` holds one whole run at every moment but one rename."""
+    out = Path(out)
+    old = out.parent / f".{out.name}.replaced-{os.getpid()}" if out.exists() else None
+    with naming(out):
+        if old is not None:
+            out.rename(old)
+        tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
 
 
 @dataclass
@@ -65,9 +125,15 @@ class RunDir:
     def write(run_dir: str | Path, config: dict, metrics: dict) -> RunDir:
         path = Path(run_dir)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(config, indent=2))
-        (path / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        for name, value in (("config.json", config), ("metrics.json", metrics)):
+            with naming(path / name):
+                (path / name).write_text(json.dumps(value, indent=2))
         return RunDir(path, config)
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether training was stopped (SIGINT) before its last epoch."""
+        return bool(self.config.get("interrupted"))
 
     @property
     def task(self):
@@ -87,7 +153,8 @@ class RunDir:
     @property
     def label(self) -> str:
         """The method as tables name it: the head, "+MFR" when trained with a teacher."""
-        return self.head_name + (" +MFR" if self.config.get("train", {}).get("teacher") else "")
+        label = self.head_name + (" +MFR" if self.config.get("train", {}).get("teacher") else "")
+        return label + (" (interrupted)" if self.interrupted else "")
 
     def load_head(self, device: str = "cpu"):
         """The head in eval mode.  Weights via safetensors only (LightGBM: its text files)."""
@@ -110,7 +177,8 @@ class RunDir:
 
     def write_eval(self, split: str, summary: dict, fusion: bool = False) -> Path:
         out = self.eval_path(split, fusion)
-        out.write_text(json.dumps(summary, indent=2))
+        with naming(out):
+            out.write_text(json.dumps(summary, indent=2))
         return out
 
 

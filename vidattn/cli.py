@@ -66,6 +66,9 @@ def main() -> None:
 @click.option("--part-size", type=int, default=16, show_default=True,
               help="Videos per store part (one writer, one shard each).")
 @click.option("--retry-failed", is_flag=True, help="Redo parts that hold failed videos.")
+@click.option("--keep-partial", is_flag=True,
+              help="Store videos that decode fewer than 90%% of the frames their container "
+                   "declares (truncated files) instead of failing them.")
 @click.option("--limit", type=int, default=None, help="Only the first N manifest rows.")
 @click.option("--window-steps", type=int, default=None,
               help="Long videos run in windows of this many 8-frame steps, plus 7 steps of "

@@ -300,6 +300,22 @@ def probe(path: PathLike) -> dict:
             "duration": duration}
 
 
+def expected_frames(path: PathLike, start_sec: float | None, end_sec: float | None,
+                    fps: float) -> int | None:
+    """Frames a segment should yield at ``fps``, by the container's own account: the
+    segment clipped to the file's declared duration, times the rate.  None when that is
+    empty.  A file without a declared duration is measured by the packets it holds (see
+    :func:`probe`), so it is never called short of itself.
+    """
+    duration = probe(path)["duration"]
+    if duration is None:
+        return None
+    start = start_sec or 0.0
+    end = duration if end_sec is None else min(end_sec, duration)
+    n = int(round((end - start) * fps))
+    return n if n > 0 else None
+
+
 def load_clip(
     path: PathLike,
     cfg: DecodeConfig = DecodeConfig(),  # noqa: B008 - frozen, safe to share

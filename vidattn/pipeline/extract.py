@@ -62,6 +62,7 @@ class ExtractConfig:
     crop: str | None = None  # "224" | "full" | None (dataset default)
     part_size: int = 16  # videos per part (= per shard, per writer)
     retry_failed: bool = False
+    keep_partial: bool = False  # store videos that decode short of their declared length
     limit: int | None = None  # extract only the first N manifest rows (quick looks)
     options: dict = field(default_factory=dict)  # the dataset adapter's Options, key -> str
     mine: bool = True  # mine feature-based conjugates (HACS) once features are stored
@@ -199,15 +200,24 @@ def build_extractors(name: str, net, ref) -> Extractors:
 CHUNK_FRAMES = 128
 
 
+# A video (or segment) that decodes fewer than this share of the frames its container
+# declares for it is failed as truncated, unless --keep-partial.  Resampling to a fixed rate
+# changes counts by a frame or two; a truncated file loses far more (7 of 350, in the
+# first 40 KB of a 14 s clip).
+MIN_DECODED = 0.9
+
+
 def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...],
-                  timeout_s: float | None = None):
+                  timeout_s: float | None = None, min_decoded: float = MIN_DECODED):
     """Decode one video as a stream and run the extractor on it.
 
     meta: the video's manifest row (``meta["start_sec"]``, ``meta["end_sec"]``).  With
     ``timeout_s`` None the clip is decoded in this process, prefetched in a thread; else in
     a child process that is killed when a chunk takes longer (see subdecode.py).
     Returns (n_frames, fps, {array: map}).  Memory: a few chunks of frames plus one window
-    of the network, whatever the video's length.
+    of the network, whatever the video's length.  Fewer frames than ``min_decoded`` times
+    what the container declares for the segment (:func:`vidattn.video.expected_frames`)
+    raise a VideoDecodeError naming both counts; 0 keeps partial videos.
     """
     from vidattn.pipeline.subdecode import open_subclip
     from vidattn.prefetch import prefetch
@@ -234,7 +244,15 @@ def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...],
             out = extractor(counted(chunks), arrays)
         finally:
             chunks.close()  # stops the decoding thread (or child) before the clip is closed
-        return n, clip.fps, out
+    if min_decoded > 0:
+        from vidattn.video import VideoDecodeError, expected_frames
+
+        want = expected_frames(path, start, end, clip.fps)
+        if want is not None and n < min_decoded * want:
+            where = "segment runs past the decodable end?" if start or end else "truncated file?"
+            raise VideoDecodeError(path, f"decoded {n} of {want} frames ({where} "
+                                         f"--keep-partial stores what decodes)")
+    return n, clip.fps, out
 
 
 @dataclass(frozen=True)
@@ -253,6 +271,7 @@ class PartJob:
     decode: Any
     decode_timeout_s: float | None = None
     ref: Any = None
+    min_decoded: float = MIN_DECODED  # 0: keep partial videos
 
 
 @dataclass(frozen=True)
@@ -296,7 +315,8 @@ def extract_part(store, extractors: Extractors, work: PartWork, job: PartJob,
                 if last is None or last[0] != key:
                     last = None  # a failure below must not leave the previous maps here
                     last = (key, extract_video(extractors.i3d, path, job.decode, video,
-                                               i3d_needed, job.decode_timeout_s))
+                                               i3d_needed, job.decode_timeout_s,
+                                               job.min_decoded))
                 n_frames, fps, shared = last[1]
                 out = dict(shared)
                 row.update(n_frames=n_frames, fps=fps)
@@ -432,7 +452,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
                       redo=any(part in fresh[s] for s in extractor.streams))
              for part, group in todo.groupby("part", sort=True)]
     job = PartJob(store=store.url, extractor=cfg.extractor, net=net, decode=decode,
-                  decode_timeout_s=cfg.decode_timeout(), ref=ref)
+                  decode_timeout_s=cfg.decode_timeout(), ref=ref,
+                  min_decoded=0.0 if cfg.keep_partial else MIN_DECODED)
     bar = progress(total=len(todo), desc=f"extract {','.join(extractor.streams)}", unit="video")
 
     def tally(row: dict) -> None:

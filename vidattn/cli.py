@@ -290,12 +290,15 @@ def evaluate(run_dir, run_dir_2, split, store, device) -> None:
               help="Writes OUT.md and OUT.csv.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--device", default="auto", show_default=True)
-def compare(run_dirs, out, split, device) -> None:
+@click.option("--yardsticks/--no-yardsticks", default=True, show_default=True,
+              help="Referring runs: add a sentence-blind and a box-oracle linear probe.")
+def compare(run_dirs, out, split, device, yardsticks) -> None:
     """One table over several runs: method, stream, #params, mAP, accuracies, localisation."""
     from vidattn.pipeline import compare as pipeline
 
     try:
-        table = pipeline.run(pipeline.CompareConfig(tuple(run_dirs), out, split, device))
+        table = pipeline.run(pipeline.CompareConfig(tuple(run_dirs), out, split, device,
+                                                    yardsticks))
     except Exception as e:
         _fail(e)
     click.echo(pipeline.to_markdown(table))

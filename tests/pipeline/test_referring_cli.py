@@ -186,10 +186,16 @@ def test_train_evaluate_compare_explain(ref_runs, tmp_path):
     assert r.exit_code == 0, r.output
     import pandas as pd
 
+    from vidattn.tasks.yardsticks import PROBES
+
     table = pd.read_csv(out.with_suffix(".csv"))
-    assert table.method.tolist() == list(ref_runs)
+    n = len(ref_runs)
+    assert table.method.tolist() == [*ref_runs, *(name for name, _ in PROBES)]
     assert {"mIoU", "mAP", "AUROC"} <= set(table.columns)
-    assert table.mIoU.between(0, 1).all()
+    assert table.mIoU[:n].between(0, 1).all() and table.mIoU[n:].isna().all()
+    assert table.AUROC[n:].between(0, 1).all() and table.mAP[n:].between(0, 1).all()
+    r = CliRunner().invoke(main, ["compare", str(run), "--out", str(out), "--no-yardsticks"])
+    assert r.exit_code == 0 and "yardstick" not in r.output
     png = tmp_path / "explain.png"
     r = CliRunner().invoke(main, ["explain", str(run), "test_00_p0", "--out", str(png),
                                   "--device", "cpu"])

@@ -3,8 +3,10 @@
 Each run is evaluated on the same split; the table has method, stream, #params, mAP,
 mAcc / top-1 / top-5 (single-label) and, for heads with attention on a dataset with boxes,
 the share of the head's map on the action; referring runs (RefAtomNet and its ablations,
-the paper's Tables 3-4) add mIoU, AUROC and the IoU-gated mAP.  The cells come from each
-run's task (``compare_row``).
+the paper's Tables 3-4) add mIoU, AUROC and the IoU-gated mAP, and two yardsticks below
+them: a sentence-blind linear probe and one pooled over the true box (an oracle), so a
+glance says whether a head uses the sentence.  The cells come from each run's task
+(``compare_row``, ``yardsticks``).
 Written as markdown and CSV.
 """
 
@@ -22,6 +24,7 @@ class CompareConfig:
     out: str = "compare"  # writes OUT.md and OUT.csv
     split: str = "test"
     device: str = "auto"
+    yardsticks: bool = True  # refer runs: sentence-blind and box-oracle probes below them
 
 
 def human(n: int) -> str:
@@ -39,13 +42,17 @@ def run(cfg: CompareConfig) -> pd.DataFrame:
 
     if not cfg.run_dirs:
         raise ValueError("compare needs at least one run directory")
-    rows = []
+    rows, by_task = [], {}
     for run_dir in cfg.run_dirs:
         res = evaluate(EvaluateConfig(run_dir, split=cfg.split, device=cfg.device))
         run = RunDir.open(run_dir)
         rows.append({"method": run.label, "run": str(run_dir), "stream": run.config["stream"],
                      "params": run.metrics.get("n_params", 0),
                      **run.task.compare_row(res)})
+        by_task.setdefault(run.task.NAME, (run.task, []))[1].append(run)
+    if cfg.yardsticks:
+        for task, runs in by_task.values():
+            rows += task.yardsticks(runs, cfg.split)
     table = pd.DataFrame(rows)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)

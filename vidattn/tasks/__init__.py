@@ -35,7 +35,8 @@ class Task(Protocol):
     selection_key(record) -> what the best epoch maximises.
     run_fields(store, ds) -> what a run directory records besides the common fields.
     evaluate(run, store, split, device, **kw) -> summary (with the task's extras);
-    format_table(summary) -> markdown; compare_row(summary) -> the compare table's cells.
+    format_table(summary) -> markdown; compare_row(summary) -> the compare table's cells;
+    yardsticks(runs, split) -> reference rows compare adds below the runs of this task.
     explain(run, head, store, video_id, out, device) -> (PNG path, GIF path or None).
     score_check(run) -> None, or raise when the task's runs cannot be re-scored by maps alone.
     """

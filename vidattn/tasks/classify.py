@@ -218,5 +218,10 @@ def compare_row(summary: dict) -> dict:
     return row
 
 
+def yardsticks(runs: list, split: str) -> list[dict]:
+    """No extra rows: classify tables compare heads with the average-pooling baseline."""
+    return []
+
+
 def explain(run, head, store, video_id: str, out, device: str):
     return draw(run, head, store, video_id, out, device)

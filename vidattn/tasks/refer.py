@@ -121,6 +121,18 @@ def compare_row(summary: dict) -> dict:
     return {k: summary[k] for k in ("mIoU", "mAP", "AUROC", "mAP_gated") if k in summary}
 
 
+def yardsticks(runs: list, split: str) -> list[dict]:
+    """compare's reference rows for refer runs on one store: a sentence-blind linear probe
+    and a box-oracle one (vidattn/tasks/yardsticks.py)."""
+    from vidattn.stores import open_store
+    from vidattn.tasks.yardsticks import probe_rows
+
+    c = runs[0].config
+    if any(r.config["store"] != c["store"] for r in runs):
+        return []  # runs of several stores: no one yardstick fits them all
+    return probe_rows(open_store(c["store"]), c["stream"], split, c["det_min_score"])
+
+
 def explain(run, head, store, video_id: str, out, device: str):
     from vidattn.tasks.refer_explain import draw
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -107,6 +109,7 @@ def test_loader_workers_and_urls_give_the_same_batches(store_url):
     one = batches(ds, 0)
     url = StoreDataset("file://" + store_url, "train", val_fraction=0, crop_t=3,
                        conjugates=True)
+    assert StoreDataset(Path(store_url), "train", val_fraction=0).ids == ds.ids  # a Path too
     for other in (batches(ds, 2), batches(url, 0)):
         for b1, b2 in zip(one, other, strict=True):
             assert torch.equal(b1["fmap"], b2["fmap"]) and b1["fmap"].dtype == torch.float32

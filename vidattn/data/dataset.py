@@ -106,7 +106,7 @@ class StoreDataset(Dataset):
                  min_score: float = R.DEFAULT_MIN_SCORE, desc: str | None = None):
         from vidattn.stores import open_store
 
-        store = open_store(store) if isinstance(store, str) else store
+        store = store if hasattr(store, "manifest") else open_store(store)  # path, URL or store
         if task not in ("classify", "refer"):
             raise ValueError(f"task must be 'classify' or 'refer', got {task!r}")
         if stream not in ARRAYS:

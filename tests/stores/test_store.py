@@ -594,3 +594,16 @@ def test_another_os_error_is_reported_as_a_failed_write(tmp_path, monkeypatch):
     assert "write failed while writing rgb part 00002" in str(err.value)
     assert "Input/output error" in str(err.value) and "disk full" not in str(err.value)
     assert store.done_parts("rgb") == set()
+
+
+def test_a_folder_of_other_files_is_not_made_a_store(tmp_path):
+    from vidattn.stores.zarr_store import StoreError
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("\\documentclass{article}")
+    with pytest.raises(StoreError, match="not a vidattn store .*thesis.tex"):
+        open_store(tmp_path / "mine", mode="a")
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["thesis.tex"]
+    (tmp_path / "empty").mkdir()
+    open_store(tmp_path / "empty", mode="a")  # an empty folder is fine
+    assert (tmp_path / "empty" / "zarr.json").is_file()

@@ -77,6 +77,10 @@ PROVENANCE_KEYS = ("extractor", "extractor_version", "weights_sha256", "preproce
 
 _log = logging.getLogger(__name__)
 
+# What a store folder holds (schema.py); anything else means it is some other folder.
+STORE_ENTRIES = {"zarr.json", "features", "index", "locks", "manifest.parquet",
+                 "pairs.parquet", "boxes.parquet", "label_text.parquet", "plan.parquet"}
+
 
 class ChecksumError(StoreError):
     """Stored bytes are corrupt: they do not match the index checksum, or do not decode."""
@@ -131,6 +135,16 @@ class FeatureStore:
         exists = self.fs.exists(f"{self.root}/zarr.json")
         if not exists and mode == "r":
             raise StoreError(f"{self.url}: no vidattn store here (no zarr.json)")
+        if not exists and self.fs.isdir(self.root):
+            # a store is made in a new or empty folder (or one a racing run is making one
+            # in): never among someone's files
+            foreign = sorted(n for n in (e.rstrip("/").rsplit("/", 1)[-1]
+                                         for e in self.fs.ls(self.root, detail=False))
+                             if n not in STORE_ENTRIES and not n.startswith("."))
+            if foreign:
+                raise StoreError(f"{self.url}: not a vidattn store (no zarr.json) and not empty "
+                                 f"({', '.join(foreign[:3])}{'...' if len(foreign) > 3 else ''}"
+                                 f"); give a new or empty folder as --store")
         group = None
         if exists:
             try:

@@ -20,7 +20,11 @@ def naming(path: str | Path):
     except OSError as e:
         why = ("disk full" if e.errno == errno.ENOSPC else
                "permission denied" if e.errno == errno.EACCES else "write failed")
-        err = type(e)(f"{path}: {why} ({one_line(e, with_type=True)})")
+        text = f"{path}: {why} ({one_line(e, with_type=True)})"
+        try:
+            err = type(e)(text)
+        except Exception:  # a subclass with a constructor of its own
+            err = OSError(text)
         err.errno = e.errno
         raise err from e
 

@@ -153,3 +153,14 @@ def test_load_dataset_registry(base):
     assert t.name == "folder" and t.root == base and len(t.manifest) == 6
     assert isinstance(t.manifest, pd.DataFrame) and "labels CSV" in F.LAYOUT
     assert len(load_dataset("folder", base).manifest) == 5
+
+
+def test_dangling_links_and_directories_named_like_videos_are_listed(tree):
+    (tree / "gone_link.mp4").symlink_to(tree / "nowhere.mp4")
+    write_video(tree / "clips.mp4" / "inner.mp4", 10)  # a directory named like a video
+    rows = rows_of(F.load(tree))
+    assert rows["gone_link"].status == "missing"
+    assert json.loads(rows["gone_link"].extra)["reason"] == "a symbolic link to nothing"
+    assert rows["clips"].status == "missing"
+    assert "a directory" in json.loads(rows["clips"].extra)["reason"]
+    assert rows["clips.mp4__inner"].status == "ok"  # what it holds is still found

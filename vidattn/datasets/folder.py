@@ -81,6 +81,20 @@ def scan(root: Path) -> list[str]:
     return sorted(found)
 
 
+def not_files(root: Path) -> dict[str, str]:
+    """Entries named like videos that are no readable file -> why: a symbolic link to
+    nothing, or a directory.  They are listed as missing, never skipped in silence."""
+    odd = {}
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if path.suffix.lower() in VIDEO_EXTENSIONS and not path.is_file():
+            odd[rel.as_posix()] = ("a symbolic link to nothing" if path.is_symlink()
+                                   and not path.exists() else "a directory, not a video file")
+    return odd
+
+
 def _read_labels(path: Path) -> dict[str, tuple[list[str], str | None, int]]:
     """``rel path -> (label names, split or None, line)``; DatasetError names file:line."""
     if not path.is_file():
@@ -111,6 +125,7 @@ def load(root: str | Path | None = None, options: dict | None = None) -> Dataset
     opts = parse_options(Options, options)
     root = require_root(NAME, root, "the videos, at any depth")
     on_disk = scan(root)
+    odd = not_files(root)
     labelled: dict[str, tuple[list[str], str | None, int]] = {}
     if opts.labels is not None:
         labelled = _read_labels(root / opts.labels)  # an absolute labels path wins
@@ -118,7 +133,7 @@ def load(root: str | Path | None = None, options: dict | None = None) -> Dataset
 
     rows: list[dict] = []
     owner: dict[str, str] = {}  # video_id -> the path that took it
-    for rel in sorted(set(on_disk) | set(labelled)):
+    for rel in sorted(set(on_disk) | set(labelled) | set(odd)):
         vid = video_id(rel)
         if vid in owner:
             raise DatasetError(root, f"{owner[vid]} and {rel} both map to video_id {vid}; "
@@ -127,6 +142,8 @@ def load(root: str | Path | None = None, options: dict | None = None) -> Dataset
         names, split, _ = labelled.get(rel, ([], None, 0))
         fps = n_frames = extra = None
         status = "ok" if (root / rel).is_file() else "missing"
+        if rel in odd:
+            extra = json.dumps({"reason": odd[rel]})
         if status == "ok":
             try:
                 info = probe(root / rel)

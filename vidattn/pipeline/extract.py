@@ -28,8 +28,7 @@ from vidattn.errors import one_line
 from vidattn.pipeline.mine import NEAREST_NEGATIVE
 from vidattn.progress import bar as progress
 from vidattn.registry import EXTRACTORS, resolve
-from vidattn.rows import bound as segment_start
-from vidattn.rows import video_path
+from vidattn.rows import bound, video_path
 from vidattn.stores import open_store
 from vidattn.stores.schema import ARRAYS
 
@@ -231,7 +230,7 @@ def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...],
             n += len(chunk)
             yield chunk
 
-    start, end = segment_start(meta["start_sec"]), segment_start(meta["end_sec"])
+    start, end = bound(meta["start_sec"]), bound(meta["end_sec"])
     if timeout_s is None:
         clip = open_clip(path, decode, start, end)
     else:
@@ -367,10 +366,10 @@ def _videos(group, rows_by_id, root: Path, referring: dict | None) -> tuple[dict
         meta = rows_by_id.loc[vid]
         path = video_path(meta.path, root)
         video = {"video_id": str(vid), "path": str(path),
-                 "start_sec": segment_start(meta.start_sec),
-                 "end_sec": segment_start(meta.end_sec)}
+                 "start_sec": bound(meta.start_sec),
+                 "end_sec": bound(meta.end_sec)}
         if referring is not None:
-            fps = segment_start(meta.fps)
+            fps = bound(meta.fps)
             video.update(referring[vid], fps=fps)
         out.append(video)
     return tuple(out)

@@ -37,6 +37,7 @@ from vidattn.cluster import ClusterConfig, client, run_tasks, worker_cached
 from vidattn.progress import bar as progress
 from vidattn.stores import FeatureStore, open_store
 from vidattn.stores.files import put_atomic
+from vidattn.tasks.classify import probabilities
 from vidattn.tasks.rundir import RunDir, pick_device
 
 OUTPUT_SCHEMA = pa.schema(
@@ -235,9 +236,8 @@ def score_partition(part: Partition, runs: list[RunSpec], store_url: str, out: s
             if r.stream not in fmaps:
                 fmaps[r.stream] = torch.from_numpy(store.read(vid, r.stream)).permute(3, 0, 1, 2)
             with torch.no_grad():  # (1, D, T, H, W) float32
-                logits = head(fmaps[r.stream][None].to(device))["logits"].float()
-            p = logits.sigmoid() if r.multilabel else logits.softmax(-1)
-            s = p[0].cpu().numpy().astype(np.float32)
+                logits = head(fmaps[r.stream][None].to(device))["logits"]
+            s = probabilities(logits, r.multilabel)[0].cpu().numpy().astype(np.float32)
             best = np.argsort(-s, kind="stable")[:top_k]  # ties: the lower class index
             for name, value in (("video_id", vid), ("run", r.name), ("head", r.head),
                                 ("stream", r.stream), ("scores", s),

@@ -64,6 +64,12 @@ def loss(head, batch: dict, teacher=None, mfr_weight: float = 1.0):
     return total, parts
 
 
+def probabilities(logits: torch.Tensor, multilabel: bool) -> torch.Tensor:
+    """Logits (B, K) -> class probabilities: sigmoid per class (multi-label) or softmax."""
+    logits = logits.float()
+    return logits.sigmoid() if multilabel else logits.softmax(-1)
+
+
 @torch.no_grad()
 def predict(head, ds: StoreDataset, device: str, workers: int = 0) -> Predictions:
     """Whole maps -> probabilities (softmax, or sigmoid for a head trained multi-label)."""
@@ -71,9 +77,8 @@ def predict(head, ds: StoreDataset, device: str, workers: int = 0) -> Prediction
     multilabel = head.cfg.multilabel
     scores = np.zeros((len(ds), len(ds.classes)), np.float32)
     for batch in eval_batches(ds, workers):
-        logits = head(batch["fmap"].to(device).float())["logits"].float()
-        p = logits.sigmoid() if multilabel else logits.softmax(-1)
-        scores[batch["index"].numpy()] = p.cpu().numpy()
+        logits = head(batch["fmap"].to(device).float())["logits"]
+        scores[batch["index"].numpy()] = probabilities(logits, multilabel).cpu().numpy()
     return Predictions(list(ds.ids), scores)
 
 

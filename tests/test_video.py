@@ -16,7 +16,7 @@ import av
 import numpy as np
 import pytest
 
-import vidattn.decoders as D
+import vidattn.decode_pyav as DP
 import vidattn.video as V
 from vidattn.video import (
     Clip,
@@ -345,28 +345,23 @@ def test_stream_vfr_seek_and_fallback(tmp_path, long_video, backend):
         np.testing.assert_array_equal(_index(np.concatenate(_read_all(stream, 3))), np.arange(20))
 
 
-class _CountingContainer:
-    """Wraps a PyAV container and counts the frames its ``decode`` produces."""
-
-    def __init__(self, container, counts: list[int]) -> None:
-        self._container, self._counts = container, counts
-
-    def decode(self, stream):
-        for frame in self._container.decode(stream):
-            self._counts[0] += 1
-            yield frame
+def _counting(frames, counts: list[int]):
+    """Pass PyAV's decoded frames through, counting them."""
+    for frame in frames:
+        counts[0] += 1
+        yield frame
 
 
 def _count_decoded(monkeypatch, backend: str) -> list[int]:
     """Count source frames decoded (PyAV) or requested from the decoder (decord)."""
     counts = [0]
     if backend == "pyav":
-        select = D._select_pyav
+        select = DP._select_pyav
 
-        def counting_select(path, container, *args):
-            return select(path, _CountingContainer(container, counts), *args)
+        def counting_select(path, frames, *args):
+            return select(path, _counting(frames, counts), *args)
 
-        monkeypatch.setattr(D, "_select_pyav", counting_select)
+        monkeypatch.setattr(DP, "_select_pyav", counting_select)
     else:
         import decord
 

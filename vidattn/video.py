@@ -5,7 +5,9 @@ fragile on odd files) and PyAV (robust, sequential).  Both pick frames by one ru
 output frame ``j`` shows the source frame on screen at time ``start + j / fps``, i.e. the
 nearest *preceding* source frame.  In ``auto`` mode decord is tried first and a failure
 of it before any frame is handed out falls back to PyAV, so a bad file never depends on
-decord's quirks.
+decord's quirks.  Frames are shown as a player shows them: a file whose display matrix
+rotates or mirrors its frames (phone video) is turned upright.  decord garbles such files,
+so they always go to PyAV; on every other file the two backends give identical frames.
 
 :func:`open_clip` decodes on demand, a chunk of frames at a time, so a long video never
 sits in memory whole; :func:`load_clip` is the same stream gathered into one array.
@@ -26,15 +28,20 @@ from typing import Any
 
 import numpy as np
 
+from vidattn.decode_pyav import (
+    UPRIGHT,
+    UnsupportedOrientation,
+    _open_pyav,
+    _PyAVSource,
+    display_orientation,
+)
 from vidattn.decoders import (
     DecodeConfig,
     PathLike,
     VideoDecodeError,
     _DecordSource,
     _open_decord,
-    _open_pyav,
     _pyav_errors,
-    _PyAVSource,
     _rate_from_packets,
     _Shaper,
     _stream_rate,
@@ -88,7 +95,9 @@ class ClipStream:
 
     fps, src_fps, src_size, crop_box, backend: as in :class:`Clip`, known once the stream
     is open.  n_frames: the exact number of frames the stream yields when known at open
-    (decord: always; PyAV: None).  Should decord fail in ``auto`` mode before the first
+    (decord: always; PyAV: None).  frames_lost: output frames whose source frame could not
+    be decoded (damaged packets PyAV skipped), as far as the stream has been read; those
+    times show the frame before the gap.  Should decord fail in ``auto`` mode before the first
     chunk is yielded, the stream switches to PyAV and these fields are updated before
     that chunk is yielded.  Use as a context manager, or call :meth:`close`; exhausting
     the stream or dropping it also releases the decoder.
@@ -100,6 +109,7 @@ class ClipStream:
     crop_box: tuple[float, float, float, float]
     backend: str
     n_frames: int | None = None
+    frames_lost: int = 0
     _source: Any = field(default=None, init=False, repr=False)
     _finalizer: Any = field(default=None, init=False, repr=False)
     # (path, cfg, start, end): what a fallback to PyAV reopens
@@ -169,6 +179,7 @@ class ClipStream:
             pyav_errors = _pyav_errors() if source.backend == "pyav" else ()
             try:
                 k = source.fill(buf)
+                self.frames_lost = getattr(source, "frames_lost", 0)
             except VideoDecodeError:
                 raise
             except pyav_errors as e:
@@ -234,6 +245,13 @@ def open_clip(
     start, end = _segment(path, start_sec, end_sec)
     args = (path, cfg, start, end)
     decord_error: BaseException | None = None
+    if cfg.backend in ("auto", "decord") and _turned(path):
+        # decord garbles files with a display matrix (4 channels, transposed sizes); PyAV
+        # turns their frames upright, so both modes give what a player shows.
+        if cfg.backend == "decord":
+            raise VideoDecodeError(path, "decord does not apply this file's display matrix "
+                                         "(rotation); decode it with backend pyav or auto")
+        return ClipStream._over(_open_pyav(*args), args)
     if cfg.backend in ("auto", "decord"):
         try:
             # Looked up in this module's globals: tests patch video._open_decord.
@@ -250,6 +268,17 @@ def open_clip(
             decord_error = e
             _log.debug("decord failed on %s (%s); falling back to PyAV", path, e)
     return ClipStream._over(_open_pyav(*args, decord_error), args)
+
+
+def _turned(path: Path) -> bool:
+    """Whether the file's display matrix turns its frames (one frame decoded by PyAV).
+    A file PyAV cannot read is left to decord, which may still manage it."""
+    try:
+        return display_orientation(path) != UPRIGHT
+    except UnsupportedOrientation:  # PyAV's open says so, naming the file
+        return True
+    except _pyav_errors():
+        return False
 
 
 def _check_file(path: Path) -> None:
@@ -338,9 +367,12 @@ def load_clip(
             # A stream cannot switch decoders once frames went out, but a whole clip can:
             # in auto mode any decord failure means PyAV decodes the clip, as it always has.
             _log.debug("decord failed on %s part way (%s); decoding again with PyAV", path, e)
-            frames = None
+            frames, broke = None, e
     if frames is None:
-        return load_clip(path, replace(cfg, backend="pyav"), start_sec, end_sec)
+        try:
+            return load_clip(path, replace(cfg, backend="pyav"), start_sec, end_sec)
+        except VideoDecodeError as e:  # keep both decoders' reasons
+            raise VideoDecodeError(path, f"{e.reason}; {broke.reason}") from e
     return Clip(
         frames=frames,
         fps=stream.fps,

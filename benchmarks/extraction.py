@@ -177,9 +177,9 @@ path, size, device = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 ex = I3DExtractor(I3DExtractorConfig(device=device))
 base = hwm()
 t = time.perf_counter()
-n, fps, out = extract_video(ex, path, DecodeConfig(short_side=size, crop=size),
-                            {"start_sec": None, "end_sec": None}, ("rgb",))
-print(json.dumps({"n": n, "sec": time.perf_counter() - t, "base": base, "peak": hwm(),
+got, out = extract_video(ex, path, DecodeConfig(short_side=size, crop=size),
+                         {"start_sec": None, "end_sec": None}, ("rgb",))
+print(json.dumps({"n": got.n_frames, "sec": time.perf_counter() - t, "base": base, "peak": hwm(),
                   "shape": list(out["rgb"].shape), "out_mb": out["rgb"].nbytes / 2**20}))
 """
 

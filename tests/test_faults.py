@@ -178,10 +178,10 @@ def fault_run(tmp_path_factory):
     real = extract.extract_video
 
     def nan_for_one(extractor, path, *args, **kwargs):
-        n, fps, out = real(extractor, path, *args, **kwargs)
+        got, out = real(extractor, path, *args, **kwargs)
         if Path(path).stem == "nan_clip":
             out = {name: np.full_like(fmap, np.nan) for name, fmap in out.items()}
-        return n, fps, out
+        return got, out
 
     store = str(tmp_path_factory.mktemp("stores") / "faulty")
     with pytest.MonkeyPatch.context() as mp:
@@ -348,13 +348,25 @@ def test_a_changed_extractor_version_redoes_every_part(tiny_sample, ref_store, t
 
 # ------------------------------------------------------------ processes (spawned fresh)
 def _extract_in_child(cfg: dict, barrier=None, die_before_fragment: int | None = None,
-                      writes=None) -> None:
+                      writes=None, computed=None) -> None:
     """Run extraction in a spawned process; optionally die like a SIGKILL (no cleanup)
     right after part ``die_before_fragment``'s array is written, before its fragment;
-    ``writes``: a queue told (part, whether write_part wrote it) for every part."""
+    ``writes``: a queue told (part, whether write_part wrote it) for every part;
+    ``computed``: a queue told ("video", path) for every video decoded and run through
+    the network, and ("result", n_extracted, n_skipped, n_videos) at the end."""
     import torch
 
+    from vidattn.pipeline import extract
     from vidattn.stores.zarr_store import FeatureStore
+
+    if computed is not None:
+        real = extract.extract_video
+
+        def counting(extractor, path, *args, **kwargs):
+            computed.put(("video", str(path)))
+            return real(extractor, path, *args, **kwargs)
+
+        extract.extract_video = counting
 
     torch.set_num_threads(1)  # as in this process: see _one_thread
     if writes is not None:
@@ -378,7 +390,9 @@ def _extract_in_child(cfg: dict, barrier=None, die_before_fragment: int | None =
         FeatureStore._write_table = die_at_fragment
     if barrier is not None:
         barrier.wait(120)  # both runs start together: plan, claim and parts all race
-    run(ExtractConfig(**cfg))
+    res = run(ExtractConfig(**cfg))
+    if computed is not None:
+        computed.put(("result", res.n_extracted, res.n_skipped, res.n_videos))
 
 
 def test_a_crash_between_array_and_fragment_is_redone(tiny_sample, ref_store, tmp_path):
@@ -392,7 +406,7 @@ def test_a_crash_between_array_and_fragment_is_redone(tiny_sample, ref_store, tm
     # the array of part 2 is there, its fragment is not, its lock is left by a dead pid
     assert (store / "features" / "rgb" / "part-00002" / "c" / "0" / "0").is_file()
     assert open_store(store).done_parts("rgb") == {0, 1}
-    assert [p.name for p in _lock_files(store)] == ["part-00002.lock"]
+    assert sorted(p.name for p in _lock_files(store)) == ["part-00002.claim", "part-00002.lock"]
     res = run(ExtractConfig(**cfg))
     assert res.n_skipped == 8 and res.n_extracted == 16 and not res.failures
     _assert_same_store(ref_store, str(store))
@@ -402,20 +416,30 @@ def test_two_runs_at_once_store_each_video_once(tiny_sample, ref_store, tmp_path
     store = tmp_path / "shared"
     cfg = {"root": str(tiny_sample), "store": str(store), **FAST}
     ctx = multiprocessing.get_context("spawn")
-    barrier, writes = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_extract_in_child, args=(cfg, barrier, None, writes))
+    barrier, writes, computed = ctx.Barrier(2), ctx.Queue(), ctx.Queue()
+    procs = [ctx.Process(target=_extract_in_child, args=(cfg, barrier, None, writes, computed))
              for _ in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(300)
     assert [p.exitcode for p in procs] == [0, 0]
-    reports = []
+    reports, told = [], []
     with contextlib.suppress(queue.Empty):
         while True:
             reports.append(writes.get(timeout=2))
-    # each part written by exactly one run; the other skipped it or never got to it
+    with contextlib.suppress(queue.Empty):
+        while True:
+            told.append(computed.get(timeout=2))
+    # each part written by exactly one run, and computed by one run only: parts are
+    # claimed before they are computed, so the two runs share the work
     assert sorted(part for part, wrote in reports if wrote) == list(range(6))
+    videos = [m[1] for m in told if m[0] == "video"]
+    assert len(videos) == len(set(videos)) == 24
+    results = [m[1:] for m in told if m[0] == "result"]
+    # each run's summary counts what it wrote; together, every video once
+    assert len(results) == 2 and sum(r[0] for r in results) == 24
+    assert all(r[0] + r[1] == r[2] == 24 for r in results)
     idx = open_store(store).index("rgb")
     assert len(idx) == 24 and idx.video_id.is_unique
     assert sorted(idx.video_id) == sorted(open_store(ref_store).index("rgb").video_id)

@@ -67,8 +67,12 @@ def main() -> None:
               help="Videos per store part (one writer, one shard each).")
 @click.option("--retry-failed", is_flag=True, help="Redo parts that hold failed videos.")
 @click.option("--keep-partial", is_flag=True,
-              help="Store videos that decode fewer than 90%% of the frames their container "
-                   "declares (truncated files) instead of failing them.")
+              help="Store videos that keep fewer than 90%% of the frames their container "
+                   "declares (truncated files, damaged data) instead of failing them.")
+@click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto",
+              show_default=True,
+              help="auto: decord, PyAV where decord fails or the file is rotated; both give "
+                   "identical frames. The index records which decoded each video.")
 @click.option("--limit", type=int, default=None, help="Only the first N manifest rows.")
 @click.option("--window-steps", type=int, default=None,
               help="Long videos run in windows of this many 8-frame steps, plus 7 steps of "
@@ -119,8 +123,7 @@ def extract(options, detector, boxes, **kw) -> None:
     for notice in res.notices:
         click.echo(notice, err=True)
     click.echo(f"store: {res.store}")
-    click.echo(f"videos: {res.n_videos} planned, {res.n_extracted} extracted now, "
-               f"{res.n_skipped} already done, {len(res.failures)} failed ({res.seconds:.1f} s)")
+    click.echo(pipeline.summary(res))
     if res.missing:
         click.echo(f"missing files (listed in the manifest, not extracted): {len(res.missing)}, "
                    f"e.g. {', '.join(res.missing[:5])}", err=True)

@@ -55,3 +55,31 @@ def test_truncated_files_fail_and_say_so(folder, tmp_path):
     kept = open_store(tmp_path / "k")
     assert "cut" in kept.video_ids()
     assert kept.index("rgb").set_index("video_id").n_frames["cut"] == 7
+
+
+def _count_frames(chunks, arrays):
+    """A stand-in extractor: consumes the frames, returns no maps."""
+    for _ in chunks:
+        pass
+    return {}
+
+
+def test_a_segment_past_the_decodable_end_fails_alone(tmp_path):
+    from vidattn.pipeline.extract import extract_video
+    from vidattn.video import DecodeConfig, VideoDecodeError
+
+    if not CLIP.is_file():
+        pytest.skip("the shared ActivityNet clip is missing")
+    cut = tmp_path / "cut.mp4"
+    data = CLIP.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])  # the header still declares 14 s
+    decode = DecodeConfig(fps=25.0, short_side=64, crop=64)
+    early = {"start_sec": 0.0, "end_sec": 3.0}  # well inside what decodes
+    got, _ = extract_video(_count_frames, cut, decode, early, ("rgb",))
+    assert got.n_frames == 75 and got.frames_lost == 0
+    late = {"start_sec": 6.0, "end_sec": 13.0}  # a conjugate running past the cut
+    with pytest.raises(VideoDecodeError, match=r"decoded \d+ of 175 frames \(segment runs "
+                                               r"past the decodable end\?"):
+        extract_video(_count_frames, cut, decode, late, ("rgb",))
+    kept, _ = extract_video(_count_frames, cut, decode, late, ("rgb",), min_decoded=0.0)
+    assert 0 < kept.n_frames < 0.9 * 175

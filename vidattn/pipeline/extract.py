@@ -62,6 +62,7 @@ class ExtractConfig:
     part_size: int = 16  # videos per part (= per shard, per writer)
     retry_failed: bool = False
     keep_partial: bool = False  # store videos that decode short of their declared length
+    decoder: str = "auto"  # auto (decord, then PyAV) | decord | pyav
     limit: int | None = None  # extract only the first N manifest rows (quick looks)
     options: dict = field(default_factory=dict)  # the dataset adapter's Options, key -> str
     mine: bool = True  # mine feature-based conjugates (HACS) once features are stored
@@ -106,10 +107,45 @@ class ExtractResult:
     n_videos: int = 0
     n_extracted: int = 0
     n_skipped: int = 0
+    n_partial: int = 0  # of n_extracted: stored with frames lost to damaged data
+    # failed videos of the plan: this run's first (n_failed_now), then earlier runs'
     failures: list[tuple[str, str]] = field(default_factory=list)
+    n_failed_now: int = 0
+    n_pending: int = 0  # planned, in no finished part (left to a run that stopped)
     missing: list[str] = field(default_factory=list)  # manifest rows whose file is absent
     notices: list[str] = field(default_factory=list)  # e.g. parts invalidated by a new version
     seconds: float = 0.0
+
+
+def summary(res: ExtractResult) -> str:
+    """One line; its counts add up to the planned videos."""
+    n_before = len(res.failures) - res.n_failed_now
+    parts = [f"{res.n_extracted} extracted now"
+             + (f" ({res.n_partial} with frames lost to damaged data)" if res.n_partial else ""),
+             f"{res.n_skipped} already done", f"{res.n_failed_now} failed now"]
+    if n_before:
+        parts.append(f"{n_before} failed before (--retry-failed retries them)")
+    if res.n_pending:
+        parts.append(f"{res.n_pending} not extracted yet")
+    return f"videos: {res.n_videos} planned: {', '.join(parts)} ({res.seconds:.1f} s)"
+
+
+def decoding_provenance(decode, min_decoded: float) -> dict:
+    """The decode settings and library versions behind a store's maps."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import av
+
+    try:  # from the metadata: importing decord maps its own FFmpeg into memory
+        decord_version = version("decord")
+    except PackageNotFoundError:
+        decord_version = None
+    return {"backend": decode.backend, "decord": decord_version, "av": av.__version__,
+            "ffmpeg_libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
+            "frame_rule": "output frame j shows the source frame on screen at start + j/fps",
+            "display_matrix": "applied (rotated or mirrored files decode with PyAV)",
+            "damaged_data": "packets skipped; index frames_lost counts their frames",
+            "min_decoded": min_decoded}
 
 
 def decode_config(cfg: ExtractConfig, dataset: str):
@@ -122,7 +158,7 @@ def decode_config(cfg: ExtractConfig, dataset: str):
         values["short_side"] = cfg.short_side
     if cfg.crop is not None:
         values["crop"] = None if cfg.crop in ("full", "none") else int(cfg.crop)
-    return DecodeConfig(**values)
+    return DecodeConfig(**values, backend=cfg.decoder)
 
 
 def extractor_config(cfg: ExtractConfig, device: str):
@@ -206,6 +242,26 @@ CHUNK_FRAMES = 128
 MIN_DECODED = 0.9
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """What decoding gave the extractor: ``n_frames`` frames at ``fps`` (after
+    resampling) from ``decoder`` (decord | pyav); ``frames_lost`` of them show the frame
+    before a gap of damaged data."""
+
+    n_frames: int
+    fps: float
+    decoder: str
+    frames_lost: int = 0
+
+
+class _DecordBroke(Exception):
+    """decord failed after frames went to the extractor (auto mode): redo with PyAV."""
+
+    def __init__(self, error) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...],
                   timeout_s: float | None = None, min_decoded: float = MIN_DECODED):
     """Decode one video as a stream and run the extractor on it.
@@ -213,14 +269,30 @@ def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...],
     meta: the video's manifest row (``meta["start_sec"]``, ``meta["end_sec"]``).  With
     ``timeout_s`` None the clip is decoded in this process, prefetched in a thread; else in
     a child process that is killed when a chunk takes longer (see subdecode.py).
-    Returns (n_frames, fps, {array: map}).  Memory: a few chunks of frames plus one window
-    of the network, whatever the video's length.  Fewer frames than ``min_decoded`` times
-    what the container declares for the segment (:func:`vidattn.video.expected_frames`)
-    raise a VideoDecodeError naming both counts; 0 keeps partial videos.
+    Returns (:class:`Decoded`, {array: map}).  Memory: a few chunks of frames plus one
+    window of the network, whatever the video's length.
+
+    Frames kept (decoded minus lost to damaged data) short of ``min_decoded`` times what
+    the container declares for the segment (:func:`vidattn.video.expected_frames`) raise a
+    VideoDecodeError naming the counts; 0 keeps partial videos.  In ``auto`` mode a decord
+    failure part way through redoes the video with PyAV, and an error then names both.
     """
+    from vidattn.video import VideoDecodeError
+
+    try:
+        return _extract_once(extractor, path, decode, meta, arrays, timeout_s, min_decoded)
+    except _DecordBroke as broke:
+        pyav = replace(decode, backend="pyav")
+        try:
+            return _extract_once(extractor, path, pyav, meta, arrays, timeout_s, min_decoded)
+        except VideoDecodeError as e:
+            raise VideoDecodeError(path, f"{e.reason}; {broke.error.reason}") from e
+
+
+def _extract_once(extractor, path, decode, meta, arrays, timeout_s, min_decoded):
     from vidattn.pipeline.subdecode import open_subclip
     from vidattn.prefetch import prefetch
-    from vidattn.video import open_clip
+    from vidattn.video import VideoDecodeError, open_clip
 
     n = 0
 
@@ -241,17 +313,27 @@ def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...],
         chunks = prefetch(clip.chunks(CHUNK_FRAMES)) if timeout_s is None else clip.chunks()
         try:
             out = extractor(counted(chunks), arrays)
+        except VideoDecodeError as e:
+            if decode.backend == "auto" and clip.backend == "decord":
+                raise _DecordBroke(e) from e
+            raise
         finally:
             chunks.close()  # stops the decoding thread (or child) before the clip is closed
+    got = Decoded(n, clip.fps, clip.backend, int(clip.frames_lost))
     if min_decoded > 0:
-        from vidattn.video import VideoDecodeError, expected_frames
+        from vidattn.video import expected_frames
 
         want = expected_frames(path, start, end, clip.fps)
-        if want is not None and n < min_decoded * want:
-            where = "segment runs past the decodable end?" if start or end else "truncated file?"
-            raise VideoDecodeError(path, f"decoded {n} of {want} frames ({where} "
+        kept = n - got.frames_lost
+        if want is not None and kept < min_decoded * want:
+            if got.frames_lost:
+                where = f"{got.frames_lost} lost to damaged data;"
+            else:
+                where = ("segment runs past the decodable end?" if start or end
+                         else "truncated file?")
+            raise VideoDecodeError(path, f"decoded {kept} of {want} frames ({where} "
                                          f"--keep-partial stores what decodes)")
-    return n, clip.fps, out
+    return got, out
 
 
 @dataclass(frozen=True)
@@ -285,18 +367,50 @@ class PartWork:
     redo: bool = False  # done already, redone on purpose (--retry-failed)
 
 
+# How often a run waiting for a part claimed by another run looks again.
+CLAIM_POLL_S = 2.0
+
+
 def extract_part(store, extractors: Extractors, work: PartWork, job: PartJob,
-                 on_video: Callable[[dict], None] | None = None) -> list[dict]:
+                 on_video: Callable[[dict], None] | None = None,
+                 wait: bool = True) -> list[dict] | None:
     """Extract every video of one part, then write the part's arrays and index fragments
     (``store.write_part`` per needed array: the fragment last, so a part interrupted
-    anywhere is redone whole).  Returns the index rows (video_id, status, error, n_frames,
-    fps), one per video; ``on_video(row)`` is called as each video finishes.  A part that
-    another run finished meanwhile is skipped (no rows)."""
-    if not work.redo:  # two runs on one store: do not compute what the other one wrote
-        needed = tuple(a for a in work.needed if not store.part_done(a, work.part))
-        if not needed:
-            return []
-        work = replace(work, needed=needed)
+    anywhere is redone whole).  Returns the index rows this call wrote (video_id, status,
+    error, n_frames, fps, decoder, frames_lost, file_size, file_mtime), one per video;
+    ``on_video(row)`` is called as each video finishes.
+
+    The part is computed under its claim (see ``FeatureStore.claim_part``).  When another
+    live run holds the claim: with ``wait`` this call waits for that run, without it
+    returns None at once.  A part that another run finished meanwhile gives [].
+    """
+    while True:
+        if not work.redo:  # two runs on one store: do not compute what the other one wrote
+            needed = tuple(a for a in work.needed if not store.part_done(a, work.part))
+            if not needed:
+                return []
+            work = replace(work, needed=needed)
+        with store.claim_part(work.needed, work.part) as mine:
+            if mine:
+                if work.redo or all(not store.part_done(a, work.part) for a in work.needed):
+                    return _compute_part(store, extractors, work, job, on_video)
+                continue  # finished by another run between the check and the claim
+        if not wait:
+            return None
+        time.sleep(CLAIM_POLL_S)
+
+
+def _file_stamp(path: Path) -> tuple[int | None, float | None]:
+    """(size, mtime) of a video file; (None, None) when it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None, None
+    return int(st.st_size), float(st.st_mtime)
+
+
+def _compute_part(store, extractors: Extractors, work: PartWork, job: PartJob,
+                  on_video: Callable[[dict], None] | None) -> list[dict]:
     rows, maps = [], {a: {} for a in work.needed}
     i3d_needed = tuple(a for a in work.needed if a in extractors.i3d_streams)
     ref_needed = tuple(a for a in work.needed if a not in extractors.i3d_streams)
@@ -305,8 +419,10 @@ def extract_part(store, extractors: Extractors, work: PartWork, job: PartJob,
     last: tuple | None = None
     for video in work.videos:
         vid, path = video["video_id"], Path(video["path"])
+        size, mtime = _file_stamp(path)  # before decoding: a change during it shows later
         row = {"video_id": vid, "status": "done", "error": None, "n_frames": 0,
-               "fps": job.decode.fps or 0.0}
+               "fps": job.decode.fps or 0.0, "decoder": None, "frames_lost": 0,
+               "file_size": size, "file_mtime": mtime}
         try:
             out = {}
             if i3d_needed:
@@ -316,9 +432,10 @@ def extract_part(store, extractors: Extractors, work: PartWork, job: PartJob,
                     last = (key, extract_video(extractors.i3d, path, job.decode, video,
                                                i3d_needed, job.decode_timeout_s,
                                                job.min_decoded))
-                n_frames, fps, shared = last[1]
+                got, shared = last[1]
                 out = dict(shared)
-                row.update(n_frames=n_frames, fps=fps)
+                row.update(n_frames=got.n_frames, fps=got.fps, decoder=got.decoder,
+                           frames_lost=got.frames_lost)
             if ref_needed:
                 out.update(extractors.ref(video, ref_needed))
             for array, fmap in out.items():
@@ -332,9 +449,8 @@ def extract_part(store, extractors: Extractors, work: PartWork, job: PartJob,
         rows.append(row)
         if on_video is not None:
             on_video(row)
-    for array in work.needed:
-        store.write_part(array, work.part, rows, maps[array])
-    return rows
+    wrote = [store.write_part(array, work.part, rows, maps[array]) for array in work.needed]
+    return rows if any(wrote) else []
 
 
 def extract_part_task(work: PartWork, job: PartJob) -> list[dict]:
@@ -375,6 +491,42 @@ def _videos(group, rows_by_id, root: Path, referring: dict | None) -> tuple[dict
     return tuple(out)
 
 
+def _changed_files(store, streams: tuple[str, ...], rows_by_id, root: Path) -> dict[str, int]:
+    """Videos stored done whose file now differs in size or mtime from when it was
+    extracted: video_id -> part.  Rows without a recorded stamp (older stores) and files
+    that are gone (their maps are kept) do not count."""
+    changed: dict[str, int] = {}
+    for s in streams:
+        idx = store.index(s)
+        idx = idx[(idx.status == "done") & idx.file_size.notna()
+                  & idx.video_id.isin(rows_by_id.index)]
+        for r in idx.itertuples():
+            if r.video_id in changed:
+                continue
+            size, mtime = _file_stamp(video_path(rows_by_id.at[r.video_id, "path"], root))
+            if size is not None and (size != r.file_size or abs(mtime - r.file_mtime) > 1e-3):
+                changed[r.video_id] = int(r.part)
+    return changed
+
+
+def _tally(result: ExtractResult, wrote: list[dict], idx, plan) -> None:
+    """Fill the result's counts: what this run wrote, and what the store holds for the
+    rest of the plan, each planned video counted once."""
+    planned = set(plan.video_id)
+    mine = {r["video_id"]: r for r in wrote if r["video_id"] in planned}
+    result.n_extracted = sum(r["status"] == "done" for r in mine.values())
+    result.n_partial = sum(r["status"] == "done" and (r.get("frames_lost") or 0) > 0
+                           for r in mine.values())
+    now = [(v, r["error"]) for v, r in mine.items() if r["status"] != "done"]
+    idx = idx[idx.video_id.isin(planned)].drop_duplicates("video_id", keep="last")
+    before = idx[~idx.video_id.isin(set(mine))]
+    result.n_skipped = int((before.status == "done").sum())
+    earlier = [(r.video_id, r.error) for r in before.itertuples() if r.status != "done"]
+    result.failures = now + earlier
+    result.n_failed_now = len(now)
+    result.n_pending = len(planned) - len(mine) - len(before)
+
+
 def run(cfg: ExtractConfig) -> ExtractResult:
     from vidattn.datasets import load_dataset
     from vidattn.pipeline import referring
@@ -409,8 +561,11 @@ def run(cfg: ExtractConfig) -> ExtractResult:
             "scale": "[-1, 1]"}
     store = open_store(url, mode="a")
     notices = []
+    # How frames were decoded: recorded, not compared (every decoder gives the same frames)
+    decoding = decoding_provenance(decode, 0.0 if cfg.keep_partial else MIN_DECODED)
     for stream in extractor.streams:  # refuse before writing anything
-        notice = store.claim_stream(stream, extractor.provenance(prep, stream))
+        prov = {**extractor.provenance(prep, stream), "decoding": decoding}
+        notice = store.claim_stream(stream, prov)
         if notice:
             notices.append(notice)
     store.set_classes(list(ds.classes))
@@ -441,10 +596,17 @@ def run(cfg: ExtractConfig) -> ExtractResult:
             idx = store.index(s)
             done[s] -= set(idx.loc[idx.status == "failed", "part"].tolist())
     rows_by_id = manifest.set_index("video_id")
+    changed = _changed_files(store, extractor.streams, rows_by_id, Path(ds.root))
+    if changed:
+        for s in extractor.streams:
+            done[s] -= set(changed.values())
+        notices.append(f"{len(changed)} video file(s) changed on disk since they were "
+                       f"extracted (size or mtime), e.g. {next(iter(changed))}: their "
+                       f"parts are extracted again")
     if ref is not None:  # the merged manifest: rows of earlier runs may be redone too
         planned = referring.plan(manifest, ds.boxes)
     todo = plan[~plan.part.isin(set.intersection(*done.values()))]
-    result = ExtractResult(store=url, n_videos=len(plan), n_skipped=len(plan) - len(todo),
+    result = ExtractResult(store=url, n_videos=len(plan),
                            missing=missing.video_id.tolist(), notices=notices)
     works = [PartWork(int(part), tuple(s for s in extractor.streams if part not in done[s]),
                       _videos(group, rows_by_id, Path(ds.root), planned),
@@ -454,12 +616,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
                   decode_timeout_s=cfg.decode_timeout(), ref=ref,
                   min_decoded=0.0 if cfg.keep_partial else MIN_DECODED)
     bar = progress(total=len(todo), desc=f"extract {','.join(extractor.streams)}", unit="video")
-
-    def tally(row: dict) -> None:
-        if row["status"] == "done":
-            result.n_extracted += 1
-        else:
-            result.failures.append((row["video_id"], row["error"]))
+    wrote: list[dict] = []  # the index rows this run wrote (first stream's view)
 
     with bar:
         if cfg.distributed and works:
@@ -468,24 +625,28 @@ def run(cfg: ExtractConfig) -> ExtractResult:
             ccfg = cfg.cluster_config()
             with client(ccfg) as c:
                 for work, rows in run_tasks(c, extract_part_task, works, ccfg, job):
-                    for row in rows:
-                        tally(row)
-                    bar.update(len(rows))
-                    bar.set_postfix(part=work.part, failed=len(result.failures))
+                    wrote += rows
+                    bar.update(len(work.videos))
+                    bar.set_postfix(part=work.part)
         else:
             def on_video(part: int, row: dict) -> None:
-                tally(row)
                 bar.update(1)
-                bar.set_postfix(part=part, failed=len(result.failures))
+                bar.set_postfix(part=part)
 
+            # Parts claimed by another live run are left to it, then waited for at the end.
+            deferred = []
             for work in works:  # the task's own function, in this process
-                extract_part(store, extractor, work, job, partial(on_video, work.part))
-    idx = store.index(first)
-    failed = idx[idx.status == "failed"]
-    seen = {v for v, _ in result.failures}
-    result.failures += [
-        (r.video_id, r.error) for r in failed.itertuples() if r.video_id not in seen
-    ]
+                rows = extract_part(store, extractor, work, job, partial(on_video, work.part),
+                                    wait=False)
+                if rows is None:
+                    deferred.append(work)
+                else:
+                    wrote += rows
+            for work in deferred:
+                bar.set_postfix(part=work.part, waiting="another run")
+                wrote += extract_part(store, extractor, work, job,
+                                      partial(on_video, work.part))
+    _tally(result, wrote, store.index(first), plan)
     if cfg.mine and ds.name in NEAREST_NEGATIVE and not result.failures and net is not None:
         from vidattn.pipeline.mine import MineConfig
         from vidattn.pipeline.mine import run as mine

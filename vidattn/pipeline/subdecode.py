@@ -89,7 +89,8 @@ def _exit_when_orphaned(alive) -> None:
 
 def _meta(clip) -> dict:
     return {"fps": clip.fps, "src_fps": clip.src_fps, "src_size": clip.src_size,
-            "crop_box": clip.crop_box, "backend": clip.backend, "n_frames": clip.n_frames}
+            "crop_box": clip.crop_box, "backend": clip.backend, "n_frames": clip.n_frames,
+            "frames_lost": clip.frames_lost}
 
 
 def _child(path: str, cfg: DecodeConfig, start_sec: float | None, end_sec: float | None,
@@ -107,7 +108,8 @@ def _child(path: str, cfg: DecodeConfig, start_sec: float | None, end_sec: float
                 # An auto-mode fallback to PyAV updates the fields before the first chunk.
                 out.put(("chunk", chunk, _meta(clip) if first else None))
                 first = False
-        out.put(("end", None))
+            meta = _meta(clip)  # frames_lost is final only now
+        out.put(("end", meta))
     except BaseException as e:  # noqa: BLE001 - every failure goes to the parent
         out.put(("error", _portable(e)))
     finally:
@@ -119,7 +121,8 @@ class SubprocessClip:
     """A clip decoded by a child process; the counterpart of :class:`ClipStream`.
 
     fps, src_fps, src_size, crop_box, backend, n_frames: as in ClipStream, set once the
-    child has opened the clip (and updated with the first chunk).  :meth:`chunks` yields
+    child has opened the clip (and updated with the first chunk); frames_lost: set when the
+    stream is exhausted.  :meth:`chunks` yields
     (k, h, w, 3) uint8 RGB arrays of ``chunk_frames`` frames (only the last may be
     shorter).  Use as a context manager, or call :meth:`close`.
     """
@@ -139,6 +142,7 @@ class SubprocessClip:
         self.src_size: tuple[int, int] = (0, 0)
         self.crop_box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
         self.n_frames: int | None = None
+        self.frames_lost = 0
         self._started = False
         ctx = start_context()
         self._queue = ctx.Queue(maxsize=depth)
@@ -205,6 +209,7 @@ class SubprocessClip:
             while True:
                 msg = self._get("deliver the next frames")
                 if msg[0] == "end":
+                    self._update(msg[1])
                     self.process.join(_EXIT_GRACE_S)  # let a child that is done exit by itself
                     return
                 self._update(msg[2])

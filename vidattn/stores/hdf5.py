@@ -58,7 +58,7 @@ import pyarrow.parquet as pq
 
 from vidattn.errors import one_line
 from vidattn.progress import bar
-from vidattn.stores.schema import ARRAYS, SCHEMA_VERSION, conform
+from vidattn.stores.schema import ARRAYS, READABLE_VERSIONS, SCHEMA_VERSION, conform
 from vidattn.stores.zarr_store import FeatureStore, StoreError, open_store
 
 FORMAT = "vidattn-features"
@@ -144,6 +144,8 @@ def _write_video(group: h5py.Group, row: dict, fmap: np.ndarray | None) -> None:
         "fps": float(row["fps"]) if pd.notna(row["fps"]) else 0.0,
         "sha256": row["checksum"] if done else "",
         "error": "" if done or pd.isna(row["error"]) else str(row["error"]),
+        "decoder": "" if pd.isna(row["decoder"]) else str(row["decoder"]),
+        "frames_lost": int(row["frames_lost"]) if pd.notna(row["frames_lost"]) else 0,
     })
 
 
@@ -223,7 +225,7 @@ class _Source:
         if int(attrs["layout_version"]) > LAYOUT_VERSION:
             raise H5FormatError(f"{path}: file layout {attrs['layout_version']} is newer "
                                 f"than this vidattn reads ({LAYOUT_VERSION}); upgrade vidattn")
-        if int(attrs["vidattn_schema_version"]) != SCHEMA_VERSION:
+        if int(attrs["vidattn_schema_version"]) not in READABLE_VERSIONS:
             raise H5FormatError(f"{path}: written from a store of schema version "
                                 f"{attrs['vidattn_schema_version']}, this vidattn stores "
                                 f"{SCHEMA_VERSION}")
@@ -310,7 +312,8 @@ def _import_part(store: FeatureStore, f: h5py.File, path: Path, stream: str, par
         vid = e["video_id"]
         rows.append({"video_id": vid, "status": str(e["status"]),
                      "error": str(e["error"]) or None, "n_frames": int(e["n_frames"]),
-                     "fps": float(e["fps"])})
+                     "fps": float(e["fps"]), "decoder": str(e.get("decoder", "")) or None,
+                     "frames_lost": int(e.get("frames_lost", 0))})
         if e["status"] == "done":
             maps[vid] = _read_map(f, path, stream, e)
     if not store.write_part(stream, part, rows, maps):

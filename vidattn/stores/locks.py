@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -62,6 +63,23 @@ def part_lock_name(stream: str, part: int) -> str:
     return f"{stream}/part-{part:05d}.lock"
 
 
+def part_claim_name(stream: str, part: int) -> str:
+    """The claim an extract run holds while it computes one part (decoding and the
+    network, before any write): a second run finding it moves on to other parts."""
+    return f"{stream}/part-{part:05d}.claim"
+
+
+def _start_small(thread: threading.Thread) -> None:
+    """Start a thread that only sleeps and writes a small file with a 256 KiB stack, not
+    the default 8 MiB: under an address-space cap (RLIMIT_AS) those megabytes are what
+    the decoder's own threads need."""
+    old = threading.stack_size(256 << 10)
+    try:
+        thread.start()
+    finally:
+        threading.stack_size(old)
+
+
 class Locks:
     """The locks of one store: ``fs`` its fsspec filesystem, ``path(rel)`` the full path of
     a store-relative name, ``local`` whether ``fs`` is the local disk (atomic create)."""
@@ -96,6 +114,63 @@ class Locks:
         finally:
             del self._held[name]
             self._release(name, token)
+
+    @contextmanager
+    def claim(self, names: list[str]) -> Iterator[bool]:
+        """Take every lock of ``names`` at once if no live holder has any of them: yields
+        True and holds them until the block exits (refreshed in the background, so a
+        long hold never looks stale), or False with nothing taken.  Never waits."""
+        taken: list[tuple[str, str]] = []
+        try:
+            for name in names:
+                token = self._try_acquire(name)
+                if token is None:
+                    break
+                taken.append((name, token))
+            if len(taken) < len(names):
+                yield False
+                return
+            stop = threading.Event()
+            beat = threading.Thread(target=self._heartbeat, args=(taken, stop), daemon=True,
+                                    name="vidattn-claim")
+            _start_small(beat)
+            try:
+                yield True
+            finally:
+                stop.set()
+                beat.join()
+        finally:
+            for name, token in reversed(taken):
+                self._release(name, token)
+
+    def _try_acquire(self, name: str) -> str | None:
+        """One attempt at ``name`` (breaking it when stale): our token, or None."""
+        path = self._path(f"locks/{name}")
+        while True:
+            token = self._try_create(path)
+            if token is not None:
+                return token
+            seen = self._read_lock(path)
+            if seen is None:
+                continue
+            why = self._stale(*seen)
+            if why is None:
+                return None
+            self._break(path, seen[0], why)
+
+    def _heartbeat(self, taken: list[tuple[str, str]], stop: threading.Event) -> None:
+        """Rewrite the held locks' time every quarter of ``stale_lock_s`` until ``stop``."""
+        while not stop.wait(self.stale_lock_s / 4):
+            for name, token in taken:
+                path = self._path(f"locks/{name}")
+                seen = self._read_lock(path)
+                if seen is None or seen[0].get("token") != token:
+                    continue  # broken by someone who judged us stale: leave theirs alone
+                body = {**seen[0], "time": time.time()}
+                try:
+                    self.fs.pipe_file(path, json.dumps(body).encode())
+                except OSError as e:  # a missed beat only risks work done twice
+                    _log.warning("%s: could not refresh %s (%s)", self.url, path, e)
 
     def _acquire(self, name: str) -> str:
         path = self._path(f"locks/{name}")

@@ -33,8 +33,11 @@ import numpy as np
 import pyarrow as pa
 
 # Bump when an array layout or a table's columns change; a store written with another
-# version is refused on open rather than read wrongly.
-SCHEMA_VERSION = 2
+# version is refused on open rather than read wrongly.  Version 3 added the index columns
+# decoder, frames_lost, file_size and file_mtime; a version-2 store reads them as unknown
+# (DEFAULTS) and is upgraded in place when a run appends to it.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,11 @@ INDEX_SCHEMA = pa.schema(
         ("checksum", pa.string()),  # sha256 of the stored float16 bytes
         ("n_frames", pa.int32()),  # frames fed to the extractor after resampling
         ("fps", pa.float32()),  # the resampled frame rate
+        ("decoder", pa.string()),  # decord | pyav (null: not decoded from video, or unknown)
+        # of n_frames, how many show the frame before a gap of damaged, undecodable data
+        ("frames_lost", pa.int32()),
+        ("file_size", pa.int64()),  # the video file as extracted: bytes and mtime (null:
+        ("file_mtime", pa.float64()),  # unknown); a file changed since is extracted again
     ]
 )
 
@@ -209,6 +217,7 @@ TABLES: dict[str, pa.Schema] = {
 # required: a table missing it is refused.
 DEFAULTS: dict[str, dict] = {
     "manifest": {"fps": None, "n_frames": None, "status": "ok", "extra": None},
+    "index": {"decoder": None, "frames_lost": 0, "file_size": None, "file_mtime": None},
 }
 
 

@@ -10,7 +10,10 @@ Write protocol (what makes runs resumable and crash-safe):
 
 Concurrency (two runs on one store, see :class:`FeatureStore` for the knobs):
 
-4. Writing a part happens under ``locks/<stream>/part-NNNNN.lock``: one writer at a time
+4. Computing a part happens under ``locks/<stream>/part-NNNNN.claim``, taken without
+   waiting: a run that finds a part claimed by a live run moves on to other parts, so two
+   runs share the work instead of doing it twice.
+   Writing a part happens under ``locks/<stream>/part-NNNNN.lock``: one writer at a time
    per part, across processes and hosts sharing the directory.  A writer that waited for
    the lock and then finds a fragment it did not know of skips the part: the other run
    finished it.  Redoing a done part removes its fragment *before* touching its array, so
@@ -65,9 +68,16 @@ from vidattn.stores.locks import (  # noqa: F401 - LockTimeout is part of this m
     Locks,
     LockTimeout,
     StoreError,
+    part_claim_name,
     part_lock_name,
 )
-from vidattn.stores.schema import ARRAYS, INDEX_SCHEMA, SCHEMA_VERSION, conform
+from vidattn.stores.schema import (
+    ARRAYS,
+    INDEX_SCHEMA,
+    READABLE_VERSIONS,
+    SCHEMA_VERSION,
+    conform,
+)
 
 # Provenance keys that must agree before a run may append to a stream.  vidattn's own
 # version is recorded but not compared: upgrading vidattn must not orphan a store; a change
@@ -166,11 +176,15 @@ class FeatureStore:
                         group.require_group(f"features/{stream}")
         self.group = group
         version = self.group.attrs.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             raise StoreError(
                 f"{self.url}: store schema version {version}, this vidattn reads "
-                f"{SCHEMA_VERSION}; re-extract into a new store"
+                f"{', '.join(map(str, READABLE_VERSIONS))}; re-extract into a new store"
             )
+        if version != SCHEMA_VERSION and mode != "r":
+            # Older versions lack columns only; fragments read them as unknown.
+            with self.lock(STORE_LOCK):
+                self.group.attrs["schema_version"] = SCHEMA_VERSION
 
     @property
     def dataset_root(self) -> Path:
@@ -185,6 +199,11 @@ class FeatureStore:
     def part_lock(self, stream: str, part: int):
         """The lock :meth:`write_part` holds while writing ``part`` of ``stream``."""
         return self.locks.lock(part_lock_name(stream, part))
+
+    def claim_part(self, streams: tuple[str, ...], part: int):
+        """Context manager yielding whether this run may compute ``part`` of ``streams``
+        (True: claimed until the block exits; False: a live run is computing it)."""
+        return self.locks.claim([part_claim_name(s, part) for s in streams])
 
     # ------------------------------------------------------------------ tables
     def _path(self, rel: str) -> str:
@@ -525,8 +544,8 @@ class FeatureStore:
         if self._index is None:
             frames = []
             for p in sorted(self.fs.glob(self._path("index/*/part-*.parquet"))):
-                with self.fs.open(p, "rb") as f:
-                    frames.append(pq.read_table(f).to_pandas())
+                with self.fs.open(p, "rb") as f:  # conform: older fragments lack columns
+                    frames.append(conform("index", pq.read_table(f)).to_pandas())
             empty = INDEX_SCHEMA.empty_table().to_pandas()
             self._index = pd.concat(frames, ignore_index=True) if frames else empty
         idx = self._index

@@ -41,10 +41,14 @@ def test_extract_mines_nearest_negatives(tiny_sample, tmp_path):
     assert set(pairs.video_id) == set(positives) and len(positives) == 2
     assert (pairs.groupby("video_id").size() == 3).all()  # k = 3 negatives each
     assert set(man.loc[pairs.conjugate_id, "role"]) == {"background"}
-    # the positive of vidA takes the negative of the same video first
-    first = pairs[man.loc[pairs.video_id, "group"].values == "vidA"].iloc[0]
-    assert man.at[first.conjugate_id, "group"] == "vidA"
-    assert first.rule == "hacs:nearest-negative-same-video"
+    # extract mines with the default, the paper's rule: the nearest of the whole negative
+    # pool, nearest first (no longer vidA's own negative first: that is an option now), and
+    # the rule names the embedding; k = 3 of 3 training negatives: each positive takes all
+    negatives = man[(man.role == "background") & (man.split == "train")].index
+    for _, p in pairs.groupby("video_id"):
+        assert set(p.conjugate_id) == set(negatives)
+        assert p.distance.is_monotonic_increasing
+    assert set(pairs.rule) == {"hacs:nearest-negative:rgb-i3d-mixed5c-meanpool"}
     # a re-run keeps the mined pairs (the adapter itself has none to offer)
     r = CliRunner().invoke(main, ["extract", "--dataset", "hacs", "--root", str(root),
                                   "--store", store, "--i3d-rgb", "random", "--device", "cpu",

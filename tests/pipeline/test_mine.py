@@ -8,10 +8,18 @@ import pytest
 from click.testing import CliRunner
 
 from vidattn.cli import main
-from vidattn.pipeline.mine import MineConfig, nearest_negative, run, same_group
+from vidattn.pipeline.mine import (
+    MineConfig,
+    embedding_name,
+    nearest_negative,
+    run,
+    same_group,
+)
 from vidattn.stores import open_store
 
 D = 1024
+RULE = "hacs:nearest-negative:rgb-i3d-mixed5c-meanpool"
+RULE_SAME = "hacs:nearest-negative-same-video:rgb-i3d-mixed5c-meanpool"
 
 
 def _row(vid, role, group, split="train", labels=(), start=None, end=None):
@@ -70,25 +78,78 @@ def planted(tmp_path):
     # maps whose mean is the planted vector: 2 x 1 x 2 cells of the same vector
     maps = {v: np.tile(f, (2, 1, 2, 1)).reshape(2, 1, 2, D) for v, f in feats.items()}
     store.write_part("rgb", 0, rows, maps)
+    # flow: the same, except that p1's same-video negative is now the nearest of all
+    flow = {**feats, "nA_far": _direction(0, 0.05)}
+    store.write_part("flow", 0, rows,
+                     {v: np.tile(f, (2, 1, 2, 1)).reshape(2, 1, 2, D) for v, f in flow.items()})
     return str(tmp_path / "s")
 
 
-def test_nearest_negatives_prefer_the_same_video(planted):
+def _dist(tilt: float) -> float:
+    """Cosine distance between e_i and e_i + tilt e_(i+1)."""
+    return 1 - 1 / np.sqrt(1 + tilt**2)
+
+
+def test_nearest_negatives_default_to_the_whole_pool(planted):
+    """The paper's rule: the k nearest of the whole negative pool, whatever their video.
+
+    Until the same-video preference became an option this default took nA_far (p1's video,
+    orthogonal to it) first; now it must not appear among p1's three nearest at all.
+    """
     pairs = nearest_negative(open_store(planted), k=3, stream="rgb", chunk=1)
+    p1 = pairs[pairs.video_id == "p1"]
+    assert p1.conjugate_id.tolist() == ["n_near1", "n_near2", "n_mid"]
+    assert "nA_far" not in set(p1.conjugate_id)
+    assert p1.distance.tolist() == pytest.approx([_dist(0.1), _dist(0.5), _dist(1.0)],
+                                                 abs=1e-3)
+    assert set(pairs.rule) == {RULE}  # the embedding is recorded; nothing marked same-video
+    p2 = pairs[pairs.video_id == "p2"]
+    # the global nearest, then a tie of orthogonal ones
+    assert p2.conjugate_id.tolist()[:2] == ["n_p2a", "n_p2b"]
+    assert p2.distance.iloc[2] == pytest.approx(1.0, abs=1e-3)
+    assert "n_test" not in set(pairs.conjugate_id)  # conjugates come from training clips only
+
+
+def test_same_video_first_is_an_option(planted):
+    pairs = nearest_negative(open_store(planted), k=3, stream="rgb", chunk=1,
+                             same_video_first=True)
     p1 = pairs[pairs.video_id == "p1"]
     # the same-video negative comes first even though it is far; then the nearest others
     assert p1.conjugate_id.tolist() == ["nA_far", "n_near1", "n_near2"]
-    assert p1.rule.tolist() == ["hacs:nearest-negative-same-video", "hacs:nearest-negative",
-                                "hacs:nearest-negative"]
+    assert p1.rule.tolist() == [RULE_SAME, RULE, RULE]
     assert p1.distance.iloc[0] == pytest.approx(1.0, abs=1e-3)  # orthogonal
-    expected = 1 - 1 / np.sqrt(1 + 0.1**2)
-    assert p1.distance.iloc[1] == pytest.approx(expected, abs=1e-3)
+    assert p1.distance.iloc[1] == pytest.approx(_dist(0.1), abs=1e-3)
     p2 = pairs[pairs.video_id == "p2"]
-    # no negative shares p2's video: the global nearest, then a tie of orthogonal ones
+    # no negative shares p2's video: the option changes nothing for it
     assert p2.conjugate_id.tolist()[:2] == ["n_p2a", "n_p2b"]
-    assert p2.rule.tolist() == ["hacs:nearest-negative"] * 3
-    assert p2.distance.iloc[2] == pytest.approx(1.0, abs=1e-3)
-    assert "n_test" not in set(pairs.conjugate_id)  # conjugates come from training clips only
+    assert p2.rule.tolist() == [RULE] * 3
+    assert "n_test" not in set(pairs.conjugate_id)
+
+
+def test_config_chooses_the_rule_and_the_stream_names_the_embedding(planted):
+    default = run(MineConfig(planted, k=3))
+    assert default[default.video_id == "p1"].conjugate_id.iloc[0] == "n_near1"
+    option = run(MineConfig(planted, k=3, same_video_first=True))
+    assert option[option.video_id == "p1"].conjugate_id.iloc[0] == "nA_far"
+    assert open_store(planted).pairs().rule.tolist() == option.rule.tolist()
+    # flow: nA_far is p1's nearest there; the default takes it on distance alone, so it is
+    # not marked same-video, and the rule names the flow stream it was mined from
+    flow = run(MineConfig(planted, k=3, stream="flow"))
+    p1 = flow[flow.video_id == "p1"]
+    assert p1.conjugate_id.tolist() == ["nA_far", "n_near1", "n_near2"]
+    assert set(flow.rule) == {"hacs:nearest-negative:flow-i3d-mixed5c-meanpool"}
+
+
+@pytest.mark.parametrize(("stream", "name"), [
+    ("rgb", "rgb-i3d-mixed5c-meanpool"),
+    ("flow", "flow-i3d-mixed5c-meanpool"),
+    ("rgb_mixed_4f", "rgb-i3d-mixed4f-meanpool"),
+    ("rgb_r50", "rgb-i3d-r50-res5-meanpool"),
+    ("rgb_r50_res4", "rgb-i3d-r50-res4-meanpool"),
+    ("rgb_mystery", "rgb-mystery-meanpool"),  # not an array of the extractor: named as is
+])
+def test_embedding_names(stream, name):
+    assert embedding_name(stream) == name
 
 
 def test_mining_is_written_to_the_store(planted):
@@ -96,6 +157,7 @@ def test_mining_is_written_to_the_store(planted):
     stored = open_store(planted).pairs()
     assert len(pairs) == len(stored) == 4
     assert set(stored.video_id) == {"p1", "p2"}
+    assert set(stored.rule) == {RULE}
 
 
 def test_cli_same_group_on_the_tiny_sample(tiny_store, tmp_path):

@@ -4,9 +4,10 @@ Each row of the clips CSV is a segment ``[start, end]`` (seconds) of a YouTube v
 label 1 marks a positive clip of its class, label -1 a negative sampled for that class
 with the action absent (some from the very videos of positives, ActX Sec. 4.2).
 Negatives are the pool ActX mines conjugates from, so they are kept as
-``role="background"`` rows whose ``group`` is the YouTube id (mining can prefer negatives
-from the same video) and whose ``extra`` records the class they were sampled for.  Pairs
-are left empty: mining needs features, a later step reads them from the store.
+``role="background"`` rows whose ``group`` is the YouTube id (mining's non-default option
+``same_video_first`` uses it to prefer negatives from the same video) and whose ``extra``
+records the class they were sampled for.  Pairs are left empty: mining needs features, a
+later step (vidattn/pipeline/mine.py) reads them from the store.
 Training and validation rows are validated strictly; a testing row without a class name
 or a 1/-1 label is unlabelled (the official downloader skips the test videos anyway) and
 is skipped rather than refused.

@@ -5,7 +5,7 @@ VIDATTN := .venv/bin/vidattn
 STAMP   := .venv/.installed
 DEMO    := demo
 
-.PHONY: install demo test lint bench gpu-check clean
+.PHONY: install demo test lint bench gpu-check clean hollywood2 actionthread hacs30 refava
 
 install: $(STAMP)
 
@@ -47,6 +47,37 @@ bench: $(STAMP)
 # Writes a "GPU check" section into BENCHMARKS.md; --quick (CPU) is what the tests run.
 gpu-check:
 	PYTHONPATH=. $(PY) benchmarks/gpu_check.py --out BENCHMARKS.md
+
+# The papers' recipes (README "Reproducing the papers"): make hollywood2 ROOT=/data/Hollywood2
+STORES ?= stores
+RUNS ?= runs
+define actx_recipe
+	@test -n "$(ROOT)" || { echo "usage: make $(1) ROOT=/path/to/the/$(1)/release"; exit 2; }
+	$(VIDATTN) extract --dataset $(1) --root $(ROOT) --store $(STORES)/$(1)
+	$(VIDATTN) train-head avgpool --store $(STORES)/$(1) --out $(RUNS)/$(1)/avgpool \
+		--crop-t $(2) --batch-size 36 --overwrite
+	$(VIDATTN) train-head actx --protocol actx-$(1) --store $(STORES)/$(1) \
+		--out $(RUNS)/$(1)/actx --overwrite
+	$(VIDATTN) compare $(RUNS)/$(1)/avgpool $(RUNS)/$(1)/actx --split $(3) \
+		--out $(RUNS)/$(1)/compare
+endef
+
+hollywood2: $(STAMP)
+	$(call actx_recipe,hollywood2,6,test)
+
+actionthread: $(STAMP)
+	$(call actx_recipe,actionthread,10,test)
+
+hacs30: $(STAMP)
+	$(call actx_recipe,hacs30,6,val)
+
+refava: $(STAMP)
+	@test -n "$(ROOT)" -a -n "$(DETR)" || { echo "usage: make refava ROOT=... DETR=detr-dir"; exit 2; }
+	$(VIDATTN) extract --dataset refava --root $(ROOT) --store $(STORES)/refava \
+		--detector detr --detr $(DETR)
+	$(VIDATTN) train-head refatomnet --protocol refatomnet-refava --store $(STORES)/refava \
+		--out $(RUNS)/refava/refatomnet --overwrite
+	$(VIDATTN) evaluate $(RUNS)/refava/refatomnet
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 import click
+from click.core import ParameterSource
 
 from vidattn.errors import one_line
 
@@ -159,12 +160,16 @@ def manifest(dataset, root, out, options) -> None:
 @click.option("--k", type=int, default=3, show_default=True,
               help="Conjugates per positive (nearest-negative).")
 @click.option("--stream", default="rgb", show_default=True)
-def mine_conjugates(store, rule, k, stream) -> None:
+@click.option("--same-video-first", is_flag=True,
+              help="nearest-negative: take negatives from the positive's own video first "
+                   "(not the ActX paper's rule: the k nearest of the whole pool).")
+def mine_conjugates(store, rule, k, stream, same_video_first) -> None:
     """Pair every action clip with conjugates (same context, no action) in the store."""
     from vidattn.pipeline import mine as pipeline
 
     try:
-        pairs = pipeline.run(pipeline.MineConfig(store, rule, k, stream))
+        pairs = pipeline.run(pipeline.MineConfig(store, rule, k, stream,
+                                                 same_video_first=same_video_first))
     except Exception as e:
         _fail(e)
     rules = ", ".join(f"{r}: {n}" for r, n in pairs.rule.value_counts().items())
@@ -210,6 +215,9 @@ def classify(video, i3d_rgb, start, end, top, device) -> None:
                    "regularisation (W3 eq. 9) for w3/cbam.")
 @click.option("--mfr-weight", type=float, default=1.0, show_default=True,
               help="Weight of the MFR term when --teacher is given.")
+@click.option("--mfr-rms", is_flag=True,
+              help="MFR as an RMS (the eq. 9 norm divided by sqrt(D*H*W)), so one weight "
+                   "serves any map size; default: eq. 9 as written.")
 @click.option("--det-min-score", type=float, default=0.5, show_default=True,
               help="Referring heads: person detections scoring below this are masked.")
 @click.option("--loader", type=click.Choice(["auto", "memory", "stream"]), default="auto",
@@ -221,7 +229,15 @@ def classify(video, i3d_rgb, start, end, top, device) -> None:
               help="DataLoader processes reading the store [default: min(4, cores) when "
                    "streaming, as the budget allows, else 0].")
 @click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
-def train_head(head, list_heads, out, options, **kw) -> None:
+@click.option("--protocol", default=None,
+              help="A paper's training protocol as a preset: actx-hollywood2 | "
+                   "actx-actionthread | actx-hacs30 | refatomnet-refava. Flags given "
+                   "explicitly override its values; the run records both.")
+@click.option("--conjugates", type=click.Choice(["auto", "pairs", "around"]), default="auto",
+              show_default=True,
+              help="Conjugates of actx/acf: pairs.parquet, or the clip's own steps before/"
+                   "after each crop (Hollywood2); auto: as the dataset declares.")
+def train_head(head, list_heads, out, options, protocol, **kw) -> None:
     """Train a head (actx, avgpool, ...) on a store's cached maps."""
     from vidattn.registry import HEADS
 
@@ -239,8 +255,12 @@ def train_head(head, list_heads, out, options, **kw) -> None:
     from vidattn.pipeline import train as pipeline
 
     try:
-        cfg = pipeline.TrainConfig(head=head, out=out or f"runs/{head}",
-                                   options=_options(options), **kw)
+        ctx = click.get_current_context()
+        given = {k: v for k, v in kw.items() if ctx.get_parameter_source(k)
+                 not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
+        cfg = pipeline.with_protocol(protocol, head=head, out=out or f"runs/{head}",
+                                     options=_options(options),
+                                     **(given if protocol else kw))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", pipeline.TrainingWarning)
             metrics = pipeline.run(cfg)
@@ -282,6 +302,8 @@ def evaluate(run_dir, run_dir_2, split, store, device) -> None:
         _fail(e)
     click.echo(pipeline.format_table(res))
     click.echo(f"{split} {pipeline.headline(res)}  ({res['n']} clips; {res['path']})")
+    if res.get("warning"):
+        click.echo(f"warning: {res['warning']}", err=True)
     if res.get("interrupted"):
         click.echo(f"note: {run_dir} was interrupted during training; these are its best "
                    f"weights so far", err=True)

@@ -160,3 +160,60 @@ def test_the_readme_loop_trains_with_shuffling_workers(store_url):
         assert torch.isfinite(loss)
         seen, terms = seen + len(batch["index"]), terms | set(parts)
     assert seen == len(ds) == 4 and "L_c" in terms
+
+
+def test_around_conjugates_are_the_clips_own_steps_beside_each_crop(store_url):
+    crop = 2
+    ds = StoreDataset(store_url, "train", crop_t=crop, conjugates="around", hw=(3, 4))
+    assert ds.conjugates == [[v] for v in ds.ids]  # no pairs: whole clips, their own steps
+    rng = np.random.default_rng(0)
+    seen_sides, starts = set(), {}
+    for _ in range(80):
+        for batch in epoch_draws(ds, 3, rng):
+            for d in batch:
+                t = ds.shape(d.index)[0]
+                starts.setdefault(d.index, set()).add(d.start)
+                if t < 2 * crop:  # a1 (2 steps): no window fits beside the crop
+                    assert d.conj == -1
+                    continue
+                assert d.conj == 0 and d.conj_start in (d.start - crop, d.start + crop)
+                assert 0 <= d.conj_start and d.conj_start + crop <= t
+                seen_sides.add(d.conj_start - d.start)
+                item = ds[d]
+                # channel 0 codes 100 t + 10 y + x: the conjugate is the same clip, shifted
+                steps = item["map"][0, :, 0, 0] // 100
+                conj_steps = item["conj"][0, :, 0, 0] // 100
+                assert torch.equal(conj_steps - steps, torch.full_like(steps, d.conj_start
+                                                                      - d.start))
+                assert item["conj"][1].eq(item["map"][1]).all()  # same video
+    assert seen_sides == {-crop, crop}
+    a3 = ds.ids.index("a3")
+    assert len(starts[a3]) == 9 - crop + 1  # every crop of the whole clip is drawn
+    random_draw = ds[ds.ids.index("a0")]
+    assert random_draw["conj"] is not None
+    with pytest.raises(ValueError, match="around"):
+        StoreDataset(store_url, "train", crop_t=2, conjugates="beside")
+
+
+def test_protocol_ids_never_select_on_the_reported_split():
+    from vidattn.data.dataset import protocol_ids
+
+    def manifest(splits: dict[str, int]) -> pd.DataFrame:
+        rows = [{"video_id": f"{s}{i}", "split": s, "labels": [i % 2], "role": "action"}
+                for s, n in splits.items() for i in range(n)]
+        return pd.DataFrame(rows)
+
+    # HACS-30: train and val only; the paper reports val -> select on held-out train
+    ids, roles = protocol_ids(manifest({"train": 40, "val": 10}), 0.25, 0)
+    assert roles == {"selected_on": "train-holdout (0.25 of train)", "reported": "val"}
+    assert sorted(ids["test"]) == sorted(f"val{i}" for i in range(10))
+    assert len(ids["val"]) == 10 and set(ids["val"]) <= {f"train{i}" for i in range(40)}
+    assert not set(ids["val"]) & set(ids["train"]) and len(ids["train"]) == 30
+    # train / val / test (RefAVA): select on val, report test
+    ids, roles = protocol_ids(manifest({"train": 8, "val": 4, "test": 4}), 0.25, 0)
+    assert roles == {"selected_on": "val", "reported": "test"}
+    assert ids["val"] == [f"val{i}" for i in range(4)] and len(ids["train"]) == 8
+    # train / test (Hollywood2, ActionThread): held-out train, report test
+    ids, roles = protocol_ids(manifest({"train": 8, "test": 4}), 0.25, 0)
+    assert roles["reported"] == "test" and roles["selected_on"].startswith("train-holdout")
+    assert ids == {**split_ids(manifest({"train": 8, "test": 4}), 0.25, 0)}

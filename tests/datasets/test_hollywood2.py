@@ -1,4 +1,5 @@
-"""Hollywood2 adapter: ClipSets parsing, multi-hot labels, fixed crops and their conjugates."""
+"""Hollywood2 adapter: ClipSets parsing, multi-hot labels; whole clips with conjugates
+drawn by the loader (default), or fixed crops and their conjugate segments."""
 
 from __future__ import annotations
 
@@ -62,7 +63,15 @@ def tree(base, tmp_path) -> Path:
 
 @pytest.fixture(scope="module")
 def tables(base):
-    return H.load(base)
+    return H.load(base, {"conjugates": "fixed"})
+
+
+def test_default_keeps_whole_clips_for_the_loader(base):
+    t = H.load(base)
+    assert t.conjugates == "around" and t.pairs.empty
+    assert set(t.manifest.role) == {"action", "background"}  # no conjugate segments
+    assert t.manifest.start_sec.isna().all() and len(t.manifest) == len(TRAIN) + len(TEST)
+    assert H.load(base, {"conjugates": "fixed"}).conjugates == "pairs"
 
 
 def by_id(tables) -> dict:
@@ -139,7 +148,7 @@ def test_missing_files_and_unlisted(tables):
 
 
 def test_options(base):
-    t = H.load(base, {"crop_frames": "40", "min_conjugate_frames": "20"})
+    t = H.load(base, {"crop_frames": "40", "min_conjugate_frames": "20", "conjugates": "fixed"})
     rows = by_id(t)
     assert (rows["actioncliptrain00001"].start_sec, rows["actioncliptrain00001"].end_sec) == \
         pytest.approx((1.2, 2.8))
@@ -147,13 +156,15 @@ def test_options(base):
     # 79 frames, crop 40: 19 before (< 20), 20 after.
     assert "actioncliptrain00002_pre" not in rows and "actioncliptrain00002_post" in rows
     assert np.isnan(rows["actioncliptrain00003"].start_sec)  # 15 + 15 spare
-    off = H.load(base, {"conjugates": "false"})
+    off = H.load(base, {"conjugates": "none"})
     assert off.pairs.empty and set(off.manifest.role) == {"action", "background"}
     assert off.manifest.start_sec.isna().all() and len(off.manifest) == len(TRAIN) + len(TEST)
     with pytest.raises(ValueError, match="crop_frames"):
         H.load(base, {"crop_frames": "0"})
     with pytest.raises(ValueError, match="unknown option"):
         H.load(base, {"crop": "3"})
+    with pytest.raises(ValueError, match="around, fixed or none"):
+        H.load(base, {"conjugates": "yes"})
 
 
 @pytest.mark.parametrize("n, plan", [(63, None), (64, None), (79, (15, 63, False, True)),
@@ -163,9 +174,9 @@ def test_crop_plan(n, plan):
 
 
 def test_load_dataset_registry(base):
-    t = load_dataset("hollywood2", base, {"conjugates": "no"})
-    assert t.name == "hollywood2" and t.pairs.empty
-    assert len(load_dataset("hollywood2", str(base)).pairs) == 3
+    t = load_dataset("hollywood2", base, {"conjugates": "none"})
+    assert t.name == "hollywood2" and t.pairs.empty and t.conjugates == "pairs"
+    assert len(load_dataset("hollywood2", str(base), {"conjugates": "fixed"}).pairs) == 3
     assert "ClipSets" in H.LAYOUT and "AVIClips" in H.LAYOUT
 
 

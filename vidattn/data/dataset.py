@@ -60,20 +60,45 @@ def labelled_ids(manifest, split: str) -> list[str]:
 def split_ids(manifest, val_fraction: float = 0.25, seed: int = 0) -> dict[str, list[str]]:
     """:func:`labelled_ids` of train, val and test; a val split is carved out of train
     (stratified by first label) when the dataset has none."""
-    actions = manifest[(manifest.role != "conjugate") & (manifest.labels.map(len) > 0)]
     ids = {s: labelled_ids(manifest, s) for s in ("train", "val", "test")}
     if not ids["val"] and val_fraction > 0:
-        rng = np.random.default_rng(seed)
-        train = actions[actions.split == "train"]
-        first = train.labels.map(lambda x: int(x[0]) if len(x) else -1)
-        val: set[str] = set()
-        for _, group in train.groupby(first):
-            g = group.video_id.tolist()
-            n = int(round(len(g) * val_fraction))
-            val |= {g[i] for i in sorted(rng.permutation(len(g))[:n])}
-        ids["val"] = [v for v in ids["train"] if v in val]
-        ids["train"] = [v for v in ids["train"] if v not in val]
+        ids["train"], ids["val"] = _hold_out(manifest, ids["train"], val_fraction, seed)
     return ids
+
+
+def protocol_ids(manifest, val_fraction: float = 0.25, seed: int = 0
+                 ) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The splits a training run uses, such that checkpoint selection never sees the
+    reported split: ({"train", "val" (selection), "test" (reported)}, names).
+
+    The reported split is test, or val where the dataset has no test (HACS-30, AVA: the
+    papers report val).  Selection uses val only when test is the reported split; else a
+    stratified ``val_fraction`` of train, held out.  names: {"selected_on", "reported"}.
+    """
+    real = {s: labelled_ids(manifest, s) for s in ("train", "val", "test")}
+    reported = "test" if real["test"] else "val"
+    if reported == "test" and real["val"]:
+        return real, {"selected_on": "val", "reported": "test"}
+    train, held = _hold_out(manifest, real["train"], val_fraction, seed)
+    where = f"train-holdout ({val_fraction:g} of train)"
+    return ({"train": train, "val": held, "test": real[reported]},
+            {"selected_on": where, "reported": reported})
+
+
+def _hold_out(manifest, train_ids: list[str], fraction: float, seed: int
+              ) -> tuple[list[str], list[str]]:
+    """(kept, held out): ``fraction`` of each first-label group of ``train_ids``."""
+    if fraction <= 0:
+        return list(train_ids), []
+    rng = np.random.default_rng(seed)
+    train = manifest[manifest.video_id.isin(set(train_ids))]
+    first = train.labels.map(lambda x: int(x[0]) if len(x) else -1)
+    held: set[str] = set()
+    for _, group in train.groupby(first):
+        g = group.video_id.tolist()
+        n = int(round(len(g) * fraction))
+        held |= {g[i] for i in sorted(rng.permutation(len(g))[:n])}
+    return [v for v in train_ids if v not in held], [v for v in train_ids if v in held]
 
 
 @dataclass(frozen=True)
@@ -94,13 +119,17 @@ class StoreDataset(Dataset):
     carved out of train with ``val_fraction`` and ``seed`` when the dataset has none), or
     ``ids`` to pick rows yourself.  crop_t: steps per crop (None: whole maps, no spatial
     crop); hw: spatial crop (default: the smallest (H, W) among the split's maps and
-    conjugates).  task: "classify" or "refer" (then also sentence and detection tokens).
+    conjugates).  conjugates: False, True (alias "pairs": a clip's conjugates are the
+    clips pairs.parquet names), or "around": the clip's own steps right before or right
+    after each crop (Hollywood2 as ActX trains it: one crop_t-step window on either side,
+    chosen at random among those that fit; none when the clip is shorter than 2 crop_t).
+    task: "classify" or "refer" (then also sentence and detection tokens).
     Rows without a done map (or, for refer, without every stream and a ground-truth box) are
     left out.
     """
 
     def __init__(self, store, split: str | None = "train", *, stream: str = "rgb",
-                 task: str = "classify", crop_t: int | None = None, conjugates: bool = False,
+                 task: str = "classify", crop_t: int | None = None, conjugates: bool | str = False,
                  in_memory: bool = False, ids: list[str] | None = None,
                  val_fraction: float = 0.25, seed: int = 0, hw: tuple[int, int] | None = None,
                  min_score: float = R.DEFAULT_MIN_SCORE, desc: str | None = None):
@@ -130,13 +159,19 @@ class StoreDataset(Dataset):
         labels = manifest.set_index("video_id").loc[ids, "labels"] if ids else []
         self.ids = list(ids)
         self.targets = targets_for(list(labels), len(self.classes), self.multilabel)
+        if conjugates not in (False, True, "pairs", "around"):
+            raise ValueError(f"conjugates must be False, True, 'pairs' or 'around', "
+                             f"got {conjugates!r}")
+        self.around = conjugates == "around"
         self.conjugates: list[list[str]] = [[] for _ in self.ids]
-        if conjugates:
+        if self.around:
+            self.conjugates = [[v] for v in self.ids]
+        elif conjugates:
             self.conjugates = _conjugates(store, stream, self.ids)
             conj_ids = {c for row in self.conjugates for c in row}
             source = M.StoreMaps(store.url, stream, M.entries(store, stream, set(ids) | conj_ids),
                                  ARRAYS[stream].channels)
-        self.uses_conjugates = conjugates
+        self.uses_conjugates = bool(conjugates)
         self.in_memory = in_memory
         wanted = self.ids + [c for row in self.conjugates for c in row]
         self.maps = M.MemoryMaps.load(source, wanted, desc or f"read {split or 'rows'}") \
@@ -182,8 +217,14 @@ class StoreDataset(Dataset):
         conj = self.conjugates[i]
         if not (self.uses_conjugates and conj):
             return Draw(i, start(self.ids[i]))
+        s0 = start(self.ids[i])
+        if self.around:
+            sides = around(self.shape(i)[0], s0, self.crop_t)
+            if not sides:
+                return Draw(i, s0)
+            return Draw(i, s0, 0, sides[int(torch.randint(len(sides), ()))])
         k = int(torch.randint(len(conj), ()))
-        return Draw(i, start(self.ids[i]), k, start(conj[k]))
+        return Draw(i, s0, k, start(conj[k]))
 
     def collate(self, items: list[dict], dtype: torch.dtype = torch.float32) -> dict:
         """Items -> a batch: "fmap" (B, D, L, h, w) in ``dtype``, "target", "index", and
@@ -223,14 +264,29 @@ def _conjugates(store, stream: str, ids: list[str]) -> list[list[str]]:
     return [list(by_action.get(v, [])) for v in ids]
 
 
+def around(t: int, start: int, crop_t: int) -> list[int]:
+    """Starts of the crop_t-step windows right before and right after the crop
+    ``[start, start + crop_t)`` of a T-step map that fit inside it."""
+    return [s for s in (start - crop_t, start + crop_t) if 0 <= s and s + crop_t <= t]
+
+
 def epoch_draws(ds: StoreDataset, batch_size: int, rng: np.random.Generator) -> list[list[Draw]]:
     """One epoch's batches: a permutation of the rows, each cropped at random, and for
-    rows with conjugates one of them (uniformly) cropped at random, all from ``rng``."""
+    rows with conjugates one of them (uniformly) cropped at random, all from ``rng``;
+    with ``around`` conjugates, the window before or after the crop (uniformly among those
+    that fit)."""
     perm = rng.permutation(len(ds))
     batches = []
     for s in range(0, len(perm), batch_size):
         idx = [int(j) for j in perm[s : s + batch_size]]
         starts = [M.crop_start(ds.shape(j)[0], ds.crop_t, rng) for j in idx]
+        if ds.around:
+            sides = {j: around(ds.shape(j)[0], s0, ds.crop_t) for j, s0 in zip(idx, starts)}
+            picks = {j: 0 for j in idx if sides[j]}
+            conj_starts = {j: int(sides[j][rng.integers(len(sides[j]))]) for j in picks}
+            batches.append([Draw(j, s0, picks.get(j, -1), conj_starts.get(j, 0))
+                            for j, s0 in zip(idx, starts)])
+            continue
         picks = {j: int(rng.choice(len(ds.conjugates[j]))) for j in idx
                  if ds.uses_conjugates and ds.conjugates[j]}
         conj_starts = {j: M.crop_start(ds.maps.shape(ds.conjugates[j][k])[0], ds.crop_t, rng)

@@ -61,6 +61,9 @@ class DatasetTables:
     boxes: pd.DataFrame | None
     multilabel: bool = False  # clips may carry several labels: BCE and per-class AP
     source: Path | None = None  # the annotation file the manifest came from, for messages
+    # Where a clip's conjugates come from when training: "pairs" (pairs.parquet) or
+    # "around" (its own steps before/after each training crop, drawn by the loader)
+    conjugates: str = "pairs"
 
 
 def require_root(name: str, root: str | Path | None, holding: str) -> Path:

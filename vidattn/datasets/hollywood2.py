@@ -10,11 +10,13 @@ marked 1 by no file is listed as an unlabelled ``background`` clip.
 
 Imperfect conjugates (ActX, Wang et al. BMVC 2019, Sec. 4.2): Hollywood2 has no footage
 around its clips, so the conjugates of an action sample are "the sequences right before
-and after the temporally cropped action sample in the same clip".  The paper crops a new
-window per batch; here the crop is fixed when the manifest is built (the centred
-``crop_frames`` frames), because conjugate segments must be known before features are
-extracted.  Training still crops randomly inside the action segment, which leaves it
-room to move only when the training crop is shorter than ``crop_frames``.
+and after the temporally cropped action sample in the same clip", with a new crop per
+batch.  By default (``conjugates=around``) clips stay whole, positives end to end, and the
+training loader draws each crop and its before/after window (StoreDataset's "around"
+conjugates); test clips are scored whole.  ``conjugates=fixed`` instead cuts every train
+clip once, here, to its centred ``crop_frames`` and stores the parts before and after as
+conjugate segments with pairs (fewer positive frames, but conjugates any head can use from
+pairs.parquet); ``conjugates=none`` keeps clips whole without conjugates.
 """
 
 from __future__ import annotations
@@ -51,21 +53,22 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Options:
-    """How train clips are cut into an action sample and its imperfect conjugates.
-
-    crop_frames: length of the centred action crop, in native frames (the paper's 6 I3D
-    feature steps = 48 frames); min_conjugate_frames: a part before or after the crop
-    becomes a conjugate only if it has at least this many frames; conjugates: False keeps
-    every clip whole and writes no pairs.
+    """Where conjugates come from (module docstring): ``around`` (default), ``fixed`` or
+    ``none``.  For ``fixed``: crop_frames: length of the centred action crop, in native
+    frames (the paper's 6 I3D feature steps = 48 frames); min_conjugate_frames: a part
+    before or after the crop becomes a conjugate only if it has at least this many frames.
     """
 
     crop_frames: int = 48
     min_conjugate_frames: int = 16
-    conjugates: bool = True
+    conjugates: str = "around"
 
     def __post_init__(self) -> None:
         if self.crop_frames < 1 or self.min_conjugate_frames < 1:
             raise ValueError(f"{NAME}: crop_frames and min_conjugate_frames must be >= 1")
+        if self.conjugates not in ("around", "fixed", "none"):
+            raise ValueError(f"{NAME}: conjugates must be around, fixed or none, got "
+                             f"{self.conjugates!r}")
 
 
 def crop_plan(n_frames: int, opts: Options) -> tuple[int, int, bool, bool] | None:
@@ -180,7 +183,7 @@ def load(root: str | Path | None = None, options: dict | None = None) -> Dataset
                 continue
             fps, n = info["fps"], info["n_frames"]
             plan = None
-            if opts.conjugates and split == "train" and role == "action":
+            if opts.conjugates == "fixed" and split == "train" and role == "action":
                 plan = crop_plan(n, opts)
             if plan is None:
                 rows.append(_row(clip, clip, split, labels, role, None, fps, n, "ok", extra))
@@ -209,4 +212,5 @@ def load(root: str | Path | None = None, options: dict | None = None) -> Dataset
     manifest = conform("manifest", pd.DataFrame(rows)).to_pandas()
     pairs_df = conform("pairs", pd.DataFrame(pairs, columns=PAIRS_SCHEMA.names)).to_pandas()
     return DatasetTables(name=NAME, root=root, classes=list(CLASSES), manifest=manifest,
-                         pairs=pairs_df, boxes=None, multilabel=True)
+                         pairs=pairs_df, boxes=None, multilabel=True,
+                         conjugates="around" if opts.conjugates == "around" else "pairs")

@@ -29,12 +29,15 @@ def classification_only(out: dict, target: torch.Tensor,
     return l_c, {"L_c": l_c.item()}
 
 
-def mature_feature_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """W3's mature-feature-guided regularisation, eq. (9): ||y_Q - y_P||_2 per frame.
+def mature_feature_loss(student: torch.Tensor, teacher: torch.Tensor,
+                        rms: bool = False) -> torch.Tensor:
+    """W3's mature-feature-guided regularisation, eq. (9): ||y_Q - y_P||_2 per frame,
+    averaged over (B, T) (the paper leaves the reduction open).
 
     student, teacher: attended maps (B, D, T, H, W) of identical architectures; the teacher is
-    frozen.  The per-frame L2 norm is divided by sqrt(D*H*W) (an RMS), so the term does not
-    grow with the map size and one weight serves every dataset; averaged over (B, T).
+    frozen.  ``rms``: divide each norm by sqrt(D*H*W), so the term does not grow with the map
+    size (on 7 x 7 x 1024 maps it is then 224 times weaker than eq. 9).
     """
     diff = (student - teacher.detach()).transpose(1, 2).flatten(2)  # (B, T, D*H*W)
-    return (diff.norm(dim=2) / diff.shape[2] ** 0.5).mean()
+    norm = diff.norm(dim=2)
+    return (norm / diff.shape[2] ** 0.5 if rms else norm).mean()

@@ -38,10 +38,23 @@ def run(cfg: EvaluateConfig) -> dict:
     summary = task.evaluate(run_dir, store, cfg.split, device, fuse_with=other,
                             workers=cfg.workers, in_memory=cfg.in_memory)
     summary["task"] = task.NAME
+    warning = selection_warning(run_dir.config, cfg.split)
+    if warning:
+        summary["warning"] = f"{cfg.run_dir}: {warning}"
     if run_dir.interrupted:
         summary["interrupted"] = True
     summary["path"] = str(run_dir.write_eval(cfg.split, summary, fusion=other is not None))
     return summary
+
+
+def selection_warning(config: dict, split: str) -> str | None:
+    """Why reporting ``split`` is optimistic for a run, or None: the run chose its epoch on
+    it.  ``config["selected_on"]`` names that split (runs from before it was recorded
+    chose on val)."""
+    if split == config.get("selected_on", "val"):
+        return ("its checkpoint was selected on this split, so these metrics are optimistic; "
+                "report a split it never saw")
+    return None
 
 
 def format_table(summary: dict) -> str:

@@ -34,8 +34,12 @@ from vidattn.stores.schema import ARRAYS
 
 # Preprocessing a dataset is best extracted with, unless the user says otherwise.  The
 # sample's frames are 128 px: upsampling them to 256 would only quadruple I3D's compute.
+# ActX's datasets: full frames, as the paper's T x 8 x 11 x 1024 maps imply (Sec 4.1; see
+# vidattn.protocols); the 224 centre crop would keep 7 x 7 and lose the frame's edges.
 DATASET_DECODE: dict[str, dict] = {
     "sample": {"short_side": 128, "crop": None},
+    **{name: {"short_side": 256, "crop": None}
+       for name in ("hollywood2", "actionthread", "hacs", "hacs30")},
 }
 DEFAULT_DECODE = {"fps": 25.0, "short_side": 256, "crop": 224}
 # decode_timeout_s of a distributed run that sets none: a hung decoder must not hold a
@@ -578,7 +582,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     if extractor.ref is not None:  # class names embedded once per store, not per token
         store.write_table("label_text", extractor.ref.label_table())
     store.update_attrs({"dataset": {"name": ds.name, "root": str(Path(ds.root).resolve()),
-                                    "multilabel": bool(ds.multilabel)}})
+                                    "multilabel": bool(ds.multilabel),
+                                    "conjugates": ds.conjugates}})
     # files the adapter could not find are listed in the manifest, never planned
     missing = manifest[manifest.status == "missing"]
     if len(missing) == len(manifest):

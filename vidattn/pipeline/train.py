@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vidattn import tasks
-from vidattn.data.dataset import split_ids
+from vidattn.data.dataset import protocol_ids
 from vidattn.data.maps import StoreMaps, entries, nbytes
 from vidattn.options import parse_options
 from vidattn.registry import head_config_class, head_trainer
@@ -62,11 +62,40 @@ class TrainConfig:
     options: dict = field(default_factory=dict)  # head Config overrides, key -> str
     teacher: str | None = None  # run dir of a trained head of the same kind: W3's MFR, eq. 9
     mfr_weight: float = 1.0
+    mfr_rms: bool = False  # MFR as an RMS (norm / sqrt(D*H*W)) instead of eq. 9's norm
     det_min_score: float = 0.5  # referring heads: person queries below it are masked
     loader: str = "auto"  # auto | memory | stream
     max_memory: str | None = None  # budget for maps held in memory (default: half the RAM)
     workers: int | None = None  # DataLoader processes when streaming (default: min(4, cores))
     overwrite: bool = False  # replace a finished run in ``out``
+    # Conjugates of heads that use them: "pairs" (pairs.parquet), "around" (the clip's own
+    # steps before/after each crop), "auto": as the dataset declares it at extraction
+    conjugates: str = "auto"
+    protocol: str | None = None  # the preset these values came from (vidattn.protocols)
+    overrides: tuple[str, ...] = ()  # fields given explicitly over the preset's values
+
+
+def with_protocol(name: str | None, **given) -> TrainConfig:
+    """A TrainConfig from preset ``name`` (None: none) under the fields ``given``
+    explicitly: the preset's train values and head options first, then every given field
+    (head options ``given["options"]`` key by key).  Overrides are recorded."""
+    if name is None:
+        return TrainConfig(**given)
+    from vidattn import protocols
+
+    preset = protocols.get(name)
+    head = given.get("head", preset.head)
+    if head != preset.head:
+        raise ValueError(f"protocol {name!r} is for head {preset.head!r}, not {head!r}")
+    values = {k: s.value for k, s in preset.train.items()}
+    options = {k: str(s.value) for k, s in preset.options.items()}
+    user_options = dict(given.pop("options", {}) or {})
+    overrides = [k for k in given if k in values and given[k] != values[k]]
+    overrides += [f"-o {k}" for k in user_options if k in options
+                  and user_options[k] != options[k]]
+    return TrainConfig(**{**values, **given, "head": head, "protocol": name,
+                          "options": {**options, **user_options},
+                          "overrides": tuple(overrides)})
 
 
 def parse_size(text: str | int | None) -> int:
@@ -174,6 +203,39 @@ def check_data(task, head, train, val, test, store_url: str) -> list[str]:
     return out
 
 
+def conjugate_mode(cfg: TrainConfig, store) -> str:
+    """"pairs" or "around" for a head that uses conjugates (``cfg.conjugates``; auto: as
+    the store's dataset declares it, pairs for stores that declare nothing)."""
+    if cfg.conjugates not in ("auto", "pairs", "around"):
+        raise ValueError(f"conjugates must be auto, pairs or around, got {cfg.conjugates!r}")
+    if cfg.conjugates != "auto":
+        return cfg.conjugates
+    return store.group.attrs.get("dataset", {}).get("conjugates") or "pairs"
+
+
+def check_protocol(cfg: TrainConfig, store) -> list[str]:
+    """Warnings where the store's maps differ from what the preset's paper used."""
+    if cfg.protocol is None:
+        return []
+    from vidattn import protocols
+
+    preset = protocols.get(cfg.protocol)
+    out = []
+    dataset = store.group.attrs.get("dataset", {}).get("name")
+    if dataset not in (None, preset.dataset, preset.dataset.rstrip("0123456789")):
+        out.append(f"protocol {preset.name} is for {preset.dataset}; this store holds "
+                   f"{dataset}")
+    prep = (store.provenance(cfg.stream) or {}).get("preprocessing", {})
+    for key, setting in preset.extract.items():
+        want = None if setting.value == "full" else setting.value
+        if key in prep and prep[key] != want:
+            out.append(f"protocol {preset.name}: the store's maps were extracted with {key}="
+                       f"{prep[key]}, the paper's with {setting.value} ({setting.source})")
+    for message in out:
+        warnings.warn(message, TrainingWarning, stacklevel=2)
+    return out
+
+
 def run(cfg: TrainConfig) -> dict:
     """Train, select, test; write the run directory (into a hidden directory renamed into
     place at the end); return the metrics dict.  ``cfg.out`` holding a run is refused
@@ -192,21 +254,23 @@ def run(cfg: TrainConfig) -> dict:
     head_cfg = parse_options(head_config_class(cfg.head), cfg.options,
                              **task.head_fields(store, cfg.stream))
     head = build_head(cfg.head, head_cfg).to(device)
-    ids = split_ids(store.manifest(), cfg.val_fraction, cfg.seed)
-    how = choose_loader(cfg, store, ids, bool(getattr(head, "uses_conjugates", False)))
+    ids, roles = protocol_ids(store.manifest(), cfg.val_fraction, cfg.seed)
+    conjugates = conjugate_mode(cfg, store) if getattr(head, "uses_conjugates", False) else False
+    how = choose_loader(cfg, store, ids, bool(conjugates))
     common = {"in_memory": how["mode"] == "memory", "min_score": cfg.det_min_score}
     train = task.dataset(store, ids["train"], cfg.stream, crop_t=cfg.crop_t, desc="read train",
-                         conjugates=bool(getattr(head, "uses_conjugates", False)), **common)
+                         conjugates=conjugates, **common)
     val = task.dataset(store, ids["val"], cfg.stream, desc="read val", **common)
     test = task.dataset(store, ids["test"], cfg.stream, desc="read test", **common)
     if len(train) == 0:
         raise RuntimeError(f"{cfg.store}: no train rows with extracted {cfg.stream} maps"
                            + (" and referring streams" if task.NAME == "refer" else ""))
-    found = check_data(task, head, train, val, test, store.url)
+    found = check_data(task, head, train, val, test, store.url) + check_protocol(cfg, store)
     out = staging(cfg.out, cfg.overwrite)
     try:
         metrics = _train_and_write(cfg, task, head, store, ids, how, (train, val, test), device,
-                                   rng, out, {"warnings": found, "t0": t0})
+                                   rng, out, {"warnings": found, "t0": t0, "roles": roles,
+                                              "conjugates": conjugates})
         commit(out, cfg.out)
     finally:
         shutil.rmtree(out, ignore_errors=True)  # gone already once committed
@@ -232,13 +296,14 @@ def _train_and_write(cfg: TrainConfig, task, head, store, ids, how, splits, devi
                 if "attended" not in head.eval()(probe):
                     raise ValueError(f"head {cfg.head!r} has no attended map for MFR (--teacher)")
         fit_cfg = FitConfig(cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay, how["workers"],
-                            cfg.mfr_weight)
+                            cfg.mfr_weight, cfg.mfr_rms)
         result = fit(head, task, train, val, fit_cfg, device, rng, teacher, cfg.head)
         history, selected, interrupted = result.history, result.selected, result.interrupted
         save_weights(out, head)
         n_params = sum(p.numel() for p in head.parameters())
     metrics: dict = {"history": history, "selected_epoch": selected, "n_train": len(train),
-                     "n_val": len(val), "n_test": len(test), "n_params": n_params}
+                     "n_val": len(val), "n_test": len(test), "n_params": n_params,
+                     **extra["roles"]}
     if interrupted:  # the best epoch so far, not tested: evaluate says so
         metrics.update(interrupted=True, epochs_run=len(history))
     elif len(test):
@@ -249,7 +314,13 @@ def _train_and_write(cfg: TrainConfig, task, head, store, ids, how, splits, devi
               "train": dataclasses.asdict(cfg), "store": store.url, "classes": store.classes,
               "stream": cfg.stream, "multilabel": train.multilabel,
               "spatial": list(train.hw or ()), "loader": how,
-              "splits": {k: len(v) for k, v in ids.items()}, **task.run_fields(store, train)}
+              "splits": {k: len(v) for k, v in ids.items()}, **extra["roles"],
+              "conjugates": extra["conjugates"] or None, **task.run_fields(store, train)}
+    if cfg.protocol is not None:
+        from vidattn import protocols
+
+        config["protocol"] = {"name": cfg.protocol, "overrides": list(cfg.overrides),
+                              **protocols.get(cfg.protocol).values()}
     if interrupted:
         config["interrupted"] = True
     RunDir.write(out, config, metrics)

@@ -29,7 +29,7 @@ class Task(Protocol):
 
     NAME: its name.  head_fields(store, stream) -> the head Config fields the data fixes.
     dataset(store, ids, stream, **kw) -> a StoreDataset of the rows it can use.
-    loss(head, batch, teacher, mfr_weight) -> (loss, {term: float}) for one training batch.
+    loss(head, batch, teacher, mfr_weight, mfr_rms) -> (loss, {term: float}) for one batch.
     predict(head, ds, device, workers) -> Predictions of whole maps.
     summarize(pred, ds) -> metrics dict; val_record(summary) -> the history fields;
     selection_key(record) -> what the best epoch maximises.

@@ -37,7 +37,7 @@ def _subset(out: dict, mask: torch.Tensor) -> dict:
     return {k: v[mask] for k, v in out.items()}
 
 
-def loss(head, batch: dict, teacher=None, mfr_weight: float = 1.0):
+def loss(head, batch: dict, teacher=None, mfr_weight: float = 1.0, mfr_rms: bool = False):
     """L of one batch; rows without a conjugate get the classification loss only.
 
     With a ``teacher`` (a frozen run of the same head), the student's attended map also
@@ -58,7 +58,7 @@ def loss(head, batch: dict, teacher=None, mfr_weight: float = 1.0):
     if teacher is not None:
         with torch.no_grad():
             target_map = teacher(fmap)["attended"]
-        l_fm = mature_feature_loss(out["attended"], target_map)
+        l_fm = mature_feature_loss(out["attended"], target_map, rms=mfr_rms)
         total = total + mfr_weight * l_fm
         parts = {**parts, "L_fm": l_fm.item()}
     return total, parts

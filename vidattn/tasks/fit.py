@@ -30,6 +30,7 @@ class FitConfig:
     weight_decay: float = 1e-4
     workers: int = 0  # DataLoader worker processes (0: read in this process)
     mfr_weight: float = 1.0
+    mfr_rms: bool = False  # W3's MFR divided by sqrt(D*H*W) instead of eq. 9 as written
 
 
 @dataclass
@@ -117,7 +118,7 @@ def _epochs(head, task, train, val, cfg, device, rng, teacher, name, opt, histor
         sums: dict[str, float] = {}
         for batch in loader(train, epoch_draws(train, cfg.batch_size, rng), cfg.workers):
             batch = to_device(batch, device)
-            loss, parts = task.loss(head, batch, teacher, cfg.mfr_weight)
+            loss, parts = task.loss(head, batch, teacher, cfg.mfr_weight, cfg.mfr_rms)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -37,7 +37,7 @@ def dataset(store, ids, stream: str, **kw) -> StoreDataset:
     return StoreDataset(store, ids=list(ids), stream=stream, task=NAME, **kw)
 
 
-def loss(head, batch: dict, teacher=None, mfr_weight: float = 1.0):
+def loss(head, batch: dict, teacher=None, mfr_weight: float = 1.0, mfr_rms: bool = False):
     if teacher is not None:
         raise ValueError("--teacher (W3's MFR) applies to classify heads with an attended map")
     return head.loss(head(batch), batch)

@@ -31,6 +31,8 @@ def folder(tmp_path) -> Path:
 
 
 def test_expected_frames_follow_the_container():
+    if not CLIP.is_file():
+        pytest.skip("the shared ActivityNet clip is missing")
     assert expected_frames(CLIP, None, None, 25.0) == 350  # 14 s declared
     assert expected_frames(CLIP, 2.0, 4.0, 25.0) == 50
     assert expected_frames(CLIP, 13.0, 20.0, 25.0) == 25  # clipped to the declared end

@@ -284,13 +284,11 @@ def epoch_draws(ds: StoreDataset, batch_size: int, rng: np.random.Generator) -> 
             sides = {j: around(ds.shape(j)[0], s0, ds.crop_t) for j, s0 in zip(idx, starts)}
             picks = {j: 0 for j in idx if sides[j]}
             conj_starts = {j: int(sides[j][rng.integers(len(sides[j]))]) for j in picks}
-            batches.append([Draw(j, s0, picks.get(j, -1), conj_starts.get(j, 0))
-                            for j, s0 in zip(idx, starts)])
-            continue
-        picks = {j: int(rng.choice(len(ds.conjugates[j]))) for j in idx
-                 if ds.uses_conjugates and ds.conjugates[j]}
-        conj_starts = {j: M.crop_start(ds.maps.shape(ds.conjugates[j][k])[0], ds.crop_t, rng)
-                       for j, k in picks.items()}
+        else:
+            picks = {j: int(rng.choice(len(ds.conjugates[j]))) for j in idx
+                     if ds.uses_conjugates and ds.conjugates[j]}
+            conj_starts = {j: M.crop_start(ds.maps.shape(ds.conjugates[j][k])[0], ds.crop_t,
+                                           rng) for j, k in picks.items()}
         batches.append([Draw(j, s0, picks.get(j, -1), conj_starts.get(j, 0))
                         for j, s0 in zip(idx, starts)])
     return batches

@@ -500,6 +500,7 @@ def _changed_files(store, streams: tuple[str, ...], rows_by_id, root: Path) -> d
     extracted: video_id -> part.  Rows without a recorded stamp (older stores) and files
     that are gone (their maps are kept) do not count."""
     changed: dict[str, int] = {}
+    stamps: dict[Path, tuple] = {}  # one stat per file: streams and segments share files
     for s in streams:
         idx = store.index(s)
         idx = idx[(idx.status == "done") & idx.file_size.notna()
@@ -507,7 +508,10 @@ def _changed_files(store, streams: tuple[str, ...], rows_by_id, root: Path) -> d
         for r in idx.itertuples():
             if r.video_id in changed:
                 continue
-            size, mtime = _file_stamp(video_path(rows_by_id.at[r.video_id, "path"], root))
+            path = video_path(rows_by_id.at[r.video_id, "path"], root)
+            if path not in stamps:
+                stamps[path] = _file_stamp(path)
+            size, mtime = stamps[path]
             if size is not None and (size != r.file_size or abs(mtime - r.file_mtime) > 1e-3):
                 changed[r.video_id] = int(r.part)
     return changed

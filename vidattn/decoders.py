@@ -27,7 +27,8 @@ back to PyAV).
 
 Each source has the same small interface, used by :class:`vidattn.video.ClipStream`:
 ``backend``, ``fps``, ``src_fps``, ``n_frames`` (None when unknown up front), ``shaper``,
-``fill(out) -> int`` and ``close()``.
+``frames_lost`` (output frames standing in for undecodable ones, so far), ``fill(out) -> int``
+and ``close()``.
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ class _DecordSource:
     """
 
     backend = "decord"
+    frames_lost = 0  # decord either decodes a frame or fails (auto mode then uses PyAV)
 
     def __init__(self, path: Path, cfg: DecodeConfig, start: float, end: float) -> None:
         import decord  # optional dependency; imported only when this backend is used

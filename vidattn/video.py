@@ -179,7 +179,7 @@ class ClipStream:
             pyav_errors = _pyav_errors() if source.backend == "pyav" else ()
             try:
                 k = source.fill(buf)
-                self.frames_lost = getattr(source, "frames_lost", 0)
+                self.frames_lost = source.frames_lost
             except VideoDecodeError:
                 raise
             except pyav_errors as e:

@@ -222,7 +222,7 @@ def check_protocol(cfg: TrainConfig, store) -> list[str]:
     preset = protocols.get(cfg.protocol)
     out = []
     dataset = store.group.attrs.get("dataset", {}).get("name")
-    if dataset not in (None, preset.dataset, preset.dataset.rstrip("0123456789")):
+    if dataset not in (None, preset.dataset):
         out.append(f"protocol {preset.name} is for {preset.dataset}; this store holds "
                    f"{dataset}")
     prep = (store.provenance(cfg.stream) or {}).get("preprocessing", {})

@@ -133,7 +133,7 @@ def bench_end_to_end(rows: list, device: str, video: Path) -> None:
     """RGB extraction of one real clip (decode in a stream + windows + float16) against the
     bare forward pass on the same, already decoded frames (target: >= 0.8x)."""
     from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig
-    from vidattn.pipeline.extract import extract_video
+    from vidattn.pipeline.parts import extract_video
     from vidattn.video import DecodeConfig, load_clip, to_model_input
 
     if not video.is_file():
@@ -165,7 +165,7 @@ def bench_end_to_end(rows: list, device: str, video: Path) -> None:
 _LONG = """
 import json, sys, time
 from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig
-from vidattn.pipeline.extract import extract_video
+from vidattn.pipeline.parts import extract_video
 from vidattn.video import DecodeConfig
 
 def hwm():  # this process's peak RSS in MiB; ru_maxrss would carry the parent's over exec

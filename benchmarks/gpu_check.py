@@ -49,7 +49,7 @@ def stage_extraction(rows: list, device: str, quick: bool) -> None:
     """The extractor (decode, I3D, float16 maps; bf16 autocast on CUDA) against the bare
     forward on the same decoded frames."""
     from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig
-    from vidattn.pipeline.extract import extract_video
+    from vidattn.pipeline.parts import extract_video
     from vidattn.video import DecodeConfig, load_clip, to_model_input
 
     if not REAL_CLIP.is_file():

@@ -158,7 +158,7 @@ SHORT = {"short_1.mp4": 1, "short_2.mp4": 2, "short_3.mp4": 3}
 def fault_run(tmp_path_factory):
     """One run over a folder holding every kind of bad input beside good clips; the
     extractor emits NaN for ``nan_clip``.  Returns (root, store, ExtractResult)."""
-    import vidattn.pipeline.extract as extract
+    import vidattn.pipeline.parts as parts
 
     root = tmp_path_factory.mktemp("faulty")
     write_video(root / "good_a.mp4", 16)
@@ -175,7 +175,7 @@ def fault_run(tmp_path_factory):
     _audio_only(root / "audio_only.mp4")
     _vfr(root / "vfr.mkv")
 
-    real = extract.extract_video
+    real = parts.extract_video
 
     def nan_for_one(extractor, path, *args, **kwargs):
         got, out = real(extractor, path, *args, **kwargs)
@@ -185,7 +185,7 @@ def fault_run(tmp_path_factory):
 
     store = str(tmp_path_factory.mktemp("stores") / "faulty")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(extract, "extract_video", nan_for_one)
+        mp.setattr(parts, "extract_video", nan_for_one)
         res = run(ExtractConfig(dataset="folder", root=str(root), store=store, crop="full",
                                 **FAST))
     return root, store, res
@@ -356,17 +356,17 @@ def _extract_in_child(cfg: dict, barrier=None, die_before_fragment: int | None =
     the network, and ("result", n_extracted, n_skipped, n_videos) at the end."""
     import torch
 
-    from vidattn.pipeline import extract
+    from vidattn.pipeline import parts
     from vidattn.stores.zarr_store import FeatureStore
 
     if computed is not None:
-        real = extract.extract_video
+        real = parts.extract_video
 
         def counting(extractor, path, *args, **kwargs):
             computed.put(("video", str(path)))
             return real(extractor, path, *args, **kwargs)
 
-        extract.extract_video = counting
+        parts.extract_video = counting
 
     torch.set_num_threads(1)  # as in this process: see _one_thread
     if writes is not None:

@@ -95,9 +95,9 @@ def _die_once(marker: str):
         name = "vidattn-test-die-once"
 
         def setup(self, worker) -> None:
-            from vidattn.pipeline import extract
+            from vidattn.pipeline import parts
 
-            self.real, calls = extract.extract_video, []
+            self.real, calls = parts.extract_video, []
             real = self.real
 
             def dying(*args, **kwargs):
@@ -111,12 +111,12 @@ def _die_once(marker: str):
                         os._exit(1)
                 return real(*args, **kwargs)
 
-            extract.extract_video = dying
+            parts.extract_video = dying
 
         def teardown(self, worker) -> None:
-            from vidattn.pipeline import extract
+            from vidattn.pipeline import parts
 
-            extract.extract_video = self.real
+            parts.extract_video = self.real
 
     return DieOnce()
 

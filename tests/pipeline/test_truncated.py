@@ -67,7 +67,7 @@ def _count_frames(chunks, arrays):
 
 
 def test_a_segment_past_the_decodable_end_fails_alone(tmp_path):
-    from vidattn.pipeline.extract import extract_video
+    from vidattn.pipeline.parts import extract_video
     from vidattn.video import DecodeConfig, VideoDecodeError
 
     if not CLIP.is_file():

@@ -5,7 +5,8 @@ VIDATTN := .venv/bin/vidattn
 STAMP   := .venv/.installed
 DEMO    := demo
 
-.PHONY: install demo test lint bench gpu-check clean hollywood2 actionthread hacs30 refava
+.PHONY: install demo test test-pytorchvideo lint bench gpu-check clean hollywood2 actionthread \
+	hacs30 refava
 
 install: $(STAMP)
 
@@ -39,6 +40,22 @@ lint: $(STAMP)
 # pytest exits 5 when it collected no test: make treats that as a failure, as it should.
 test: $(STAMP) lint
 	$(PY) -m pytest -q
+
+# The optional extra vidattn[pytorchvideo] in a venv of its own: torch 2.14.1 + torchvision
+# 0.29.1 (a CUDA build that also runs on the CPU, ~5.6 GB) + pytorchvideo 0.1.5.  Its tests
+# compare vidattn's I3D R50 with pytorchvideo's and check every hub backbone's maps.
+PTV_PY    := .venv-ptv/bin/python
+PTV_STAMP := .venv-ptv/.installed
+
+$(PTV_STAMP): pyproject.toml
+	python3 -m venv .venv-ptv
+	$(PTV_PY) -m pip install -q --upgrade pip
+	$(PTV_PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PTV_PY) -m pip install -q -e '.[pytorchvideo,test]'
+	touch $(PTV_STAMP)
+
+test-pytorchvideo: $(PTV_STAMP)
+	$(PTV_PY) -m pytest -q tests/extractors/test_hub.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --out BENCHMARKS.md

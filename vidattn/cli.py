@@ -50,9 +50,15 @@ def main() -> None:
 @click.option("--streams", default="rgb", show_default=True,
               help="rgb | flow | rgb,flow | none (only the referring streams)")
 @click.option("--backbone", default="inception", show_default=True,
-              type=click.Choice(["inception", "r50"]),
               help="inception: I3D (Mixed_5c -> arrays rgb, flow); r50: pytorchvideo's I3D R50 "
-                   "(res5 -> array rgb_r50; --i3d-rgb I3D_8x8_R50.pyth; RGB only).")
+                   "in vidattn's own code (res5 -> array rgb_r50; --i3d-rgb I3D_8x8_R50.pyth); "
+                   "pytorchvideo:NAME: a hub model's last stage (array rgb_ptv_NAME; needs "
+                   "vidattn[pytorchvideo]; NAME: i3d_r50, slow_r50, x3d_xs, x3d_s, x3d_m, "
+                   "r2plus1d_r50, csn_r101, slowfast_r50; default --fps: its trained rate). "
+                   "r50 and hub models: RGB only.")
+@click.option("--ptv-rgb", default=None,
+              help="Checkpoint of a pytorchvideo:NAME backbone (pytorchvideo's .pyth, e.g. "
+                   "X3D_M.pyth), or 'random'.")
 @click.option("--endpoints", default="", help="Extra endpoints stored beside the main map, "
               "e.g. Mixed_4f (array rgb_mixed_4f); inception: Mixed_3c, Mixed_4f; r50: res3, res4.")
 @click.option("--flow", "--flow-method", "flow_method", default=None,

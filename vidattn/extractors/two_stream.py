@@ -7,7 +7,9 @@ them -- -> {array: (T, H, W, C) float16}.  Arrays (declared in ``stores/schema.p
 * ``rgb_mixed_4f`` ... : extra Inception endpoints (``endpoints=("Mixed_4f",)``), for
   heads that use several stages (Mixed_4f: T = 2 ceil(N / 8), 832 channels, 1/16 size);
 * ``rgb_r50`` (+ ``rgb_r50_res4`` ...): pytorchvideo's I3D R50 res5, ``backbone="r50"``,
-  RGB only, T = ceil(N / 2), 2048 channels.
+  RGB only, T = ceil(N / 2), 2048 channels;
+* ``rgb_ptv_<name>``: a pytorchvideo hub model's last stage, ``backbone="pytorchvideo:<name>"``
+  (the optional extra; see ``hub.py`` for the models, their strides and windows).
 
 Flow has N - 1 fields; the last is repeated once so the flow clip also has N frames and
 its map lines up step for step with the RGB map.  Clips run through
@@ -41,10 +43,38 @@ STRIDES = {
 WINDOWS = {"inception": (32, 7), "r50": (64, 12)}
 
 
+def is_hub(backbone: str) -> bool:
+    from vidattn.extractors.hub import PREFIX
+
+    return backbone.startswith(PREFIX)
+
+
+def backbone_facts(backbone: str) -> tuple[str, dict[str, int], tuple[int, int]]:
+    """-> (main endpoint, {endpoint: input frames per step}, default (window, margin) steps)."""
+    if is_hub(backbone):
+        from vidattn.extractors.hub import hub_model
+
+        spec = hub_model(backbone)
+        return spec.main, dict(spec.strides), spec.windows
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone must be one of {', '.join(BACKBONES)} or "
+                         f"pytorchvideo:NAME, got {backbone!r}")
+    return MAIN_ENDPOINT[backbone], STRIDES[backbone], WINDOWS[backbone]
+
+
 def array_name(stream: str, backbone: str, endpoint: str) -> str:
-    """The store array holding ``endpoint`` of ``stream``: rgb, flow, rgb_mixed_4f, rgb_r50..."""
-    base = stream if backbone == "inception" else f"{stream}_{backbone}"
-    return base if endpoint == MAIN_ENDPOINT[backbone] else f"{base}_{endpoint.lower()}"
+    """The store array holding ``endpoint`` of ``stream``: rgb, flow, rgb_mixed_4f, rgb_r50,
+    rgb_ptv_x3d_m, rgb_ptv_slowfast_r50_fast..."""
+    if backbone == "inception":
+        base = stream
+    elif is_hub(backbone):
+        from vidattn.extractors.hub import slug
+
+        base = f"{stream}_{slug(backbone)}"
+    else:
+        base = f"{stream}_{backbone}"
+    main = backbone_facts(backbone)[0]
+    return base if endpoint == main else f"{base}_{endpoint.lower()}"
 
 
 @dataclass(frozen=True)
@@ -52,8 +82,10 @@ class I3DExtractorConfig:
     """rgb_weights / flow_weights: None (packaged weights: Kinetics-400 for the Inception
     RGB stream; none exist for flow, which then uses seeded random weights with a loud
     warning), "random", or a checkpoint path.  streams: which modalities to compute.
-    backbone: inception (I3D) | r50 (pytorchvideo's I3D R50, RGB only).  endpoints: extra
-    endpoints stored beside the main map (inception: Mixed_3c, Mixed_4f; r50: res3, res4).
+    backbone: inception (I3D) | r50 (pytorchvideo's I3D R50, RGB only) | pytorchvideo:NAME
+    (a hub model, RGB only; needs the extra).  endpoints: extra endpoints stored beside the
+    main map (inception: Mixed_3c, Mixed_4f; r50: res3, res4; hub models: none, but
+    SlowFast always stores both pathways).
     flow_method: tvl1 | tvl1-torch | dis, None = TV-L1 as the device runs it best (OpenCV
     on CPU, tvl1-torch on CUDA).  device: cpu | cuda.  amp: bf16 autocast on CUDA (ignored
     on CPU).  window_steps / margin_steps: window core and context in output steps (None =
@@ -82,8 +114,9 @@ class _Net:
                  device: str, amp: bool):
         self.model, self.to_input, self.device = model, to_input, device
         self.endpoints = endpoints
-        self.strides = {e: STRIDES[backbone][e] for e in endpoints}
-        self.unit = STRIDES[backbone][MAIN_ENDPOINT[backbone]]
+        main, strides, _ = backbone_facts(backbone)
+        self.strides = {e: strides[e] for e in endpoints}
+        self.unit = strides[main]
         self.amp = amp and str(device).startswith("cuda")
 
     def __call__(self, frames: np.ndarray) -> dict[str, torch.Tensor]:
@@ -117,22 +150,25 @@ class I3DExtractor:
         unknown = [s for s in cfg.streams if s not in STREAMS]
         if unknown or not cfg.streams:
             raise ValueError(f"streams must be some of {STREAMS}, got {cfg.streams}")
-        if cfg.backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {BACKBONES}, got {cfg.backbone!r}")
-        if cfg.backbone == "r50" and "flow" in cfg.streams:
-            raise ValueError("the I3D R50 backbone has no flow stream (no such checkpoint "
-                             "exists); use --backbone inception for flow")
-        extra = [e for e in cfg.endpoints if e not in STRIDES[cfg.backbone]]
+        main, strides, _ = backbone_facts(cfg.backbone)  # raises for unknown backbones
+        if cfg.backbone != "inception" and "flow" in cfg.streams:
+            raise ValueError(f"the {cfg.backbone} backbone has no flow stream (no such "
+                             "checkpoint exists); use --backbone inception for flow")
+        if is_hub(cfg.backbone) and cfg.endpoints:
+            raise ValueError(f"{cfg.backbone} stores its last stage only (SlowFast: both "
+                             f"pathways); got --endpoints {', '.join(cfg.endpoints)}")
+        extra = [e for e in cfg.endpoints if e not in strides]
         if extra:
             raise ValueError(f"{cfg.backbone} endpoints that can be stored: "
-                             f"{', '.join(STRIDES[cfg.backbone])}; got {', '.join(extra)}")
+                             f"{', '.join(strides)}; got {', '.join(extra)}")
         self.cfg = cfg
         self.flow_method = cfg.flow_method or default_method(cfg.device)
         if self.flow_method not in AVAILABLE_METHODS:
             raise ValueError(f"unknown flow method {self.flow_method!r}; "
                              f"available: {', '.join(AVAILABLE_METHODS)}")
-        main = MAIN_ENDPOINT[cfg.backbone]
-        endpoints = (main, *[e for e in dict.fromkeys(cfg.endpoints) if e != main])
+        # a hub model stores all it has (SlowFast: slow, then fast)
+        wanted = tuple(strides) if is_hub(cfg.backbone) else cfg.endpoints
+        endpoints = (main, *[e for e in dict.fromkeys(wanted) if e != main])
         self.nets = {s: self._net(s, endpoints) for s in cfg.streams}
         # array name -> (stream, endpoint); the main map of each stream first
         self.arrays = {array_name(s, cfg.backbone, e): (s, e)
@@ -142,6 +178,12 @@ class I3DExtractor:
     def _net(self, stream: str, endpoints: tuple[str, ...]) -> _Net:
         c = self.cfg
         weights = c.rgb_weights if stream == "rgb" else c.flow_weights
+        if is_hub(c.backbone):
+            from vidattn.extractors.hub import load_hub
+            from vidattn.extractors.i3d_r50 import to_model_input
+
+            model = load_hub(c.backbone, weights, c.device, c.trust_checkpoint)
+            return _Net(model, to_model_input, c.backbone, endpoints, c.device, c.amp)
         if c.backbone == "r50":
             from vidattn.extractors.i3d_r50 import load_r50, to_model_input
 
@@ -163,12 +205,22 @@ class I3DExtractor:
         stream, endpoint = self.arrays[array]
         model = self.nets[stream].model
         prep = dict(preprocessing)
-        if self.cfg.backbone == "r50":
+        if self.cfg.backbone != "inception":  # pytorchvideo's Kinetics normalisation
             prep["scale"] = "(x/255 - 0.45) / 0.225"
         if stream == "flow":
             prep.update(flow_method=self.flow_method, flow_bound=self.cfg.flow_bound)
+        if is_hub(self.cfg.backbone):
+            from vidattn.extractors.hub import hub_model
+
+            spec = hub_model(self.cfg.backbone)
+            if spec.alpha:
+                prep["slow_pathway"] = f"frames[::{spec.alpha}]"
+            if spec.margin is None:  # windows are exact elsewhere; X3D's maps are per clip
+                prep["clip_frames"] = spec.clip
+        extractor = {"inception": "i3d", "r50": "i3d-r50"}.get(self.cfg.backbone,
+                                                                 self.cfg.backbone)
         return {
-            "extractor": "i3d" if self.cfg.backbone == "inception" else "i3d-r50",
+            "extractor": extractor,
             "extractor_version": EXTRACTOR_VERSION,
             "stream": stream,
             "endpoint": endpoint,
@@ -178,12 +230,20 @@ class I3DExtractor:
             "vidattn_version": __version__,
         }
 
-    def _windows(self, stream: str) -> WindowedMaps:
-        net = self.nets[stream]
-        default_window, default_margin = WINDOWS[self.cfg.backbone]
+    def _window_steps(self) -> tuple[int, int]:
+        default_window, default_margin = backbone_facts(self.cfg.backbone)[2]
+        if is_hub(self.cfg.backbone):
+            from vidattn.extractors.hub import hub_model
+
+            if hub_model(self.cfg.backbone).margin is None:  # X3D: clip by clip, as trained
+                return default_window, 0
         window = self.cfg.window_steps or default_window
         margin = default_margin if self.cfg.margin_steps is None else self.cfg.margin_steps
-        return WindowedMaps(net, net.unit, net.strides, window, margin)
+        return window, margin
+
+    def _windows(self, stream: str) -> WindowedMaps:
+        net = self.nets[stream]
+        return WindowedMaps(net, net.unit, net.strides, *self._window_steps())
 
     def __call__(self, frames: np.ndarray | Iterable[np.ndarray],
                  arrays: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:

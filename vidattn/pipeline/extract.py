@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+from vidattn.extractors.hub import hub_model
+from vidattn.extractors.two_stream import is_hub
 from vidattn.pipeline.mine import NEAREST_NEGATIVE
 from vidattn.pipeline.parts import (
     MIN_DECODED,
@@ -60,11 +62,12 @@ class ExtractConfig:
     i3d_rgb: str | None = None  # None = packaged Kinetics-400 weights; "random"; or a path
     i3d_flow: str | None = None  # no packaged flow weights: None = seeded random, loudly
     streams: str = "rgb"  # "rgb", "flow" or "rgb,flow" (maps aligned in time)
-    backbone: str = "inception"  # inception (I3D) | r50 (pytorchvideo I3D R50, RGB only)
+    backbone: str = "inception"  # inception (I3D) | r50 (I3D R50) | pytorchvideo:NAME
+    ptv_rgb: str | None = None  # a pytorchvideo:NAME backbone's .pyth checkpoint, or "random"
     endpoints: str = ""  # extra endpoints stored too, e.g. "Mixed_4f" (see two_stream.py)
     flow_method: str | None = None  # tvl1 | tvl1-torch | dis; None: by device (see flow.py)
     device: str = "auto"
-    fps: float | None = None  # None = dataset default, else DEFAULT_DECODE
+    fps: float | None = None  # None = a hub backbone's trained rate, the dataset's, or 25
     short_side: int | None = None
     crop: str | None = None  # "224" | "full" | None (dataset default)
     part_size: int = 16  # videos per part (= per shard, per writer)
@@ -160,6 +163,8 @@ def decode_config(cfg: ExtractConfig, dataset: str):
     from vidattn.video import DecodeConfig
 
     values = {**DEFAULT_DECODE, **DATASET_DECODE.get(dataset, {})}
+    if is_hub(cfg.backbone):  # the rate the checkpoint was trained at (30 fps / stride)
+        values["fps"] = hub_model(cfg.backbone).fps
     if cfg.fps is not None:
         values["fps"] = cfg.fps
     if cfg.short_side is not None:
@@ -183,7 +188,15 @@ def extractor_config(cfg: ExtractConfig, device: str):
             raise ValueError("--streams none extracts nothing without --detector/--boxes")
         return None
     endpoints = tuple(e.strip() for e in cfg.endpoints.split(",") if e.strip())
-    return I3DExtractorConfig(rgb_weights=cfg.i3d_rgb, flow_weights=cfg.i3d_flow,
+    rgb = cfg.i3d_rgb
+    if is_hub(cfg.backbone):
+        if cfg.i3d_rgb:
+            raise ValueError(f"--backbone {cfg.backbone} takes its checkpoint from --ptv-rgb, "
+                             f"not --i3d-rgb")
+        rgb = cfg.ptv_rgb
+    elif cfg.ptv_rgb:
+        raise ValueError("--ptv-rgb is the checkpoint of a --backbone pytorchvideo:NAME")
+    return I3DExtractorConfig(rgb_weights=rgb, flow_weights=cfg.i3d_flow,
                               streams=streams, backbone=cfg.backbone, endpoints=endpoints,
                               flow_method=cfg.flow_method or default_method(device),
                               device=device, window_steps=cfg.window_steps,

@@ -122,6 +122,17 @@ ARRAYS: dict[str, ArraySpec] = {
                               description="I3D R50, res4 (T = N/2, 1/16 size)"),
     "rgb_r50_res3": ArraySpec("rgb_r50_res3", 512, 2, 8,
                               description="I3D R50, res3 (T = N/2, 1/8 size)"),
+    # pytorchvideo hub backbones (--backbone pytorchvideo:NAME, vidattn/extractors/hub.py):
+    # the last stage, 1/32 size; SlowFast stores both pathways
+    **{f"rgb_ptv_{name}": ArraySpec(f"rgb_ptv_{name}", width, step, 32,
+                                    description=f"pytorchvideo {what} (T = N/{step})")
+       for name, width, step, what in (
+           ("i3d_r50", 2048, 2, "i3d_r50, res5"), ("slow_r50", 2048, 1, "slow_r50, res5"),
+           ("x3d_xs", 192, 1, "x3d_xs, res5"), ("x3d_s", 192, 1, "x3d_s, res5"),
+           ("x3d_m", 192, 1, "x3d_m, res5"), ("r2plus1d_r50", 2048, 4, "r2plus1d_r50, res5"),
+           ("csn_r101", 2048, 8, "csn_r101, res5"),
+           ("slowfast_r50", 2048, 4, "slowfast_r50, slow pathway res5"),
+           ("slowfast_r50_fast", 256, 1, "slowfast_r50, fast pathway res5"))},
     # float32: box coordinates and class ids must survive exactly (float16 has 11 bits).
     "detections": ArraySpec(
         "detections", len(DETECTION_FIELDS), dtype="float32", chunk_rows=4096,

@@ -379,6 +379,7 @@ def score(run_dirs, **kw) -> None:
     click.echo(f"videos: {res.selected}; partitions: {res.written} written now, "
                f"{res.skipped} already there, {res.partitions} in all; {res.rows} rows "
                f"({res.seconds:.1f} s)")
+    click.echo(res.where_time_went())
 
 
 @main.group()

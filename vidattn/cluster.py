@@ -9,7 +9,8 @@ process (:func:`worker_cached`), not once per task.
 Worker processes are started non-daemonic (:data:`WORKER_CONFIG`): a task may start
 processes of its own (a video decoded in a killable child, OpenCV's TV-L1 pool), which
 multiprocessing forbids a daemonic process.  Workers of an existing cluster need the same
-setting where they are started: ``DASK_DISTRIBUTED__WORKER__DAEMON=False``.
+setting where they are started: ``DASK_DISTRIBUTED__WORKER__DAEMON=False``, and run faster
+without dask's ``MALLOC_TRIM_THRESHOLD_`` (see :data:`WORKER_CONFIG`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ from typing import Any
 _CACHE: dict[Any, Any] = {}  # per process: each dask worker process has its own
 
 # dask config under which LocalCluster workers are started (and restarted by their nanny).
-WORKER_CONFIG = {"distributed.worker.daemon": False}
+# dask's nanny also sets MALLOC_TRIM_THRESHOLD_=65536 in each worker; glibc then hands every
+# freed buffer over 128 KiB back to the kernel, and each map read or cast faults its pages in
+# afresh: re-scoring read maps 2.5x slower in a worker than in this process (measured,
+# BENCHMARKS.md).  The thread limits stay: one worker a core.
+WORKER_CONFIG = {
+    "distributed.worker.daemon": False,
+    "distributed.worker.profile.enabled": False,
+    "distributed.nanny.pre-spawn-environ": {
+        "OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1},
+}
 
 
 @dataclass(frozen=True)

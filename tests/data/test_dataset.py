@@ -96,6 +96,29 @@ def test_crop_reads_only_its_rows(store_url, monkeypatch):
     assert torch.equal(crop, maps.read("a3")[:, 2:5])
 
 
+def test_read_many_reads_neighbours_in_one_slice(store_url, monkeypatch):
+    """read_many yields every wanted map exactly as read alone, one slice per run of
+    neighbouring maps in a part; a run is cut at max_rows, unknown ids are passed over."""
+    store = open_store(store_url)
+    ids = sorted(store.video_ids("rgb"))
+    maps = StoreMaps(store_url, "rgb", entries(store, "rgb", ids), D)
+    alone = {v: maps.read(v).clone() for v in ids}
+    sliced = []
+    cls = type(store.group["features/rgb/part-00000"])
+    real = cls.__getitem__
+    monkeypatch.setattr(cls, "__getitem__", lambda arr, key: sliced.append(key) or
+                        real(arr, key))
+    wanted = ids[::-1] + ["nope"]
+    got = dict(maps.read_many(wanted))
+    assert sorted(got) == ids
+    assert all(torch.equal(got[v], alone[v]) for v in ids)
+    parts = {maps.where[v].part for v in ids}
+    assert len(sliced) == len(parts) == 3  # the planted maps lie back to back in each part
+    sliced.clear()
+    got = dict(maps.read_many(ids, max_rows=1))  # a map larger than a run is read alone
+    assert len(sliced) == len(ids) and all(torch.equal(got[v], alone[v]) for v in ids)
+
+
 def test_loader_workers_and_urls_give_the_same_batches(store_url):
     ds = StoreDataset(store_url, "train", val_fraction=0, crop_t=3, conjugates=True)
     draws = epoch_draws(ds, 3, np.random.default_rng(0))

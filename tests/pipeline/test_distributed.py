@@ -229,6 +229,26 @@ def test_subdecode_kills_a_hung_child_and_relays_errors(tmp_path):
     assert str(e.value).startswith(f"{junk}: ") and "\n" not in str(e.value)
 
 
+def test_workers_keep_one_thread_but_not_dasks_malloc_trim():
+    """vidattn's LocalCluster workers: one OpenMP thread each, glibc's own trim threshold
+    (dask's 64 KiB one made every map read fault its pages in again), no profiler."""
+    import dask
+
+    from vidattn.cluster import ClusterConfig, client, run_tasks
+
+    def environ(_) -> dict:  # a local function: sent by value, run in the worker
+        import os
+
+        return {k: os.environ.get(k) for k in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}
+
+    cfg = ClusterConfig(workers=1)
+    with client(cfg) as c:
+        (_, env), = run_tasks(c, environ, [0], cfg)
+        profiled = c.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+    assert env == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}
+    assert list(profiled.values()) == [False]
+
+
 def test_subdecode_refuses_clearly_in_a_daemonic_process(tiny_sample, monkeypatch):
     # how a dask worker started with the default config looks to multiprocessing
     monkeypatch.setitem(mp.current_process()._config, "daemon", True)

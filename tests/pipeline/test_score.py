@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -94,6 +95,22 @@ def test_scores_equal_runs_predict(scored, tiny_store):
     assert classes == {Path(r).name: store.classes for r in cfg.runs}
 
 
+def test_rows_follow_the_partition_and_times_are_measured(trained, tiny_store, tmp_path):
+    """Within a file, rows are (video, run) in the partition's order, whichever order the
+    maps were read in; a partition reports what its reading, scoring and writing took."""
+    cfg = ScoreConfig(runs=trained, store=tiny_store, out=str(tmp_path / "p"),
+                      videos_per_partition=VPP)
+    runs = [describe_run(r) for r in trained]
+    sel = select(open_store(tiny_store), runs, None, None)
+    part = partitions(sel, VPP)[1]
+    Path(cfg.out).mkdir()
+    times = score_partition(part, runs, cfg.store, cfg.out, 3, "cpu", "job-order")
+    df = pd.read_parquet(Path(cfg.out) / part.name)
+    assert list(zip(df.video_id, df.run)) == [(v, runs[i].name) for v, which in
+                                              zip(part.videos, part.runs) for i in which]
+    assert times.rows == len(df) and min(times.read_s, times.score_s, times.write_s) > 0
+
+
 def test_partitions_are_sorted_slices(scored):
     cfg, df = scored
     parts = sorted(Path(cfg.out).glob("part-*.parquet"))
@@ -158,7 +175,8 @@ def test_rerun_writes_nothing(scored):
     # a task retried after its first attempt renamed the file: counts it, rewrites nothing
     runs = [describe_run(r) for r in cfg.runs]
     part = partitions(select(open_store(cfg.store), runs, None, None), VPP)[1]
-    assert score_partition(part, runs, cfg.store, cfg.out, 5, "cpu", "job") == len(HEADS) * VPP
+    assert score_partition(part, runs, cfg.store, cfg.out, 5, "cpu", "job").rows == \
+        len(HEADS) * VPP
     assert mtimes(cfg.out) == before
 
 
@@ -239,6 +257,8 @@ def test_cli_scores_a_filtered_selection(trained, tiny_store, tmp_path):
     r = CliRunner().invoke(main, ["score", trained[0], "--store", tiny_store, "--out", str(out),
                                   "--where", "split == 'test'", "--top-k", "2"])
     assert r.exit_code == 0, r.output
+    assert re.search(r"\d+ videos/s over [\d.]+ s; tasks spent [\d.]+ s: read maps \d+%, "
+                     r"score \d+%, write \d+%", r.output), r.output
     got = pd.read_parquet(out)
     manifest = open_store(tiny_store).manifest()
     tests = set(manifest.loc[manifest.split == "test", "video_id"])

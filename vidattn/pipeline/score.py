@@ -34,9 +34,11 @@ import pyarrow.parquet as pq
 import torch
 
 from vidattn.cluster import ClusterConfig, client, run_tasks, worker_cached
+from vidattn.data.maps import StoreMaps, entries
 from vidattn.progress import bar as progress
 from vidattn.stores import FeatureStore, open_store
 from vidattn.stores.files import put_atomic
+from vidattn.stores.schema import ARRAYS
 from vidattn.tasks.classify import probabilities
 from vidattn.tasks.rundir import RunDir, pick_device
 
@@ -88,7 +90,28 @@ class ScoreResult:
     written: int = 0  # partitions written by this call
     skipped: int = 0  # partitions that were already there
     rows: int = 0  # (video, run) rows written by this call
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall, start-up (runs, index, cluster) included
+    # summed over the partitions written, in whichever process ran them
+    read_s: float = 0.0  # fetching and decoding maps
+    score_s: float = 0.0  # heads, softmax, top-k
+    write_s: float = 0.0  # parquet files
+
+    def add(self, t: PartTimes) -> None:
+        self.written += 1
+        self.rows += t.rows
+        self.read_s += t.read_s
+        self.score_s += t.score_s
+        self.write_s += t.write_s
+
+    def where_time_went(self) -> str:
+        """One line: throughput, and how the partitions' time divides."""
+        busy = self.read_s + self.score_s + self.write_s
+        if not self.written or not busy:
+            return f"{self.seconds:.1f} s, nothing scored"
+        videos = self.selected * self.written / max(self.partitions, 1)
+        return (f"{videos / self.seconds:.0f} videos/s over {self.seconds:.1f} s; tasks spent "
+                f"{busy:.1f} s: read maps {100 * self.read_s / busy:.0f}%, score "
+                f"{100 * self.score_s / busy:.0f}%, write {100 * self.write_s / busy:.0f}%")
 
 
 @dataclass(frozen=True)
@@ -193,17 +216,20 @@ def fingerprint(runs: list[RunSpec], store: FeatureStore,
     return h.hexdigest()
 
 
-_STORE: dict[str, tuple[str, FeatureStore]] = {}  # url -> (job, store), one per process
+_MAPS: dict[tuple[str, str], tuple[str, StoreMaps]] = {}  # (url, stream) -> (job, maps)
 
 
-def _job_store(url: str, job: str) -> FeatureStore:
-    """The store, opened once per process and job: its index (read on first use, every
-    fragment) is shared by all the job's partitions, and a later job re-reads it, since a
-    part may have been rewritten since (offsets change)."""
-    held = _STORE.get(url)
+def _job_maps(url: str, stream: str, job: str) -> StoreMaps:
+    """Where every done ``stream`` map lies, read once per process and job from the store's
+    index (every fragment) and shared by all the job's partitions; a later job re-reads
+    it, since a part may have been rewritten since (offsets change)."""
+    held = _MAPS.get((url, stream))
     if held is None or held[0] != job:
-        _STORE[url] = (job, open_store(url))
-    return _STORE[url][1]
+        store = open_store(url)
+        where = entries(store, stream, store.index(stream).video_id)  # the done ones
+        channels = ARRAYS[stream].channels if stream in ARRAYS else 0
+        _MAPS[(url, stream)] = (job, StoreMaps(url, stream, where, channels))
+    return _MAPS[(url, stream)][1]
 
 
 def _lists(chunks: list, values_type: pa.DataType) -> pa.ListArray:
@@ -213,45 +239,67 @@ def _lists(chunks: list, values_type: pa.DataType) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=values_type))
 
 
+@dataclass
+class PartTimes:
+    """What one partition cost: rows written, seconds reading maps (fetch and decode),
+    scoring them (heads, softmax, top-k) and writing the parquet file."""
+
+    rows: int = 0
+    read_s: float = 0.0
+    score_s: float = 0.0
+    write_s: float = 0.0
+
+
 def score_partition(part: Partition, runs: list[RunSpec], store_url: str, out: str,
-                    top_k: int, device: str, job: str) -> int:
+                    top_k: int, device: str, job: str) -> PartTimes:
     """Score one partition's videos with their runs and write ``OUT/part-NNNNN.parquet``.
 
     The one task of both modes (dask worker or this process).  Each video's map is read
-    once per stream and given to every run of that stream.  Returns the partition's rows.
+    once per stream, neighbouring maps in one slice (StoreMaps.read_many), and given to
+    every run of that stream.  Rows are (video, run) in the partition's order.
     """
     fs, root = fsspec.core.url_to_fs(out)
     final = f"{root}/{part.name}"
     if fs.exists(final):  # a retried task whose first attempt got as far as the rename
         with fs.open(final, "rb") as f:
-            return pq.ParquetFile(f).metadata.num_rows
-    store = _job_store(store_url, job)
-    cols: dict[str, list] = {name: [] for name in OUTPUT_SCHEMA.names}
-    for vid, which in zip(part.videos, part.runs):
-        fmaps: dict = {}
-        for i in which:
-            r = runs[i]
-            head = worker_cached(("score-run", r.path, r.digest, device),
-                                 lambda r=r: RunDir.open(r.path).load_head(device))
-            if r.stream not in fmaps:
-                fmaps[r.stream] = torch.from_numpy(store.read(vid, r.stream)).permute(3, 0, 1, 2)
-            with torch.no_grad():  # (1, D, T, H, W) float32
-                logits = head(fmaps[r.stream][None].to(device))["logits"]
-            s = probabilities(logits, r.multilabel)[0].cpu().numpy().astype(np.float32)
-            best = np.argsort(-s, kind="stable")[:top_k]  # ties: the lower class index
-            for name, value in (("video_id", vid), ("run", r.name), ("head", r.head),
-                                ("stream", r.stream), ("scores", s),
-                                ("top_k", best.astype(np.int32)),
-                                ("top_k_labels", [r.classes[k] for k in best]),
-                                ("top_k_scores", s[best])):
-                cols[name].append(value)
-    arrays = [pa.array(cols[f.name], f.type) if not pa.types.is_list(f.type)
-              else _lists(cols[f.name], f.type.value_type) for f in OUTPUT_SCHEMA]
+            return PartTimes(rows=pq.ParquetFile(f).metadata.num_rows)
+    times = PartTimes()
+    rows: dict[tuple[int, int], tuple] = {}  # (video position, run index) -> row values
+    position = {vid: n for n, vid in enumerate(part.videos)}
+    for stream in dict.fromkeys(runs[i].stream for which in part.runs for i in which):
+        wanted = [v for v, which in zip(part.videos, part.runs)
+                  if any(runs[i].stream == stream for i in which)]
+        maps = _job_maps(store_url, stream, job)
+        t = time.perf_counter()
+        for vid, fmap in maps.read_many(wanted):
+            t_read = time.perf_counter()
+            times.read_s += t_read - t
+            x = fmap[None].to(device=device, dtype=torch.float32)  # (1, D, T, H, W)
+            for i in part.runs[position[vid]]:
+                r = runs[i]
+                if r.stream != stream:
+                    continue
+                head = worker_cached(("score-run", r.path, r.digest, device),
+                                     lambda r=r: RunDir.open(r.path).load_head(device))
+                with torch.no_grad():
+                    logits = head(x)["logits"]
+                s = probabilities(logits, r.multilabel)[0].cpu().numpy().astype(np.float32)
+                best = np.argsort(-s, kind="stable")[:top_k]  # ties: the lower class index
+                rows[(position[vid], i)] = (vid, r.name, r.head, r.stream, s,
+                                            best.astype(np.int32),
+                                            [r.classes[k] for k in best], s[best])
+            t = time.perf_counter()
+            times.score_s += t - t_read
+    t = time.perf_counter()
+    cols = list(zip(*(rows[k] for k in sorted(rows)))) or [[] for _ in OUTPUT_SCHEMA]
+    arrays = [pa.array(list(c), f.type) if not pa.types.is_list(f.type)
+              else _lists(list(c), f.type.value_type) for c, f in zip(cols, OUTPUT_SCHEMA)]
     table = pa.Table.from_arrays(arrays, schema=OUTPUT_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     put_atomic(fs, final, buf.getvalue())
-    return table.num_rows
+    times.rows, times.write_s = table.num_rows, time.perf_counter() - t
+    return times
 
 
 def _prepare_out(fs, root: str, out: str, meta: dict, classes: dict) -> set[str]:
@@ -315,13 +363,12 @@ def run(cfg: ScoreConfig) -> ScoreResult:
     with bar:
         if ccfg.enabled and todo:
             with client(ccfg) as c:
-                for _, n in run_tasks(c, score_partition, todo, ccfg, *args):
-                    result.written, result.rows = result.written + 1, result.rows + n
+                for _, times in run_tasks(c, score_partition, todo, ccfg, *args):
+                    result.add(times)
                     bar.update(1)
         else:  # the same task function, in this process
             for p in todo:
-                result.rows += score_partition(p, *args)
-                result.written += 1
+                result.add(score_partition(p, *args))
                 bar.update(1)
     result.seconds = round(time.time() - t0, 2)
     return result

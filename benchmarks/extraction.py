@@ -162,6 +162,52 @@ def bench_end_to_end(rows: list, device: str, video: Path) -> None:
                  f"{n / t_e2e:.1f} frames/s = {t_bare / t_e2e:.2f}x bare"))
 
 
+def bench_streaming(rows: list, device: str, video: Path) -> None:
+    """Inception I3D over one clip's decoded frames three ways, in one run: one pass (the
+    model's own speed), streamed (each frame once), and in windows (context recomputed)."""
+    from vidattn.extractors.i3d_weights import load_i3d
+    from vidattn.extractors.stream_i3d import StreamingMaps
+    from vidattn.extractors.windows import WindowedMaps, pad_to_unit
+    from vidattn.video import DecodeConfig, load_clip, to_model_input
+
+    if not video.is_file():
+        rows.append(("streamed I3D", "skipped: no real clip", ""))
+        return
+    model = load_i3d(None, "rgb", device)
+    for size, repeat in ((224, 1), (112, 4)):
+        frames = load_clip(video, DecodeConfig(short_side=size, crop=size), None, None).frames
+        frames = np.concatenate([frames] * repeat)  # longer clips at the smaller size
+        n = pad_to_unit(len(frames), 8)
+        frames = np.concatenate([frames, np.repeat(frames[-1:], n - len(frames), 0)])
+
+        def one_pass(frames=frames):
+            with torch.no_grad():
+                model(torch.from_numpy(to_model_input(frames))[None].to(device))
+
+        def run(maps, frames=frames):
+            for a in range(0, len(frames), 128):  # as the decoder delivers them
+                maps.push(frames[a : a + 128])
+            maps.finish()
+
+        def forward(x):
+            with torch.no_grad():
+                return model.features(torch.from_numpy(to_model_input(x))[None].to(device),
+                                      ("Mixed_5c",))
+        t_bare = timed(one_pass, repeats=1)
+        t_stream = timed(lambda: run(StreamingMaps(model, to_model_input, ("Mixed_5c",),
+                                                   device, False)), repeats=1)
+        t_win = timed(lambda: run(WindowedMaps(lambda x: {k: v[0] for k, v in
+                                                          forward(x).items()},
+                                               8, {"Mixed_5c": 8}, 32, 7)), repeats=1)
+        label = f"I3D RGB on {n} frames at {size}², {device} fp32"
+        rows.append((f"{label}: one pass (the model's own speed)", f"{t_bare:.2f} s",
+                     f"{n / t_bare:.1f} frames/s"))
+        rows.append((f"{label}: streamed, 128-frame chunks", f"{t_stream:.2f} s",
+                     f"{n / t_stream:.1f} frames/s = {t_bare / t_stream:.2f}x one pass"))
+        rows.append((f"{label}: 256-frame windows + 2x56 context", f"{t_win:.2f} s",
+                     f"{n / t_win:.1f} frames/s = {t_bare / t_win:.2f}x one pass"))
+
+
 _LONG = """
 import json, sys, time
 from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig

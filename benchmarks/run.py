@@ -195,6 +195,7 @@ STAGES = {
     "i3d": extraction.bench_i3d_precision,
     "flow": extraction.bench_flow,
     "end-to-end": lambda rows, device: extraction.bench_end_to_end(rows, device, REAL_CLIP),
+    "streaming": lambda rows, device: extraction.bench_streaming(rows, device, REAL_CLIP),
     "long-video": extraction.bench_long_video,
     "heads": bench_heads,
     "loader": loader_bench.bench_loader,

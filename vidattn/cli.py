@@ -82,8 +82,10 @@ def main() -> None:
                    "identical frames. The index records which decoded each video.")
 @click.option("--limit", type=int, default=None, help="Only the first N manifest rows.")
 @click.option("--window-steps", type=int, default=None,
-              help="Long videos run in windows of this many 8-frame steps, plus 7 steps of "
-                   "context each side [default: 32]; smaller = less memory, more compute.")
+              help="Inception I3D streams long videos, each frame computed once; with this "
+                   "option it runs in windows of this many 8-frame steps plus 7 steps of "
+                   "context each side instead (the same maps, more compute). The r50 and "
+                   "pytorchvideo backbones always run in windows [default: theirs].")
 @click.option("--workers", type=int, default=0, show_default=True,
               help="dask: 0 = this process; N = a LocalCluster of N workers, a part a task.")
 @click.option("--scheduler", default=None, help="Address of a running dask scheduler.")

@@ -12,9 +12,11 @@ them -- -> {array: (T, H, W, C) float16}.  Arrays (declared in ``stores/schema.p
   (the optional extra; see ``hub.py`` for the models, their strides and windows).
 
 Flow has N - 1 fields; the last is repeated once so the flow clip also has N frames and
-its map lines up step for step with the RGB map.  Clips run through
-:class:`~vidattn.extractors.windows.WindowedMaps`: memory bounded, equal to one pass, and
-padded at the end by repeating the last frame (field) to a whole step -- the padding rule.
+its map lines up step for step with the RGB map.  Inception I3D clips are streamed through
+:class:`~vidattn.extractors.stream_i3d.StreamingMaps` (each frame computed once), the other
+backbones through :class:`~vidattn.extractors.windows.WindowedMaps`: both memory bounded,
+equal to one pass, and padded at the end by repeating the last frame (field) to a whole
+step -- the padding rule.
 """
 
 from __future__ import annotations
@@ -89,9 +91,11 @@ class I3DExtractorConfig:
     flow_method: tvl1 | tvl1-torch | dis, None = TV-L1 as the device runs it best (OpenCV
     on CPU, tvl1-torch on CUDA).  device: cpu | cuda.  amp: bf16 autocast on CUDA (ignored
     on CPU).  window_steps / margin_steps: window core and context in output steps (None =
-    the backbone's default, see WINDOWS).  trust_checkpoint: load weight files that are
-    pickles of arbitrary objects with ``torch.load(weights_only=False)`` (runs their code:
-    only for files you trust; see vidattn/safeload.py)."""
+    the backbone's default, see WINDOWS); Inception I3D streams instead, each frame once,
+    unless window_steps is given (the same maps, with context recomputed).
+    trust_checkpoint: load weight files that are pickles of arbitrary objects with
+    ``torch.load(weights_only=False)`` (runs their code: only for files you trust; see
+    vidattn/safeload.py)."""
 
     rgb_weights: str | None = None
     flow_weights: str | None = None
@@ -241,8 +245,15 @@ class I3DExtractor:
         margin = default_margin if self.cfg.margin_steps is None else self.cfg.margin_steps
         return window, margin
 
-    def _windows(self, stream: str) -> WindowedMaps:
+    def _windows(self, stream: str):
+        """Inception I3D streams (each frame computed once, stream_i3d.py) unless windows
+        are asked for; the other backbones run in exact windows with context."""
         net = self.nets[stream]
+        if self.cfg.backbone == "inception" and self.cfg.window_steps is None:
+            from vidattn.extractors.stream_i3d import StreamingMaps
+
+            return StreamingMaps(net.model, net.to_input, net.endpoints, net.device,
+                                 net.amp)
         return WindowedMaps(net, net.unit, net.strides, *self._window_steps())
 
     def __call__(self, frames: np.ndarray | Iterable[np.ndarray],

@@ -83,7 +83,7 @@ class ExtractConfig:
     # Decode in a child process killed when a chunk takes longer than this; None: decode
     # in this process (distributed runs: DISTRIBUTED_DECODE_TIMEOUT_S).
     decode_timeout_s: float | None = None
-    window_steps: int | None = None  # I3D window core in steps of 8 frames (None: 32)
+    window_steps: int | None = None  # None: I3D streams; else its window core (8-frame steps)
     trust_checkpoint: bool = False  # allow pickled checkpoints (files you trust only)
     # The referring streams (RefAtomNet): detection tokens from "detr" or "annotations"
     # (the dataset's person boxes), and the referring sentence's tokens.

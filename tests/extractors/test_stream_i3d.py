@@ -1,0 +1,99 @@
+"""Streaming Inception I3D: exact against one pass, nothing recomputed, bounded state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vidattn.extractors.i3d import I3D, I3DConfig, random_init
+from vidattn.extractors.stream_i3d import StreamingI3D
+from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig
+from vidattn.extractors.windows import pad_to_unit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ENDPOINTS = ("Mixed_3c", "Mixed_4f", "Mixed_5c")
+
+
+@pytest.fixture(scope="module", params=["rgb", "flow"])
+def model(request) -> I3D:
+    return random_init(I3D(I3DConfig(modality=request.param)), seed=4).eval()
+
+
+def _clip(model: I3D, n: int, seed: int) -> torch.Tensor:
+    """(1, C, N', 32, 48) in [-1, 1], already padded to 8 frames by repeating the last."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(1, model.in_channels, n, 32, 48, generator=g) * 2 - 1
+    pad = pad_to_unit(n, 8) - n
+    return torch.cat([x, x[:, :, -1:].repeat(1, 1, pad, 1, 1)], dim=2)
+
+
+def _stream(model: I3D, x: torch.Tensor, chunks: list[int]) -> dict[str, torch.Tensor]:
+    s = StreamingI3D(model, ENDPOINTS)
+    a = 0
+    for size in chunks:
+        s.push(x[:, :, a : a + size])
+        a += size
+    assert a >= x.shape[2]
+    return {e: torch.cat(v, dim=2) for e, v in s.finish().items()}
+
+
+@pytest.mark.parametrize(("n", "chunk"), [(1, 1), (5, 3), (8, 8), (23, 7), (99, 1),
+                                          (130, 50), (203, 64)])
+def test_stream_equals_one_pass(model, n, chunk):
+    """Clips shorter than a step, than a chunk and than the receptive field (99 frames),
+    fed in chunks of any size, even one frame at a time: the single pass's maps."""
+    x = _clip(model, n, seed=n)
+    with torch.no_grad():
+        want = model.features(x, ENDPOINTS)
+    got = _stream(model, x, [chunk] * (-(-x.shape[2] // chunk)))
+    for e in ENDPOINTS:
+        assert got[e].shape == want[e].shape, e
+        scale = want[e].abs().max()
+        assert scale > 0.01 and (got[e] - want[e]).abs().max() <= 1e-5 * scale, e
+
+
+def test_every_frame_is_computed_once(model):
+    """The first layer sees the clip once plus TF SAME's 2 + 3 padding frames, however it
+    is chunked (windows would see 2 x 56 frames of context again per 256)."""
+    x = _clip(model, 400, seed=1)
+    s = StreamingI3D(model, ("Mixed_5c",))
+    first = s.nodes[0][1]
+    seen = []
+    op = first.op
+    first.op = lambda y: seen.append(y.shape[2]) or op(y)
+    for a in range(0, 400, 48):
+        s.push(x[:, :, a : a + 48])
+    out = torch.cat(s.finish()["Mixed_5c"], dim=2)
+    assert out.shape[2] == 50
+    # consumed frames: each call reads (outputs - 1) * 2 + 7, of which 5 overlap the next
+    assert sum(seen) - 5 * (len(seen) - 1) == 400 + 5
+
+
+def test_held_state_does_not_grow_with_length(model):
+    x = _clip(model, 480, seed=2)
+    s = StreamingI3D(model, ("Mixed_5c",))
+    held = []
+    for a in range(0, 480, 16):
+        s.push(x[:, :, a : a + 16])
+        held.append(s.held_frames())
+    assert max(held[: len(held) // 2]) == max(held[len(held) // 2 :]) < 100
+
+
+def test_extractor_streams_and_matches_its_windows():
+    """I3DExtractor streams Inception I3D by default; --window-steps runs windows, the same
+    maps to float16 resolution."""
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (157, 40, 56, 3), dtype=np.uint8)
+    cfg = I3DExtractorConfig(rgb_weights="random", endpoints=("Mixed_4f",))
+    streamed = I3DExtractor(cfg)
+    assert type(streamed._windows("rgb")).__name__ == "StreamingMaps"
+    windowed = I3DExtractor(I3DExtractorConfig(rgb_weights="random", endpoints=("Mixed_4f",),
+                                               window_steps=4))
+    chunks = (frames[a : a + 40] for a in range(0, 157, 40))
+    a, b = streamed(chunks), windowed(frames)
+    for name in ("rgb", "rgb_mixed_4f"):
+        assert a[name].shape == b[name].shape and a[name].dtype == np.float16
+        scale = float(np.abs(b[name]).max())
+        np.testing.assert_allclose(a[name].astype(np.float32), b[name].astype(np.float32),
+                                   rtol=0, atol=2e-3 * scale)

@@ -97,3 +97,16 @@ def test_extractor_streams_and_matches_its_windows():
         scale = float(np.abs(b[name]).max())
         np.testing.assert_allclose(a[name].astype(np.float32), b[name].astype(np.float32),
                                    rtol=0, atol=2e-3 * scale)
+
+
+def test_values_beyond_float16_are_refused_not_stored():
+    from vidattn.extractors.stream_i3d import StreamingMaps
+    from vidattn.video import to_model_input
+
+    model = random_init(I3D(), seed=4).eval()
+    with torch.no_grad():
+        model.Mixed_5c.b0.bn.weight.fill_(1e9)  # Mixed_5c far beyond float16's 65504
+    maps = StreamingMaps(model, to_model_input, ("Mixed_5c",), "cpu", False)
+    maps.push(np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="Mixed_5c: the network produced NaN/Inf or values"):
+        maps.finish()

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from vidattn.extractors.i3d import I3D, LAYERS, Inception, MaxPoolSame, Unit3D
-from vidattn.extractors.windows import FLOAT16_MAX, pad_to_unit
+from vidattn.extractors.windows import pad_to_unit, to_stored
 
 UNIT = 8  # input frames per Mixed_5c step
 
@@ -198,12 +198,7 @@ class StreamingMaps:
         self.done = False
 
     def _keep(self, endpoint: str, y: torch.Tensor) -> None:
-        core = y[0].float().cpu()
-        limit = FLOAT16_MAX if self.dtype == torch.float16 else float("inf")
-        if not torch.isfinite(core).all() or core.abs().max() > limit:
-            raise ValueError(f"{endpoint}: the network produced NaN/Inf or values beyond "
-                             f"{self.dtype}; refusing to store them")
-        self.out[endpoint].append(core.permute(1, 2, 3, 0).to(self.dtype).numpy())
+        self.out[endpoint].append(to_stored(endpoint, y[0], self.dtype))
 
     def _context(self):
         cuda = str(self.device).startswith("cuda")

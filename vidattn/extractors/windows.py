@@ -37,6 +37,17 @@ def pad_to_unit(n: int, unit: int) -> int:
     return unit * -(-n // unit)
 
 
+def to_stored(endpoint: str, fmap: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    """(C, t, H, W) map on any device -> (t, H, W, C) numpy of ``dtype``; NaN/Inf, or values
+    beyond float16's range when storing float16, are refused rather than stored."""
+    core = fmap.float().cpu()
+    limit = FLOAT16_MAX if dtype == torch.float16 else float("inf")
+    if not torch.isfinite(core).all() or core.abs().max() > limit:
+        raise ValueError(f"{endpoint}: the network produced NaN/Inf or values beyond "
+                         f"{dtype}; refusing to store them")
+    return core.permute(1, 2, 3, 0).to(dtype).numpy()
+
+
 class WindowedMaps:
     """Collect one clip's maps window by window.
 
@@ -122,11 +133,7 @@ class WindowedMaps:
             for e, fmap in maps.items():
                 per = u // self.strides[e]  # endpoint steps per unit step
                 first = (c0 * u - start) // self.strides[e]
-                core = fmap[:, first : first + (c1 - c0) * per].float().cpu()
-                limit = FLOAT16_MAX if self.dtype == torch.float16 else float("inf")
-                if not torch.isfinite(core).all() or core.abs().max() > limit:
-                    raise ValueError(f"{e}: the network produced NaN/Inf or values beyond "
-                                     f"{self.dtype}; refusing to store them")
-                self.cores[e].append(core.permute(1, 2, 3, 0).to(self.dtype).numpy())
+                core = fmap[:, first : first + (c1 - c0) * per]
+                self.cores[e].append(to_stored(e, core, self.dtype))
             self.next_step = c1
             self._forget(u * (c1 - self.margin))

@@ -112,6 +112,23 @@ def test_batch_does_not_change_a_pairs_flow() -> None:
     np.testing.assert_allclose(together, apart, atol=1e-4)
 
 
+def test_converged_pairs_leave_the_batch(monkeypatch) -> None:
+    """A still pair converges at once and stops costing work; the moving pair goes on, with
+    the flow it has alone."""
+    rng = np.random.default_rng(8)
+    base = cv2.GaussianBlur(rng.integers(0, 256, (40, 40)).astype(np.uint8), (0, 0), 2)
+    frames = np.stack([base, base, np.roll(base, (2, 3), axis=(0, 1))])
+    frames = np.repeat(frames[..., None], 3, axis=-1)
+    sizes: list[int] = []
+    real = T._step
+    monkeypatch.setattr(T, "_step", lambda u, *a: sizes.append(u.shape[0]) or real(u, *a))
+    together = T.flow_clip(frames, batch_size=2)
+    assert max(sizes) == 2 and sizes.count(1) > sizes.count(2)  # mostly the moving pair alone
+    monkeypatch.setattr(T, "_step", real)
+    np.testing.assert_array_equal(together[1:], T.flow_clip(frames[1:], batch_size=1))
+    assert np.abs(together[0]).mean() < 0.1 * np.abs(together[1]).mean()
+
+
 def test_small_frames_and_defaults() -> None:
     assert default_method("cpu") == "tvl1" and default_method("cuda:0") == "tvl1-torch"
     with pytest.raises(ValueError, match="16x16"):

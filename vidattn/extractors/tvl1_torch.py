@@ -16,8 +16,10 @@ flow stream expects can be made on a GPU, many pairs at once:
   image falls to ``epsilon^2 * H * W``;
 * the flow is resized up and multiplied by 1 / scale_step between levels.
 
-Every pair in a batch stops on its own criterion: converged pairs are frozen (their
-updates masked) while the others go on, so a pair's flow does not depend on its batch.
+Every pair in a batch stops on its own criterion: converged pairs leave the batch (on
+CUDA at the next of the checks made every 10 iterations, frozen by a mask until then)
+while the others go on, so a pair's flow does not depend on its batch and the work shrinks
+as pairs converge.
 Agreement with OpenCV on real video (bikes, carphone, bigbuckbunny) is measured in the
 tests and in BENCHMARKS.md as mean end-point error.
 """
@@ -188,8 +190,6 @@ def _one_scale(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, p: TVL1Param
                step, sync_every: int) -> torch.Tensor:
     """Refine flow u (B, 2, H, W) between i0 and i1 (B, H, W) at one pyramid level."""
     b, _, h, w = u.shape
-    l_t, taut = p.lam * p.theta, p.tau / p.theta
-    stop = p.epsilon**2 * h * w
     dual = torch.zeros(b, 4, h, w, device=u.device)  # p11, p12, p21, p22
     i1x, i1y = _centred_gradient(i1)
     images = torch.stack([i1, i1x, i1y], dim=1)
@@ -197,20 +197,40 @@ def _one_scale(i0: torch.Tensor, i1: torch.Tensor, u: torch.Tensor, p: TVL1Param
         i1w, i1wx, i1wy = _warp(images, u).unbind(1)
         grad = i1wx * i1wx + i1wy * i1wy
         rho_c = i1w - i1wx * u[:, 0] - i1wy * u[:, 1] - i0
-        active = torch.ones(b, dtype=torch.bool, device=u.device)
-        for n in range(p.outer_iterations * p.inner_iterations):
-            # Where checking costs nothing (CPU), skip the masking while every pair runs.
-            live = None if sync_every == 1 and bool(active.all()) else active[:, None, None, None]
-            if p.median_filtering > 1 and n % p.inner_iterations == 0:
-                med = _median(u, p.median_filtering)
-                u = med if live is None else torch.where(live, med, u)
-            u, dual, error = step(u, dual, live, i1wx, i1wy, grad, rho_c, l_t, taut,
-                                  p.theta)
-            active = active & (error > stop)
-            # Asking whether any pair is still running costs a device sync on CUDA.
-            if (n + 1) % sync_every == 0 and not bool(active.any()):
-                break
+        u, dual = _iterate(u, dual, [i1wx, i1wy, grad, rho_c], p, step, sync_every)
     return u
+
+
+def _iterate(u: torch.Tensor, dual: torch.Tensor, fields: list[torch.Tensor], p: TVL1Params,
+             step, sync_every: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One warp's primal-dual iterations.  A pair whose flow has stopped changing leaves the
+    batch at the next check (every ``sync_every`` iterations: each check is a device sync
+    on CUDA), so the work shrinks as pairs converge; between checks it is frozen by a mask.
+    Either way its flow is the one it had when it met the stopping test."""
+    b, _, h, w = u.shape
+    l_t, taut = p.lam * p.theta, p.tau / p.theta
+    stop = p.epsilon**2 * h * w
+    done_u, done_dual = u.clone(), dual.clone()  # where leaving pairs are put
+    idx = torch.arange(b, device=u.device)  # batch rows still running
+    active = torch.ones(b, dtype=torch.bool, device=u.device)
+    for n in range(p.outer_iterations * p.inner_iterations):
+        # After a check every row runs: no mask needed until a row stops unseen.
+        live = None if sync_every == 1 else active[:, None, None, None]
+        if p.median_filtering > 1 and n % p.inner_iterations == 0:
+            med = _median(u, p.median_filtering)
+            u = med if live is None else torch.where(live, med, u)
+        u, dual, error = step(u, dual, live, *fields, l_t, taut, p.theta)
+        active = active & (error > stop)
+        if (n + 1) % sync_every == 0 and not bool(active.all()):
+            gone = ~active
+            done_u[idx[gone]], done_dual[idx[gone]] = u[gone], dual[gone]
+            if not bool(active.any()):
+                return done_u, done_dual
+            idx, u, dual = idx[active], u[active], dual[active]
+            fields = [f[active] for f in fields]
+            active = active[active]
+    done_u[idx], done_dual[idx] = u, dual
+    return done_u, done_dual
 
 
 _COMPILED: dict = {}

@@ -338,6 +338,11 @@ def test_undecodable_stored_bytes_raise_checksum_error_naming_the_video(written)
     store.read("v_a", verify=True)  # part 0 is untouched
     with pytest.raises(ChecksumError, match=r"'v_c' \(rgb, part 1\).*do not decode"):
         store.read("v_c")
+    from vidattn.data.maps import StoreMaps, entries  # the batched reader names it too
+
+    maps = StoreMaps(store.url, "rgb", entries(store, "rgb", ["v_a", "v_c"]), D)
+    with pytest.raises(ChecksumError, match=r"'v_c' \(rgb, part 1\).*do not decode"):
+        dict(maps.read_many(["v_a", "v_c"]))
 
 
 # ------------------------------------------------------ extractor version invalidation

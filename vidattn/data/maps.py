@@ -103,8 +103,17 @@ class StoreMaps:
             if run and (e is None or e.part != run[0][0].part
                         or e.offset - _end(run[-1][0]) > self.chunk_rows
                         or _end(e) - run[0][0].offset > max_rows):
-                start = run[0][0].offset
-                rows = np.asarray(self._array(run[0][0].part)[start : _end(run[-1][0])])
+                start, end, part = run[0][0].offset, _end(run[-1][0]), run[0][0].part
+                try:
+                    rows = np.asarray(self._array(part)[start:end])
+                except (RuntimeError, ValueError) as e:  # zstd / shard index: corrupt bytes
+                    from vidattn.errors import one_line
+                    from vidattn.stores.zarr_store import ChecksumError
+
+                    names = ", ".join(repr(n) for _, n in run[:3]) + (", ..." * (len(run) > 3))
+                    raise ChecksumError(
+                        f"{self.url}: stored bytes of {names} ({self.stream}, part {part}) "
+                        f"do not decode ({one_line(e, with_type=True)})") from e
                 for r, name in run:
                     flat = rows[r.offset - start : _end(r) - start]
                     yield name, torch.from_numpy(flat).view(r.t, r.h, r.w, -1).permute(3, 0, 1, 2)

@@ -26,8 +26,9 @@ _CACHE: dict[Any, Any] = {}  # per process: each dask worker process has its own
 # dask config under which LocalCluster workers are started (and restarted by their nanny).
 # dask's nanny also sets MALLOC_TRIM_THRESHOLD_=65536 in each worker; glibc then hands every
 # freed buffer over 128 KiB back to the kernel, and each map read or cast faults its pages in
-# afresh: re-scoring read maps 2.5x slower in a worker than in this process (measured,
-# BENCHMARKS.md).  The thread limits stay: one worker a core.
+# afresh: re-scoring read maps 2.5x slower in a worker than in this process (cProfile in a
+# worker).  The statistical profiler is off too: its 10 ms stack samples take the GIL from
+# the task.  The thread limits stay: one worker a core.
 WORKER_CONFIG = {
     "distributed.worker.daemon": False,
     "distributed.worker.profile.enabled": False,

@@ -106,7 +106,8 @@ def test_values_beyond_float16_are_refused_not_stored():
     model = random_init(I3D(), seed=4).eval()
     with torch.no_grad():
         model.Mixed_5c.b0.bn.weight.fill_(1e9)  # Mixed_5c far beyond float16's 65504
-    maps = StreamingMaps(model, to_model_input, ("Mixed_5c",), "cpu", False)
+    maps = StreamingMaps(model, lambda f: torch.from_numpy(to_model_input(f))[None],
+                         ("Mixed_5c",))
     maps.push(np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="Mixed_5c: the network produced NaN/Inf or values"):
         maps.finish()

@@ -24,8 +24,6 @@ one chunk's activations plus the held frames, whatever the clip's length.
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -187,10 +185,11 @@ class StreamingMaps:
     are turned into model input and run ``min_chunk`` at a time (bigger chunks use the
     cores better; the state does not grow with them)."""
 
-    def __init__(self, model: I3D, to_input, endpoints, device: str, amp: bool,
+    def __init__(self, model: I3D, to_tensor, endpoints, amp: bool = False,
                  min_chunk: int = 64, dtype: torch.dtype = torch.float16):
-        self.model, self.to_input, self.device = model, to_input, device
-        self.amp, self.min_chunk, self.dtype = amp, min_chunk, dtype
+        """to_tensor: (n, ...) frames -> (1, C, n, H, W) model input on the model's device
+        (the extractor's ``_Net.input``); amp: bf16 autocast, for CUDA."""
+        self.to_tensor, self.amp, self.min_chunk, self.dtype = to_tensor, amp, min_chunk, dtype
         self.stream = StreamingI3D(model, endpoints, on_output=self._keep)
         self.out: dict[str, list[np.ndarray]] = {e: [] for e in endpoints}
         self.pending: list[np.ndarray] = []
@@ -201,15 +200,13 @@ class StreamingMaps:
         self.out[endpoint].append(to_stored(endpoint, y[0], self.dtype))
 
     def _context(self):
-        cuda = str(self.device).startswith("cuda")
-        return (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp and cuda
-                else contextlib.nullcontext())
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
 
     def _run_pending(self) -> None:
         frames = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
         self.pending = []
         self._last = frames[-1:].copy()  # the padding rule repeats it
-        x = torch.from_numpy(self.to_input(frames))[None].to(self.device)
+        x = self.to_tensor(frames)
         with self._context():
             self.stream.push(x)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vidattn.extractors.hub import PREFIX, hub_model, load_hub, slug
 from vidattn.extractors.windows import WindowedMaps
 
 # Bump when anything that changes stored numbers changes (graph, padding, preprocessing);
@@ -46,16 +47,12 @@ WINDOWS = {"inception": (32, 7), "r50": (64, 12)}
 
 
 def is_hub(backbone: str) -> bool:
-    from vidattn.extractors.hub import PREFIX
-
     return backbone.startswith(PREFIX)
 
 
 def backbone_facts(backbone: str) -> tuple[str, dict[str, int], tuple[int, int]]:
     """-> (main endpoint, {endpoint: input frames per step}, default (window, margin) steps)."""
     if is_hub(backbone):
-        from vidattn.extractors.hub import hub_model
-
         spec = hub_model(backbone)
         return spec.main, dict(spec.strides), spec.windows
     if backbone not in BACKBONES:
@@ -70,8 +67,6 @@ def array_name(stream: str, backbone: str, endpoint: str) -> str:
     if backbone == "inception":
         base = stream
     elif is_hub(backbone):
-        from vidattn.extractors.hub import slug
-
         base = f"{stream}_{slug(backbone)}"
     else:
         base = f"{stream}_{backbone}"
@@ -123,12 +118,17 @@ class _Net:
         self.unit = strides[main]
         self.amp = amp and str(device).startswith("cuda")
 
-    def __call__(self, frames: np.ndarray) -> dict[str, torch.Tensor]:
-        """(n, ...) frames -> {endpoint: (C, t, H, W)} on the device."""
+    def input(self, frames: np.ndarray) -> torch.Tensor:
+        """(n, ...) frames -> (1, C, n, H, W) model input on the device (through pinned
+        host memory on CUDA, so the copy can overlap work already queued)."""
         x = torch.from_numpy(self.to_input(frames))[None]
         if str(self.device).startswith("cuda"):
             x = x.pin_memory()
-        x = x.to(self.device, non_blocking=True)
+        return x.to(self.device, non_blocking=True)
+
+    def __call__(self, frames: np.ndarray) -> dict[str, torch.Tensor]:
+        """(n, ...) frames -> {endpoint: (C, t, H, W)} on the device."""
+        x = self.input(frames)
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             out = self.model.features(x, self.endpoints)
         return {e: v[0] for e, v in out.items()}
@@ -183,7 +183,6 @@ class I3DExtractor:
         c = self.cfg
         weights = c.rgb_weights if stream == "rgb" else c.flow_weights
         if is_hub(c.backbone):
-            from vidattn.extractors.hub import load_hub
             from vidattn.extractors.i3d_r50 import to_model_input
 
             model = load_hub(c.backbone, weights, c.device, c.trust_checkpoint)
@@ -214,8 +213,6 @@ class I3DExtractor:
         if stream == "flow":
             prep.update(flow_method=self.flow_method, flow_bound=self.cfg.flow_bound)
         if is_hub(self.cfg.backbone):
-            from vidattn.extractors.hub import hub_model
-
             spec = hub_model(self.cfg.backbone)
             if spec.alpha:
                 prep["slow_pathway"] = f"frames[::{spec.alpha}]"
@@ -237,8 +234,6 @@ class I3DExtractor:
     def _window_steps(self) -> tuple[int, int]:
         default_window, default_margin = backbone_facts(self.cfg.backbone)[2]
         if is_hub(self.cfg.backbone):
-            from vidattn.extractors.hub import hub_model
-
             if hub_model(self.cfg.backbone).margin is None:  # X3D: clip by clip, as trained
                 return default_window, 0
         window = self.cfg.window_steps or default_window
@@ -252,8 +247,7 @@ class I3DExtractor:
         if self.cfg.backbone == "inception" and self.cfg.window_steps is None:
             from vidattn.extractors.stream_i3d import StreamingMaps
 
-            return StreamingMaps(net.model, net.to_input, net.endpoints, net.device,
-                                 net.amp)
+            return StreamingMaps(net.model, net.input, net.endpoints, net.amp)
         return WindowedMaps(net, net.unit, net.strides, *self._window_steps())
 
     def __call__(self, frames: np.ndarray | Iterable[np.ndarray],

@@ -57,6 +57,7 @@ def scored(trained, tiny_store, tmp_path_factory) -> tuple[ScoreConfig, pd.DataF
     n = len(open_store(tiny_store).video_ids("rgb"))
     assert (res.selected, res.partitions) == (n, math.ceil(n / VPP))
     assert (res.written, res.skipped, res.rows) == (res.partitions, 0, len(HEADS) * n)
+    assert res.videos == n  # the last partition is short: counted, not estimated
     return cfg, pd.read_parquet(out)
 
 
@@ -109,6 +110,7 @@ def test_rows_follow_the_partition_and_times_are_measured(trained, tiny_store, t
     assert list(zip(df.video_id, df.run)) == [(v, runs[i].name) for v, which in
                                               zip(part.videos, part.runs) for i in which]
     assert times.rows == len(df) and min(times.read_s, times.score_s, times.write_s) > 0
+    assert times.videos == len(part.videos)
 
 
 def test_partitions_are_sorted_slices(scored):

@@ -92,12 +92,14 @@ class ScoreResult:
     rows: int = 0  # (video, run) rows written by this call
     seconds: float = 0.0  # wall, start-up (runs, index, cluster) included
     # summed over the partitions written, in whichever process ran them
+    videos: int = 0  # in the partitions written by this call
     read_s: float = 0.0  # fetching and decoding maps
     score_s: float = 0.0  # heads, softmax, top-k
     write_s: float = 0.0  # parquet files
 
     def add(self, t: PartTimes) -> None:
         self.written += 1
+        self.videos += t.videos
         self.rows += t.rows
         self.read_s += t.read_s
         self.score_s += t.score_s
@@ -108,8 +110,7 @@ class ScoreResult:
         busy = self.read_s + self.score_s + self.write_s
         if not self.written or not busy:
             return f"{self.seconds:.1f} s, nothing scored"
-        videos = self.selected * self.written / max(self.partitions, 1)
-        return (f"{videos / self.seconds:.0f} videos/s over {self.seconds:.1f} s; tasks spent "
+        return (f"{self.videos / self.seconds:.0f} videos/s over {self.seconds:.1f} s; tasks spent "
                 f"{busy:.1f} s: read maps {100 * self.read_s / busy:.0f}%, score "
                 f"{100 * self.score_s / busy:.0f}%, write {100 * self.write_s / busy:.0f}%")
 
@@ -241,9 +242,10 @@ def _lists(chunks: list, values_type: pa.DataType) -> pa.ListArray:
 
 @dataclass
 class PartTimes:
-    """What one partition cost: rows written, seconds reading maps (fetch and decode),
-    scoring them (heads, softmax, top-k) and writing the parquet file."""
+    """What one partition cost: its videos, rows written, seconds reading maps (fetch and
+    decode), scoring them (heads, softmax, top-k) and writing the parquet file."""
 
+    videos: int = 0
     rows: int = 0
     read_s: float = 0.0
     score_s: float = 0.0
@@ -262,8 +264,8 @@ def score_partition(part: Partition, runs: list[RunSpec], store_url: str, out: s
     final = f"{root}/{part.name}"
     if fs.exists(final):  # a retried task whose first attempt got as far as the rename
         with fs.open(final, "rb") as f:
-            return PartTimes(rows=pq.ParquetFile(f).metadata.num_rows)
-    times = PartTimes()
+            return PartTimes(len(part.videos), pq.ParquetFile(f).metadata.num_rows)
+    times = PartTimes(videos=len(part.videos))
     rows: dict[tuple[int, int], tuple] = {}  # (video position, run index) -> row values
     position = {vid: n for n, vid in enumerate(part.videos)}
     for stream in dict.fromkeys(runs[i].stream for which in part.runs for i in which):

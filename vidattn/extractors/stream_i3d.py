@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vidattn.extractors.i3d import I3D, LAYERS, Inception, MaxPoolSame, Unit3D
+from vidattn.extractors.i3d import I3D, LAYERS, Inception, MaxPoolSame, Unit3D, max_pool_valid
 from vidattn.extractors.windows import pad_to_unit, to_stored
 
 UNIT = 8  # input frames per Mixed_5c step
@@ -98,7 +98,7 @@ def _pool(p: MaxPoolSame) -> _Temporal:
 
     def op(x: torch.Tensor) -> torch.Tensor:
         x = _spatial_same(x, (kh, kw), (sh, sw), float("-inf"))
-        return F.max_pool3d(x, (kt, kh, kw), (st, sh, sw))
+        return max_pool_valid(x, (kt, kh, kw), (st, sh, sw))
 
     return _Temporal(op, kt, st, float("-inf"))
 

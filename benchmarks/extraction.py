@@ -133,7 +133,7 @@ def bench_end_to_end(rows: list, device: str, video: Path) -> None:
     """RGB extraction of one real clip (decode in a stream + I3D + float16) against the
     model alone on the same, already decoded frames at its best chunking: the faster of
     one pass over the clip and the stream fed 128 frames at a time (target: >= 0.8x)."""
-    from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig
+    from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig, bf16_autocast
     from vidattn.pipeline.parts import extract_video
     from vidattn.video import DecodeConfig, load_clip
 
@@ -151,7 +151,7 @@ def bench_end_to_end(rows: list, device: str, video: Path) -> None:
             torch.cuda.synchronize()
 
     def one_pass():
-        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=net.amp):
+        with torch.no_grad(), bf16_autocast(net.autocast):
             net.model(net.input(frames))
         sync()
 
@@ -183,8 +183,9 @@ def bench_streaming(rows: list, device: str, video: Path) -> None:
     if not video.is_file():
         rows.append(("streamed I3D", "skipped: no real clip", ""))
         return
-    streamed = I3DExtractor(I3DExtractorConfig(device=device, amp=False))
-    windowed = I3DExtractor(I3DExtractorConfig(device=device, amp=False, window_steps=32))
+    streamed = I3DExtractor(I3DExtractorConfig(device=device, precision="fp32"))
+    windowed = I3DExtractor(I3DExtractorConfig(device=device, precision="fp32",
+                                                  window_steps=32))
     net = streamed.nets["rgb"]
     for size, repeat in ((224, 1), (112, 4)):
         frames = load_clip(video, DecodeConfig(short_side=size, crop=size), None, None).frames

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -62,3 +63,13 @@ def write_video(path: Path, n_frames: int, fps: int = 25, codec: str | None = No
             frame.pts = i
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+
+
+def stalling_video(folder: Path) -> Path:
+    """An HLS playlist whose one segment is a named pipe nobody writes to: FFmpeg (and
+    decord) block for good in open(2) on it, the hang of a stalled network mount."""
+    os.mkfifo(folder / "stall.ts")
+    playlist = folder / "stall.m3u8"
+    playlist.write_text("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n"
+                        "#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:1.0,\nstall.ts\n#EXT-X-ENDLIST\n")
+    return playlist

@@ -9,13 +9,13 @@ import os
 import shutil
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import stalling_video
 
 from vidattn.cluster import WORKER_CONFIG
 from vidattn.pipeline.extract import ExtractConfig, run
@@ -133,16 +133,6 @@ def test_a_worker_killed_mid_part_is_replaced_and_its_part_redone(
     assert marker.exists(), "a worker must have died mid-part"
     assert res.n_extracted == 24 and not res.failures
     assert_same_store(reference, store)
-
-
-def stalling_video(folder: Path) -> Path:
-    """An HLS playlist whose one segment is a named pipe nobody writes to: FFmpeg (and
-    decord) block for good in open(2) on it, the hang of a stalled network mount."""
-    os.mkfifo(folder / "stall.ts")
-    playlist = folder / "stall.m3u8"
-    playlist.write_text("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n"
-                        "#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:1.0,\nstall.ts\n#EXT-X-ENDLIST\n")
-    return playlist
 
 
 def _decoder_children() -> list[str]:

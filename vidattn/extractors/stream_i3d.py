@@ -185,11 +185,13 @@ class StreamingMaps:
     are turned into model input and run ``min_chunk`` at a time (bigger chunks use the
     cores better; the state does not grow with them)."""
 
-    def __init__(self, model: I3D, to_tensor, endpoints, amp: bool = False,
+    def __init__(self, model: I3D, to_tensor, endpoints, autocast: str | None = None,
                  min_chunk: int = 64, dtype: torch.dtype = torch.float16):
         """to_tensor: (n, ...) frames -> (1, C, n, H, W) model input on the model's device
-        (the extractor's ``_Net.input``); amp: bf16 autocast, for CUDA."""
-        self.to_tensor, self.amp, self.min_chunk, self.dtype = to_tensor, amp, min_chunk, dtype
+        (the extractor's ``_Net.input``); autocast: the device type to run in bf16 autocast
+        on ("cpu" | "cuda"), None for fp32."""
+        self.to_tensor, self.autocast = to_tensor, autocast
+        self.min_chunk, self.dtype = min_chunk, dtype
         self.stream = StreamingI3D(model, endpoints, on_output=self._keep)
         self.out: dict[str, list[np.ndarray]] = {e: [] for e in endpoints}
         self.pending: list[np.ndarray] = []
@@ -200,7 +202,8 @@ class StreamingMaps:
         self.out[endpoint].append(to_stored(endpoint, y[0], self.dtype))
 
     def _context(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
+        return torch.autocast(self.autocast or "cpu", dtype=torch.bfloat16,
+                              enabled=self.autocast is not None)
 
     def _run_pending(self) -> None:
         frames = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]

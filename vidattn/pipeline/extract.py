@@ -24,6 +24,7 @@ from pathlib import Path
 
 from vidattn.extractors.hub import hub_model
 from vidattn.extractors.two_stream import is_hub
+from vidattn.malloc import set_malloc
 from vidattn.pipeline.mine import NEAREST_NEGATIVE
 from vidattn.pipeline.parts import (
     MIN_DECODED,
@@ -83,8 +84,13 @@ class ExtractConfig:
     # Decode in a child process killed when a chunk takes longer than this; None: decode
     # in this process (distributed runs: DISTRIBUTED_DECODE_TIMEOUT_S).
     decode_timeout_s: float | None = None
+    # process: each part's videos decoded ahead in one child process (off the cores'
+    # critical path, killable); thread: in this process, a thread ahead.
+    decode_in: str = "process"
     window_steps: int | None = None  # None: I3D streams; else its window core (8-frame steps)
     trust_checkpoint: bool = False  # allow pickled checkpoints (files you trust only)
+    malloc: str = "reuse"  # reuse: keep freed memory for the next chunk (vidattn/malloc.py)
+    precision: str = "auto"  # fp32 | bf16 (autocast) | auto: bf16 on CUDA, fp32 on the CPU
     # The referring streams (RefAtomNet): detection tokens from "detr" or "annotations"
     # (the dataset's person boxes), and the referring sentence's tokens.
     detector: str | None = None
@@ -106,7 +112,12 @@ class ExtractConfig:
                              gpus_per_task=self.gpus_per_task)
 
     def decode_timeout(self) -> float | None:
-        """The decode timeout this run uses (None: decode in this process)."""
+        """The decode timeout this run uses (None: none)."""
+        if self.decode_in == "thread":
+            if self.decode_timeout_s is not None:
+                raise ValueError("--decode-timeout kills a decoding child process: it needs "
+                                 "--decode-in process")
+            return None
         if self.decode_timeout_s is None and self.distributed:
             return DISTRIBUTED_DECODE_TIMEOUT_S
         return self.decode_timeout_s
@@ -174,13 +185,18 @@ def decode_config(cfg: ExtractConfig, dataset: str):
     return DecodeConfig(**values, backend=cfg.decoder)
 
 
+def device_type(device: str) -> str:
+    """"cuda" for "cuda" / "cuda:1", else "cpu"."""
+    return "cuda" if str(device).startswith("cuda") else "cpu"
+
+
 def extractor_config(cfg: ExtractConfig, device: str):
     """The I3DExtractorConfig of ``cfg`` on ``device`` (frozen and hashable: the key of
     a worker's extractor cache), or None for ``--streams none``.  The flow method is pinned
     here, where the device is known, so that an extractor built elsewhere records the same
     provenance."""
     from vidattn.extractors.flow import default_method
-    from vidattn.extractors.two_stream import I3DExtractorConfig
+    from vidattn.extractors.two_stream import I3DExtractorConfig, resolve_precision
 
     streams = tuple(s.strip() for s in cfg.streams.split(",") if s.strip())
     if streams in ((), ("none",)):
@@ -200,7 +216,9 @@ def extractor_config(cfg: ExtractConfig, device: str):
                               streams=streams, backbone=cfg.backbone, endpoints=endpoints,
                               flow_method=cfg.flow_method or default_method(device),
                               device=device, window_steps=cfg.window_steps,
-                              trust_checkpoint=cfg.trust_checkpoint)
+                              trust_checkpoint=cfg.trust_checkpoint,
+                              # resolved here: a distributed run's local copy is on the CPU
+                              precision=resolve_precision(cfg.precision, device_type(device)))
 
 
 def referring_config(cfg: ExtractConfig, device: str, sentences: bool):
@@ -292,6 +310,12 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     from vidattn.tasks.rundir import pick_device
 
     t0 = time.time()
+    cfg.decode_timeout()  # refuses --decode-timeout with thread decoding before any work
+    if cfg.decode_in == "process" and not cfg.distributed:
+        from vidattn.pipeline.subdecode import require_child_processes, warm_up
+
+        require_child_processes()
+        warm_up()
     ds = load_dataset(cfg.dataset, cfg.root, cfg.options or None)
     sentences = referring.has_descriptions(ds.manifest)
     # the referring sample must not land in the plain sample's default store
@@ -315,6 +339,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
         extractor = build_extractors(cfg.extractor, net and replace(net, device="cpu"),
                                      ref and on_device(ref, "cpu"))
     else:
+        set_malloc(cfg.malloc)  # before the model's first allocation
         extractor = build_extractors(cfg.extractor, net, ref)
     prep = {"fps": decode.fps, "short_side": decode.short_side, "crop": decode.crop,
             "scale": "[-1, 1]"}
@@ -373,8 +398,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
                       redo=any(part in fresh[s] for s in extractor.streams))
              for part, group in todo.groupby("part", sort=True)]
     job = PartJob(store=store.url, extractor=cfg.extractor, net=net, decode=decode,
-                  decode_timeout_s=cfg.decode_timeout(), ref=ref,
-                  min_decoded=0.0 if cfg.keep_partial else MIN_DECODED)
+                  decode_timeout_s=cfg.decode_timeout(), decode_in=cfg.decode_in, ref=ref,
+                  min_decoded=0.0 if cfg.keep_partial else MIN_DECODED, malloc=cfg.malloc)
     bar = progress(total=len(todo), desc=f"extract {','.join(extractor.streams)}", unit="video")
     wrote: list[dict] = []  # the index rows this run wrote (first stream's view)
 

@@ -77,12 +77,15 @@ class _DecordBroke(Exception):
 
 
 def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...],
-                  timeout_s: float | None = None, min_decoded: float = MIN_DECODED):
+                  timeout_s: float | None = None, min_decoded: float = MIN_DECODED,
+                  opened=None):
     """Decode one video as a stream and run the extractor on it.
 
-    meta: the video's manifest row (``meta["start_sec"]``, ``meta["end_sec"]``).  With
-    ``timeout_s`` None the clip is decoded in this process, prefetched in a thread; else in
-    a child process that is killed when a chunk takes longer (see subdecode.py).
+    meta: the video's manifest row (``meta["start_sec"]``, ``meta["end_sec"]``).
+    ``opened``: the clip already opened by a :class:`~vidattn.pipeline.subdecode.DecodeFeed`
+    (decoded ahead in its child process); else with ``timeout_s`` None the clip is decoded
+    in this process, prefetched in a thread, and otherwise in a child process that is
+    killed when a chunk takes longer (see subdecode.py).
     Returns (:class:`Decoded`, {array: map}).  Memory: a few chunks of frames plus one
     window of the network, whatever the video's length.
 
@@ -94,7 +97,8 @@ def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...],
     from vidattn.video import VideoDecodeError
 
     try:
-        return _extract_once(extractor, path, decode, meta, arrays, timeout_s, min_decoded)
+        return _extract_once(extractor, path, decode, meta, arrays, timeout_s, min_decoded,
+                             opened)
     except _DecordBroke as broke:
         pyav = replace(decode, backend="pyav")
         try:
@@ -103,7 +107,8 @@ def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...],
             raise VideoDecodeError(path, f"{e.reason}; {broke.error.reason}") from e
 
 
-def _extract_once(extractor, path, decode, meta, arrays, timeout_s, min_decoded):
+def _extract_once(extractor, path, decode, meta, arrays, timeout_s, min_decoded,
+                  opened=None):
     from vidattn.pipeline.subdecode import open_subclip
     from vidattn.prefetch import prefetch
     from vidattn.video import VideoDecodeError, open_clip
@@ -117,14 +122,17 @@ def _extract_once(extractor, path, decode, meta, arrays, timeout_s, min_decoded)
             yield chunk
 
     start, end = bound(meta["start_sec"]), bound(meta["end_sec"])
-    if timeout_s is None:
+    if opened is not None:
+        clip = opened
+    elif timeout_s is None:
         clip = open_clip(path, decode, start, end)
     else:
         clip = open_subclip(path, decode, start, end, chunk_frames=CHUNK_FRAMES,
                             timeout_s=timeout_s)
     with clip:
-        # The child decodes ahead through its bounded queue: no prefetch thread needed.
-        chunks = prefetch(clip.chunks(CHUNK_FRAMES)) if timeout_s is None else clip.chunks()
+        # A child decodes ahead through its bounded queue: no prefetch thread needed.
+        in_process = opened is None and timeout_s is None
+        chunks = prefetch(clip.chunks(CHUNK_FRAMES)) if in_process else clip.chunks()
         try:
             out = extractor(counted(chunks), arrays)
         except VideoDecodeError as e:
@@ -157,7 +165,10 @@ class PartJob:
     store: the store's URL; extractor: its registry name; net: its I3DExtractorConfig
     or None; ref: the ReferringConfig or None (both hashable: a worker builds one
     extractor per distinct ``(extractor, net, ref)``); decode: the DecodeConfig;
-    decode_timeout_s: None = decode in the extracting process.
+    decode_in: "process" (each part's videos decoded ahead in one child process, see
+    subdecode.DecodeFeed) or "thread" (in the extracting process, a thread ahead);
+    decode_timeout_s: how long the child may take per chunk before it is killed (None:
+    no limit; "thread" decoding has none).
     """
 
     store: str
@@ -165,8 +176,10 @@ class PartJob:
     net: Any
     decode: Any
     decode_timeout_s: float | None = None
+    decode_in: str = "process"
     ref: Any = None
     min_decoded: float = MIN_DECODED  # 0: keep partial videos
+    malloc: str = "reuse"  # the extracting process's malloc (see vidattn/malloc.py)
 
 
 @dataclass(frozen=True)
@@ -225,27 +238,52 @@ def file_stamp(path: Path) -> tuple[int | None, float | None]:
 
 def _compute_part(store, extractors: Extractors, work: PartWork, job: PartJob,
                   on_video: Callable[[dict], None] | None) -> list[dict]:
-    rows, maps = [], {a: {} for a in work.needed}
     i3d_needed = tuple(a for a in work.needed if a in extractors.i3d_streams)
     ref_needed = tuple(a for a in work.needed if a not in extractors.i3d_streams)
     # Rows that share a file segment (AVA's persons of one keyframe, the instances of a
     # referring clip) are consecutive in the plan: their maps are computed once.
+    segments = [(str(v["path"]), v["start_sec"], v["end_sec"]) for v in work.videos]
+    firsts = [i for i, key in enumerate(segments) if i == 0 or segments[i - 1] != key]
+    # before decoding starts: a file that changes during it shows in a later run
+    stamps = [file_stamp(Path(v["path"])) for v in work.videos]
+    feed = None
+    if i3d_needed and job.decode_in == "process":
+        from vidattn.pipeline.subdecode import DecodeFeed
+
+        feed = DecodeFeed([(p, bound(a), bound(b)) for p, a, b in (segments[i] for i in firsts)],
+                          job.decode, chunk_frames=CHUNK_FRAMES, timeout_s=job.decode_timeout_s)
+    try:
+        rows, maps = _videos(extractors, work, job, segments, stamps, firsts, feed,
+                             i3d_needed, ref_needed, on_video)
+    finally:
+        if feed is not None:
+            feed.close()
+    wrote = [store.write_part(array, work.part, rows, maps[array]) for array in work.needed]
+    return rows if any(wrote) else []
+
+
+def _videos(extractors, work, job, segments, stamps, firsts, feed, i3d_needed, ref_needed,
+            on_video) -> tuple[list[dict], dict]:
+    """Rows and maps of the part's videos, in plan order (see :func:`_compute_part`)."""
+    rows, maps = [], {a: {} for a in work.needed}
+    seg_of = {first: k for k, first in enumerate(firsts)}  # video -> the feed's clip
     last: tuple | None = None
-    for video in work.videos:
+    for n, video in enumerate(work.videos):
         vid, path = video["video_id"], Path(video["path"])
-        size, mtime = file_stamp(path)  # before decoding: a change during it shows later
+        size, mtime = stamps[n]
         row = {"video_id": vid, "status": "done", "error": None, "n_frames": 0,
                "fps": job.decode.fps or 0.0, "decoder": None, "frames_lost": 0,
                "file_size": size, "file_mtime": mtime}
         try:
             out = {}
             if i3d_needed:
-                key = (str(path), video["start_sec"], video["end_sec"])
+                key = segments[n]
                 if last is None or last[0] != key:
                     last = None  # a failure below must not leave the previous maps here
+                    opened = feed.open(seg_of[n]) if feed is not None else None
                     last = (key, extract_video(extractors.i3d, path, job.decode, video,
                                                i3d_needed, job.decode_timeout_s,
-                                               job.min_decoded))
+                                               job.min_decoded, opened))
                 got, shared = last[1]
                 out = dict(shared)
                 row.update(n_frames=got.n_frames, fps=got.fps, decoder=got.decoder,
@@ -263,8 +301,7 @@ def _compute_part(store, extractors: Extractors, work: PartWork, job: PartJob,
         rows.append(row)
         if on_video is not None:
             on_video(row)
-    wrote = [store.write_part(array, work.part, rows, maps[array]) for array in work.needed]
-    return rows if any(wrote) else []
+    return rows, maps
 
 
 def extract_part_task(work: PartWork, job: PartJob) -> list[dict]:
@@ -275,14 +312,16 @@ def extract_part_task(work: PartWork, job: PartJob) -> list[dict]:
     device missing) fails the task, which dask retries and then raises in the client.
     """
     from vidattn.cluster import worker_cached
+    from vidattn.malloc import set_malloc
     from vidattn.pipeline.subdecode import require_child_processes
     from vidattn.tasks.rundir import pick_device
 
     # A worker that cannot run the part fails its task (and the run) with a clear message,
     # rather than record every video of the archive as failed.
     pick_device((job.net or job.ref).device)
-    if job.decode_timeout_s is not None:
+    if job.decode_in == "process":
         require_child_processes()
+    set_malloc(job.malloc)
     extractors = worker_cached(("extractor", job.extractor, job.net, job.ref),
                                lambda: build_extractors(job.extractor, job.net, job.ref))
     return extract_part(open_store(job.store, mode="a"), extractors, work, job)

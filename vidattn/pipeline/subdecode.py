@@ -1,20 +1,24 @@
-"""Decode a clip in a child process, so that a decoder that hangs can be killed.
+"""Decode clips in a child process: off the network's thread, and killable when it hangs.
 
 A native decoder stuck in FFmpeg or decord (a damaged file, a stalled network mount, a pipe
 that never delivers) cannot be interrupted from Python: a thread can only be abandoned,
-and it keeps its memory and file handles.  A child process can be killed.  So the clip is
-opened and decoded in a child started with multiprocessing's "forkserver" method (or
-"spawn" where there is none; never "fork", which would copy a parent's CUDA context and
-locked mutexes), and its chunks come back through a bounded queue:
+and it keeps its memory and file handles.  A child process can be killed.  So a part's
+clips are opened and decoded, in order, by one child (a :class:`DecodeFeed`) started with
+multiprocessing's "forkserver" method (or "spawn" where there is none; never "fork", which
+would copy a parent's CUDA context and locked mutexes), and their chunks come back through
+one bounded queue, so the next clip is decoding while the network finishes this one:
 
 * memory: at most ``depth`` chunks wait in the queue, plus the one being sent;
-* timeout: each message (the opening, then every chunk) must arrive within ``timeout_s``,
-  else the child is killed and :class:`VideoDecodeError` names the file;
-* early stop: closing the stream (or its ``chunks()`` generator) kills the child;
-* errors: an exception in the child is re-raised in the parent with its one-line message;
+* timeout: each message (an opening, then every chunk) must arrive within ``timeout_s``,
+  else the child is killed, :class:`VideoDecodeError` names the file, and the clips after
+  it go to a new child;
+* a bad clip: its exception is re-raised in the parent with its one-line message, and the
+  child goes on with the next clip;
+* early stop: a clip left unread is skipped; closing the feed kills the child;
 * orphans: a child whose parent dies (e.g. a dask worker killed by its nanny) exits too.
 
-The frames are those of :func:`vidattn.video.open_clip` (the child runs exactly that).
+:func:`open_subclip` is a feed of one clip.  The frames are those of
+:func:`vidattn.video.open_clip` (the child runs exactly that).
 """
 
 from __future__ import annotations
@@ -56,6 +60,15 @@ def start_context() -> mp.context.BaseContext:
     return mp.get_context("spawn")
 
 
+def warm_up() -> None:
+    """Start the forkserver now: it imports the decoders beside whatever the caller does
+    next (loading a model), instead of when the first clip is wanted."""
+    if start_context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 def require_child_processes() -> None:
     """Raise a clear RuntimeError where this process may not start children: multiprocessing
     refuses them to a daemonic process (a dask worker, unless configured) with a bare
@@ -93,132 +106,130 @@ def _meta(clip) -> dict:
             "frames_lost": clip.frames_lost}
 
 
-def _child(path: str, cfg: DecodeConfig, start_sec: float | None, end_sec: float | None,
+def _child(items: list[tuple[int, str, float | None, float | None]], cfg: DecodeConfig,
            n: int, out, alive) -> None:
-    """The child's main: open the clip, send its metadata, then every chunk, then "end";
-    an exception is sent instead of whatever was next."""
+    """The child's main: for each (index, path, start, end) in order, open the clip and
+    send ("open", i, meta), every ("chunk", i, frames, meta | None), then ("end", i, meta);
+    a failure sends ("error", i, exception) instead of what was next, and the child goes
+    on with the next video."""
     from vidattn.video import open_clip
 
     threading.Thread(target=_exit_when_orphaned, args=(alive,), daemon=True).start()
     try:
-        with open_clip(path, cfg, start_sec, end_sec) as clip:
-            out.put(("open", _meta(clip)))
-            first = True
-            for chunk in clip.chunks(n):
-                # An auto-mode fallback to PyAV updates the fields before the first chunk.
-                out.put(("chunk", chunk, _meta(clip) if first else None))
-                first = False
-            meta = _meta(clip)  # frames_lost is final only now
-        out.put(("end", meta))
-    except BaseException as e:  # noqa: BLE001 - every failure goes to the parent
-        out.put(("error", _portable(e)))
+        for i, path, start_sec, end_sec in items:
+            try:
+                with open_clip(path, cfg, start_sec, end_sec) as clip:
+                    out.put(("open", i, _meta(clip)))
+                    first = True
+                    for chunk in clip.chunks(n):
+                        # An auto-mode fallback to PyAV updates the fields before the first
+                        # chunk.
+                        out.put(("chunk", i, chunk, _meta(clip) if first else None))
+                        first = False
+                    meta = _meta(clip)  # frames_lost is final only now
+                out.put(("end", i, meta))
+            except Exception as e:  # noqa: BLE001 - every failure goes to the parent
+                out.put(("error", i, _portable(e)))
     finally:
         out.close()
         out.join_thread()  # all messages are in the pipe before the process exits
 
 
-class SubprocessClip:
-    """A clip decoded by a child process; the counterpart of :class:`ClipStream`.
+class DecodeFeed:
+    """Decode a list of clips, in order, in one child process that runs ahead of the
+    consumer through a bounded queue (``depth`` chunks of ``chunk_frames`` frames).
 
-    fps, src_fps, src_size, crop_box, backend, n_frames: as in ClipStream, set once the
-    child has opened the clip (and updated with the first chunk); frames_lost: set when the
-    stream is exhausted.  :meth:`chunks` yields
-    (k, h, w, 3) uint8 RGB arrays of ``chunk_frames`` frames (only the last may be
-    shorter).  Use as a context manager, or call :meth:`close`.
+    items: (path, start_sec, end_sec) per clip.  :meth:`open` (i) returns clip i as a
+    :class:`FedClip` once the child has opened it; clips are opened in increasing order,
+    and a clip left unread is skipped.  ``timeout_s``: how long one message (an opening, a
+    chunk) may take; past it, or when the child dies, the child is killed,
+    :class:`VideoDecodeError` names the clip's file, and the next :meth:`open` starts a
+    new child from that clip on.  None waits as long as the child lives.
     """
 
-    def __init__(self, path: PathLike, cfg: DecodeConfig, start_sec: float | None,
-                 end_sec: float | None, *, chunk_frames: int, timeout_s: float,
-                 depth: int = 2):
-        if not timeout_s > 0:
+    def __init__(self, items, cfg: DecodeConfig, *, chunk_frames: int,
+                 timeout_s: float | None, depth: int = 2):
+        if timeout_s is not None and not timeout_s > 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
         if isinstance(chunk_frames, bool) or chunk_frames < 1 or depth < 1:
             raise ValueError(f"chunk_frames and depth must be >= 1, got {chunk_frames}, "
                              f"{depth}")
         require_child_processes()
-        self.path = Path(path)
-        self.timeout_s = float(timeout_s)
-        self.fps, self.src_fps, self.backend = 0.0, 0.0, ""
-        self.src_size: tuple[int, int] = (0, 0)
-        self.crop_box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
-        self.n_frames: int | None = None
-        self.frames_lost = 0
-        self._started = False
+        self.items = [(str(p), a, b) for p, a, b in items]
+        self.cfg, self.chunk_frames, self.depth = cfg, int(chunk_frames), int(depth)
+        self.timeout_s = None if timeout_s is None else float(timeout_s)
+        self.process = None
+        self._first = 0  # index of the current child's first clip
+        self._opened = -1
+
+    def _start(self, first: int) -> None:
         ctx = start_context()
-        self._queue = ctx.Queue(maxsize=depth)
+        self._queue = ctx.Queue(maxsize=self.depth)
         # The child reads from `watch`; closing `self._alive` (or dying) tells it to exit.
         watch, self._alive = ctx.Pipe(duplex=False)
+        todo = [(i, *self.items[i]) for i in range(first, len(self.items))]
         self.process = ctx.Process(
             target=_child, name=_CHILD_NAME, daemon=True,
-            args=(str(self.path), cfg, start_sec, end_sec, int(chunk_frames), self._queue,
-                  watch))
+            args=(todo, self.cfg, self.chunk_frames, self._queue, watch))
         self.process.start()
         watch.close()  # the child holds its own copy; ours would keep the pipe open
-        try:
-            _, meta = self._get("open the clip")
-        except BaseException:
+        self._first = first
+
+    def open(self, i: int) -> FedClip:
+        """Clip ``i``, opened (raises what open_clip would, naming the file)."""
+        if not 0 <= i < len(self.items) or i <= self._opened:
+            raise ValueError(f"DecodeFeed.open({i}): clips open once, in order "
+                             f"(last opened {self._opened}, {len(self.items)} clips)")
+        self._opened = i
+        if self.process is None or self._first > i:
             self.close()
-            raise
-        self._update(meta)
+            self._start(i)
+        while True:
+            msg = self._get(i, "open the clip")
+            if msg[1] < i:
+                continue  # what is left of a clip the consumer stopped reading
+            if msg[0] == "error":
+                raise msg[2]
+            return FedClip(self, i, msg[2])
 
-    def _update(self, meta: dict | None) -> None:
-        if meta:
-            for key, value in meta.items():
-                setattr(self, key, value)
-
-    def _get(self, what: str) -> tuple:
-        """The child's next message, re-raising its exception; a VideoDecodeError (child
-        killed) when none arrives within the timeout or the child died without one."""
-        deadline = time.monotonic() + self.timeout_s
+    def _get(self, i: int, what: str) -> tuple:
+        """The child's next message; a VideoDecodeError naming clip i (child killed) when
+        none arrives within the timeout or the child died without one."""
+        path = Path(self.items[i][0])
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         while True:
             try:
-                msg = self._queue.get(timeout=_POLL_S)
-                break
+                return self._queue.get(timeout=_POLL_S)
             except queue.Empty:
                 pass
             if not self.process.is_alive():
                 try:  # its last message may have landed just before it exited
-                    msg = self._queue.get(timeout=_POLL_S)
-                    break
+                    return self._queue.get(timeout=_POLL_S)
                 except queue.Empty:
                     code = self.process.exitcode
                     self.close()
                     raise VideoDecodeError(
-                        self.path, f"decoder process died (exit code {code}) before it "
-                                   f"could {what}") from None
-            if time.monotonic() >= deadline:
+                        path, f"decoder process died (exit code {code}) before it could "
+                              f"{what}") from None
+            if deadline is not None and time.monotonic() >= deadline:
                 self.close()
                 raise VideoDecodeError(
-                    self.path, f"decoder hung: could not {what} within {self.timeout_s:g} s "
-                               f"(decoder process killed)")
+                    path, f"decoder hung: could not {what} within {self.timeout_s:g} s "
+                          f"(decoder process killed)")
+
+    def _next(self, i: int, what: str) -> tuple:
+        """The next message of clip i (re-raising its error)."""
+        if self.process is None:
+            raise VideoDecodeError(Path(self.items[i][0]), "decoder process was stopped")
+        msg = self._get(i, what)
         if msg[0] == "error":
-            self.close()
-            raise msg[1]
+            raise msg[2]
         return msg
-
-    def chunks(self) -> Iterator[np.ndarray]:
-        """Yield every frame in order, in chunks; the child is killed when the generator is
-        closed early, and is gone once it is exhausted.  Can be iterated once."""
-        if self._started:
-            raise ValueError(f"{self.path}: SubprocessClip.chunks() can be iterated only once")
-        self._started = True
-        return self._iterate()
-
-    def _iterate(self) -> Iterator[np.ndarray]:
-        try:
-            while True:
-                msg = self._get("deliver the next frames")
-                if msg[0] == "end":
-                    self._update(msg[1])
-                    self.process.join(_EXIT_GRACE_S)  # let a child that is done exit by itself
-                    return
-                self._update(msg[2])
-                yield msg[1]
-        finally:
-            self.close()
 
     def close(self) -> None:
         """Kill the child (if still running) and release the queue; harmless twice."""
+        if self.process is None:
+            return
         if self.process.is_alive():
             self.process.kill()
         self.process.join()
@@ -226,8 +237,76 @@ class SubprocessClip:
         # A killed child may leave bytes in the pipe: never wait to flush or read them.
         self._queue.cancel_join_thread()
         self._queue.close()
+        # The next open() starts a new child from its clip on.
+        self.process, self._first = None, len(self.items)
 
-    def __enter__(self) -> SubprocessClip:
+    def __enter__(self) -> DecodeFeed:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class FedClip:
+    """One clip of a :class:`DecodeFeed`; the counterpart of :class:`ClipStream`.
+
+    fps, src_fps, src_size, crop_box, backend, n_frames: as in ClipStream, set once the
+    child has opened the clip (and updated with the first chunk); frames_lost: set when the
+    stream is exhausted.  :meth:`chunks` yields (k, h, w, 3) uint8 RGB arrays of the feed's
+    ``chunk_frames`` frames (only the last may be shorter).  ``owns_feed``: closing the
+    clip closes the feed too (a one-clip feed, :func:`open_subclip`).
+    """
+
+    def __init__(self, feed: DecodeFeed, i: int, meta: dict, owns_feed: bool = False):
+        self.feed, self.index, self.owns_feed = feed, i, owns_feed
+        self._process = feed.process
+        self.path = Path(feed.items[i][0])
+        self.fps, self.src_fps, self.backend = 0.0, 0.0, ""
+        self.src_size: tuple[int, int] = (0, 0)
+        self.crop_box: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+        self.n_frames: int | None = None
+        self.frames_lost = 0
+        self._started = False
+        self._update(meta)
+
+    @property
+    def process(self):
+        """The child process that decodes (decoded) this clip."""
+        return self._process
+
+    def _update(self, meta: dict | None) -> None:
+        if meta:
+            for key, value in meta.items():
+                setattr(self, key, value)
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """Yield every frame in order, in chunks.  Can be iterated once; stopping early
+        leaves the rest to be skipped (a one-clip feed's child is killed)."""
+        if self._started:
+            raise ValueError(f"{self.path}: chunks() can be iterated only once")
+        self._started = True
+        return self._iterate()
+
+    def _iterate(self) -> Iterator[np.ndarray]:
+        try:
+            while True:
+                msg = self.feed._next(self.index, "deliver the next frames")
+                if msg[0] == "end":
+                    self._update(msg[2])
+                    if self.owns_feed:  # let a child that is done exit by itself
+                        self.feed.process.join(_EXIT_GRACE_S)
+                    return
+                self._update(msg[3])
+                yield msg[2]
+        finally:
+            if self.owns_feed:
+                self.feed.close()
+
+    def close(self) -> None:
+        if self.owns_feed:
+            self.feed.close()
+
+    def __enter__(self) -> FedClip:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -236,12 +315,19 @@ class SubprocessClip:
 
 def open_subclip(path: PathLike, cfg: DecodeConfig = DecodeConfig(),  # noqa: B008 - frozen
                  start_sec: float | None = None, end_sec: float | None = None, *,
-                 chunk_frames: int = 64, timeout_s: float = 600.0,
-                 depth: int = 2) -> SubprocessClip:
+                 chunk_frames: int = 64, timeout_s: float | None = 600.0,
+                 depth: int = 2) -> FedClip:
     """:func:`vidattn.video.open_clip` in a child process (see the module docstring).
 
     Waits until the child has opened the clip (at most ``timeout_s``); raises what
     open_clip would (VideoDecodeError naming the file), or VideoDecodeError on a timeout.
     """
-    return SubprocessClip(path, cfg, start_sec, end_sec, chunk_frames=chunk_frames,
-                          timeout_s=timeout_s, depth=depth)
+    feed = DecodeFeed([(path, start_sec, end_sec)], cfg, chunk_frames=chunk_frames,
+                      timeout_s=timeout_s, depth=depth)
+    try:
+        clip = feed.open(0)
+    except BaseException:
+        feed.close()
+        raise
+    clip.owns_feed = True
+    return clip

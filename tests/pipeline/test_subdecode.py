@@ -1,0 +1,112 @@
+"""DecodeFeed: a part's clips decoded ahead, in order, by one child process."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import stalling_video
+
+from vidattn.pipeline.subdecode import DecodeFeed
+from vidattn.video import DecodeConfig, VideoDecodeError, open_clip
+
+DECODE = DecodeConfig(short_side=64, crop=None)
+
+
+def _in_process(path: Path, start=None, end=None, n: int = 5) -> list[np.ndarray]:
+    with open_clip(path, DECODE, start, end) as clip:
+        return list(clip.chunks(n))
+
+
+def _same(got: list[np.ndarray], want: list[np.ndarray]) -> bool:
+    return len(got) == len(want) >= 1 and all(
+        np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def _children() -> list[str]:
+    return [p.name for p in mp.active_children() if p.name == "vidattn-decode"]
+
+
+def test_one_child_decodes_every_clip_in_order_and_a_bad_one_fails_alone(tiny_sample,
+                                                                          tmp_path):
+    a, b = sorted((tiny_sample / "videos").glob("*.mp4"))[:2]
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video\n" * 100)
+    items = [(a, None, None), (junk, None, None), (b, 0.2, 0.5), (a, 0.1, None)]
+    with DecodeFeed(items, DECODE, chunk_frames=5, timeout_s=30) as feed:
+        first = feed.open(0)
+        pid = first.process.pid
+        assert _same(list(first.chunks()), _in_process(a))
+        assert first.fps == 25.0 and first.n_frames == sum(len(c) for c in _in_process(a))
+        with pytest.raises(VideoDecodeError) as e:
+            feed.open(1)
+        assert str(e.value).startswith(f"{junk}: ") and "\n" not in str(e.value)
+        clip = feed.open(2)
+        assert _same(list(clip.chunks()), _in_process(b, 0.2, 0.5))
+        clip = feed.open(3)
+        assert clip.process.pid == pid  # the same child went on after the bad file
+        assert _same(list(clip.chunks()), _in_process(a, 0.1, None))
+    assert not _children()
+
+
+def test_a_clip_left_unread_is_skipped_and_clips_open_in_order(tiny_sample):
+    a, b, c = sorted((tiny_sample / "videos").glob("*.mp4"))[:3]
+    feed = DecodeFeed([(a, None, None), (b, None, None), (c, None, None)], DECODE,
+                      chunk_frames=2, timeout_s=30, depth=1)
+    try:
+        chunks = feed.open(0).chunks()
+        next(chunks)  # one chunk of clip 0 read, the rest abandoned
+        chunks.close()
+        assert _same(list(feed.open(2).chunks()), _in_process(c, n=2))  # clip 1 skipped
+        with pytest.raises(ValueError, match="in order"):
+            feed.open(1)
+    finally:
+        feed.close()
+    assert not _children()
+
+
+def test_a_hung_clip_is_killed_and_the_next_clips_get_a_new_child(tiny_sample, tmp_path):
+    a, b = sorted((tiny_sample / "videos").glob("*.mp4"))[:2]
+    hung = stalling_video(tmp_path)
+    with DecodeFeed([(a, None, None), (hung, None, None), (b, None, None)], DECODE,
+                    chunk_frames=5, timeout_s=2) as feed:
+        clip = feed.open(0)
+        pid = clip.process.pid
+        assert _same(list(clip.chunks()), _in_process(a))
+        with pytest.raises(VideoDecodeError, match=r"stall\.m3u8: decoder hung.*within 2 s"):
+            feed.open(1)
+        assert clip.process.exitcode is not None  # killed
+        clip = feed.open(2)
+        assert clip.process.pid != pid
+        assert _same(list(clip.chunks()), _in_process(b))
+    assert not _children()
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="timeout_s"):
+        DecodeFeed([], DECODE, chunk_frames=4, timeout_s=0)
+    with pytest.raises(ValueError, match="chunk_frames"):
+        DecodeFeed([], DECODE, chunk_frames=0, timeout_s=None)
+
+
+def test_extraction_stores_the_same_maps_whichever_way_it_decodes(tiny_sample, tmp_path):
+    from vidattn.pipeline.extract import ExtractConfig, run
+    from vidattn.stores import open_store
+
+    fast = {"root": str(tiny_sample), "part_size": 3, "device": "cpu", "i3d_rgb": "random",
+            "short_side": 64, "limit": 5}
+    stores = {}
+    for how in ("process", "thread"):
+        res = run(ExtractConfig(store=str(tmp_path / how), decode_in=how, **fast))
+        assert res.n_extracted == 5 and not res.failures
+        stores[how] = open_store(str(tmp_path / how))
+    assert not _children()
+    ids = stores["thread"].video_ids("rgb")
+    assert len(ids) == 5 and stores["process"].video_ids("rgb") == ids
+    for vid in ids:
+        np.testing.assert_array_equal(stores["process"].read(vid), stores["thread"].read(vid))
+    with pytest.raises(ValueError, match="needs --decode-in process"):
+        run(ExtractConfig(store=str(tmp_path / "t"), decode_in="thread", decode_timeout_s=5,
+                          **fast))

@@ -219,6 +219,8 @@ def bench_streaming(rows: list, device: str, video: Path) -> None:
 
 _LONG = """
 import json, sys, time
+from vidattn.malloc import set_malloc
+set_malloc("reuse")  # as vidattn extract runs
 from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig
 from vidattn.pipeline.parts import extract_video
 from vidattn.video import DecodeConfig

@@ -24,12 +24,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import cluster  # benchmarks/cluster.py, extraction.py, referring.py, beside this script
+import command
 import extraction
 import loader as loader_bench
 import numpy as np
 import referring
 import torch
 from timing import timed
+
+from vidattn.malloc import malloc_mode, set_malloc
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CLIP = REPO.parent / "shared" / "data" / "activitynet_walking_the_dog.mp4"
@@ -52,7 +55,8 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{cpu}, {torch.get_num_threads()} torch threads{mem}, {gpu}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+            f"Python {platform.python_version()}, torch {torch.__version__}; "
+            f"malloc {malloc_mode()}")
 
 
 def bench_decode(rows: list) -> None:
@@ -195,6 +199,7 @@ STAGES = {
     "i3d": extraction.bench_i3d_precision,
     "flow": extraction.bench_flow,
     "end-to-end": lambda rows, device: extraction.bench_end_to_end(rows, device, REAL_CLIP),
+    "whole-command": lambda rows, device: command.bench_whole_command(rows, device, REAL_CLIP),
     "streaming": lambda rows, device: extraction.bench_streaming(rows, device, REAL_CLIP),
     "long-video": extraction.bench_long_video,
     "heads": bench_heads,
@@ -212,6 +217,7 @@ def main() -> None:
                     help="run only these stages (repeatable); default: all of them")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    set_malloc("reuse")  # as the extracting commands run (vidattn/malloc.py)
     rows: list[tuple[str, str, str]] = []
     for name, stage in STAGES.items():
         if not args.only or name in args.only:

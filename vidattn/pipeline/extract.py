@@ -10,9 +10,9 @@ Distributed (``workers`` > 0 or ``scheduler``): one dask task per store part
 (:func:`vidattn.pipeline.parts.extract_part_task`), so a shard never has two writers; the
 task runs the same ``extract_part`` as the in-process loop, with the extractor built once
 per worker process.  A worker that dies mid-part has its task re-run by the scheduler: the part is
-redone whole, as after a crash of a local run.  Videos may then be decoded in a child
-process (``decode_timeout_s``) so that a hung decoder is killed instead of stalling a
-worker for good.
+redone whole, as after a crash of a local run.  Videos are decoded in a child process
+(``decode_in``), killed after ``decode_timeout_s`` without a chunk, so that a hung decoder
+fails its video instead of stalling a worker for good.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ class ExtractConfig:
     workers: int = 0  # dask: 0 = extract in this process; N = a LocalCluster of N workers
     scheduler: str | None = None  # address of a running dask scheduler (overrides workers)
     gpus_per_task: int = 0  # tag each part's task resources={"GPU": n}
-    # Decode in a child process killed when a chunk takes longer than this; None: decode
-    # in this process (distributed runs: DISTRIBUTED_DECODE_TIMEOUT_S).
+    # Kill the decoding child when a chunk takes longer than this; None: no limit
+    # (distributed runs: DISTRIBUTED_DECODE_TIMEOUT_S).
     decode_timeout_s: float | None = None
     # process: each part's videos decoded ahead in one child process (off the cores'
     # critical path, killable); thread: in this process, a thread ahead.

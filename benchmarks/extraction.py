@@ -287,7 +287,7 @@ def bench_long_video(rows: list, device: str) -> None:
     not by the video (the whole 10-minute clip's frames alone would be 15000 x size² x 3)."""
     tmp = Path(tempfile.mkdtemp())
     try:
-        for minutes, size in ((1, 224), (1, 112), (10, 112)):
+        for minutes, size in ((1, 224), (10, 224), (1, 112), (10, 112)):
             video = tmp / f"long{minutes}.mp4"
             if not video.is_file():
                 _synthetic_video(video, 60 * minutes)

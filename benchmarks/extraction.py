@@ -157,7 +157,8 @@ def bench_end_to_end(rows: list, device: str, video: Path) -> None:
     """RGB extraction of one real clip (decode in a stream + I3D + float16) against the
     model alone on the same, already decoded frames at its best chunking: the faster of
     one pass over the clip and the stream fed 128 frames at a time (target: >= 0.8x)."""
-    from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig, bf16_autocast
+    from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig
+    from vidattn.extractors.windows import bf16_autocast
     from vidattn.pipeline.parts import extract_video
     from vidattn.video import DecodeConfig, load_clip
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from vidattn.extractors.i3d import I3D, LAYERS, Inception, MaxPoolSame, Unit3D, max_pool_valid
-from vidattn.extractors.windows import pad_to_unit, to_stored
+from vidattn.extractors.windows import bf16_autocast, pad_to_unit, to_stored
 
 UNIT = 8  # input frames per Mixed_5c step
 
@@ -201,16 +201,12 @@ class StreamingMaps:
     def _keep(self, endpoint: str, y: torch.Tensor) -> None:
         self.out[endpoint].append(to_stored(endpoint, y[0], self.dtype))
 
-    def _context(self):
-        return torch.autocast(self.autocast or "cpu", dtype=torch.bfloat16,
-                              enabled=self.autocast is not None)
-
     def _run_pending(self) -> None:
         frames = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
         self.pending = []
         self._last = frames[-1:].copy()  # the padding rule repeats it
         x = self.to_tensor(frames)
-        with self._context():
+        with bf16_autocast(self.autocast):
             self.stream.push(x)
 
     def push(self, frames: np.ndarray) -> None:
@@ -231,7 +227,7 @@ class StreamingMaps:
             self.pending.append(np.repeat(last, padded - self.n, axis=0))
         if self.pending:
             self._run_pending()
-        with self._context():
+        with bf16_autocast(self.autocast):
             self.stream.finish()
         self.done = True
         return {e: np.concatenate(v, axis=0) for e, v in self.out.items()}

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from vidattn.extractors.hub import PREFIX, hub_model, load_hub, slug
-from vidattn.extractors.windows import WindowedMaps
+from vidattn.extractors.windows import WindowedMaps, bf16_autocast
 
 # Bump when anything that changes stored numbers changes (graph, padding, preprocessing);
 # stores record it and refuse to mix versions.  2: clips padded to a whole step (windows.py).
@@ -111,19 +111,13 @@ class I3DExtractorConfig:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def resolve_precision(precision: str, device_type: str) -> str:
-    """fp32 | bf16 for ``precision`` on a device of this type (auto: bf16 on CUDA only)."""
+def resolve_precision(precision: str, device: str) -> str:
+    """fp32 | bf16 for ``precision`` on ``device`` (auto: bf16 on CUDA only)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
-        return "bf16" if device_type == "cuda" else "fp32"
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
     return precision
-
-
-def bf16_autocast(device_type: str | None):
-    """bf16 autocast on ``device_type``; a no-op context for None."""
-    return torch.autocast(device_type or "cpu", dtype=torch.bfloat16,
-                          enabled=device_type is not None)
 
 
 class _Net:
@@ -136,10 +130,9 @@ class _Net:
         main, strides, _ = backbone_facts(backbone)
         self.strides = {e: strides[e] for e in endpoints}
         self.unit = strides[main]
-        kind = torch.device(device).type
-        self.precision = resolve_precision(precision, kind)
+        self.precision = resolve_precision(precision, device)
         # the device type to autocast to bf16 on, or None (fp32)
-        self.autocast = kind if self.precision == "bf16" else None
+        self.autocast = torch.device(device).type if self.precision == "bf16" else None
 
     def input(self, frames: np.ndarray) -> torch.Tensor:
         """(n, ...) frames -> (1, C, n, H, W) model input on the device (through pinned

@@ -37,6 +37,12 @@ def pad_to_unit(n: int, unit: int) -> int:
     return unit * -(-n // unit)
 
 
+def bf16_autocast(device_type: str | None):
+    """bf16 autocast on ``device_type`` ("cpu" | "cuda"); a no-op context for None."""
+    return torch.autocast(device_type or "cpu", dtype=torch.bfloat16,
+                          enabled=device_type is not None)
+
+
 def to_stored(endpoint: str, fmap: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     """(C, t, H, W) map on any device -> (t, H, W, C) numpy of ``dtype``; NaN/Inf, or values
     beyond float16's range when storing float16, are refused rather than stored."""

@@ -185,11 +185,6 @@ def decode_config(cfg: ExtractConfig, dataset: str):
     return DecodeConfig(**values, backend=cfg.decoder)
 
 
-def device_type(device: str) -> str:
-    """"cuda" for "cuda" / "cuda:1", else "cpu"."""
-    return "cuda" if str(device).startswith("cuda") else "cpu"
-
-
 def extractor_config(cfg: ExtractConfig, device: str):
     """The I3DExtractorConfig of ``cfg`` on ``device`` (frozen and hashable: the key of
     a worker's extractor cache), or None for ``--streams none``.  The flow method is pinned
@@ -218,7 +213,7 @@ def extractor_config(cfg: ExtractConfig, device: str):
                               device=device, window_steps=cfg.window_steps,
                               trust_checkpoint=cfg.trust_checkpoint,
                               # resolved here: a distributed run's local copy is on the CPU
-                              precision=resolve_precision(cfg.precision, device_type(device)))
+                              precision=resolve_precision(cfg.precision, device))
 
 
 def referring_config(cfg: ExtractConfig, device: str, sentences: bool):

@@ -158,8 +158,7 @@ class DecodeFeed:
         self.items = [(str(p), a, b) for p, a, b in items]
         self.cfg, self.chunk_frames, self.depth = cfg, int(chunk_frames), int(depth)
         self.timeout_s = None if timeout_s is None else float(timeout_s)
-        self.process = None
-        self._first = 0  # index of the current child's first clip
+        self.process = None  # the running child; None before the first open and once closed
         self._opened = -1
 
     def _start(self, first: int) -> None:
@@ -173,7 +172,6 @@ class DecodeFeed:
             args=(todo, self.cfg, self.chunk_frames, self._queue, watch))
         self.process.start()
         watch.close()  # the child holds its own copy; ours would keep the pipe open
-        self._first = first
 
     def open(self, i: int) -> FedClip:
         """Clip ``i``, opened (raises what open_clip would, naming the file)."""
@@ -181,8 +179,7 @@ class DecodeFeed:
             raise ValueError(f"DecodeFeed.open({i}): clips open once, in order "
                              f"(last opened {self._opened}, {len(self.items)} clips)")
         self._opened = i
-        if self.process is None or self._first > i:
-            self.close()
+        if self.process is None:  # the first clip, or the child was killed: a new one
             self._start(i)
         while True:
             msg = self._get(i, "open the clip")
@@ -237,8 +234,7 @@ class DecodeFeed:
         # A killed child may leave bytes in the pipe: never wait to flush or read them.
         self._queue.cancel_join_thread()
         self._queue.close()
-        # The next open() starts a new child from its clip on.
-        self.process, self._first = None, len(self.items)
+        self.process = None  # the next open() starts a new child from its clip on
 
     def __enter__(self) -> DecodeFeed:
         return self
@@ -259,7 +255,7 @@ class FedClip:
 
     def __init__(self, feed: DecodeFeed, i: int, meta: dict, owns_feed: bool = False):
         self.feed, self.index, self.owns_feed = feed, i, owns_feed
-        self._process = feed.process
+        self.process = feed.process  # the child that decodes (decoded) this clip
         self.path = Path(feed.items[i][0])
         self.fps, self.src_fps, self.backend = 0.0, 0.0, ""
         self.src_size: tuple[int, int] = (0, 0)
@@ -268,11 +264,6 @@ class FedClip:
         self.frames_lost = 0
         self._started = False
         self._update(meta)
-
-    @property
-    def process(self):
-        """The child process that decodes (decoded) this clip."""
-        return self._process
 
     def _update(self, meta: dict | None) -> None:
         if meta:

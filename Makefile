@@ -30,9 +30,9 @@ demo: $(STAMP)
 	$(VIDATTN) explain $(DEMO)/runs/actx test_wave_00 --out $(DEMO)/explain-test_wave_00.png
 	# the referring path (RefAtomNet): several actors per clip, one sentence per actor
 	$(VIDATTN) extract --dataset sample -o referring=true --boxes annotations --store $(DEMO)/ref-store
-	$(VIDATTN) train-head refatomnet --store $(DEMO)/ref-store --out $(DEMO)/runs/refatomnet --lr 1e-4 --epochs 30 --overwrite
-	$(VIDATTN) train-head refatomnet-add --store $(DEMO)/ref-store --out $(DEMO)/runs/refatomnet-add --lr 1e-4 --epochs 30 --overwrite
-	$(VIDATTN) compare $(DEMO)/runs/refatomnet $(DEMO)/runs/refatomnet-add --out $(DEMO)/compare-ref
+	$(VIDATTN) train-head refatomnet --store $(DEMO)/ref-store --out $(DEMO)/runs/refatomnet --overwrite
+	$(VIDATTN) evaluate $(DEMO)/runs/refatomnet
+	$(VIDATTN) compare $(DEMO)/runs/refatomnet --out $(DEMO)/compare-ref
 
 lint: $(STAMP)
 	.venv/bin/ruff check vidattn tests benchmarks

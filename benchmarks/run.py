@@ -6,7 +6,8 @@ against the bare forward, peak memory on 1- and 10-minute videos, the store (wri
 throughput, compression), training steps of every head at the ActX paper's Hollywood2
 setting, training from the store (streamed vs in-memory loader, peak memory under a budget,
 CLI start-up; benchmarks/loader.py), the referring streams (DETR-R50, the sentence
-encoder, RefAtomNet steps; benchmarks/referring.py), and the whole path on the sample
+encoder, RefAtomNet steps; benchmarks/referring.py), the referring known answer on a planted
+store (benchmarks/planted_ref.py), and the whole path on the sample
 store.  Most figures are the median of a few repeats after one warm-up; the extraction ones
 (benchmarks/extraction.py) one timed run.
 """
@@ -28,6 +29,7 @@ import command
 import extraction
 import loader as loader_bench
 import numpy as np
+import planted_ref
 import referring
 import torch
 from timing import timed
@@ -205,6 +207,7 @@ STAGES = {
     "heads": bench_heads,
     "loader": loader_bench.bench_loader,
     "referring": referring.bench_referring,
+    "planted": planted_ref.bench_planted,
     "sample": bench_sample,
     "cluster": lambda rows, device: cluster.bench_cluster(rows),
 }

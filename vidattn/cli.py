@@ -225,7 +225,9 @@ def classify(video, i3d_rgb, start, end, top, device) -> None:
 @click.option("--stream", default="rgb", show_default=True)
 @click.option("--epochs", type=int, default=40, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--lr", type=float, default=None,
+              help="AdamW learning rate [default: the head's own (refatomnet: 1e-4, the "
+                   "paper's), else 1e-3].")
 @click.option("--crop-t", type=int, default=4, show_default=True,
               help="Temporal crop of training maps, in feature steps (8 frames each).")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -19,6 +19,7 @@ HEADS: dict[str, str] = {
     "cbam": "vidattn.heads.w3:build_cbam",
     "lightgbm": "vidattn.heads.lightgbm:build",
     "refatomnet": "vidattn.heads.refatomnet:build",
+    "refatomnet-paper": "vidattn.heads.refatomnet:build_paper",
     "refatomnet-add": "vidattn.heads.refatomnet:build_add",
     "refatomnet-concat": "vidattn.heads.refatomnet:build_concat",
     "refatomnet-noloc": "vidattn.heads.refatomnet:build_noloc",
@@ -51,6 +52,12 @@ def head_module(name: str):
 def head_config_class(name: str):
     """The frozen config dataclass of a head (its module's ``Config``)."""
     return getattr(head_module(name), CONFIG_ATTR)
+
+
+def head_train_defaults(name: str) -> dict[str, Any]:
+    """Training values a head's module declares as its own (``TRAIN``: TrainConfig field ->
+    value), used where the user gives none; {} for most heads."""
+    return dict(getattr(head_module(name), "TRAIN", {}))
 
 
 def head_trainer(name: str) -> str:

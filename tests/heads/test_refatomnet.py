@@ -3,12 +3,13 @@ the cross-stream fusion equations against hand computations, the loss terms, the
 
 Parameters at the default config with in_channels=1024, num_classes=4 (d=256, N=32, n=4,
 h=4, 3 blocks; printed by sum(p.numel() for p in head.parameters())):
-    refatomnet         10,117,324
-    refatomnet-add      5,371,636
-    refatomnet-concat   5,397,172
-    refatomnet-noloc    6,845,152
-    refatomnet-nocaaf  10,117,324  (CAAF and CATF are parameter-free)
-    refatomnet-nocatf  10,117,324
+    refatomnet         10,513,356  (pointer box and box read-out: +396,032)
+    refatomnet-paper   10,117,324
+    refatomnet-add      5,767,668
+    refatomnet-concat   5,793,204
+    refatomnet-noloc    7,109,600  (no pointer: nothing to point at)
+    refatomnet-nocaaf  10,513,356  (CAAF and CATF are parameter-free)
+    refatomnet-nocatf  10,513,356
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from vidattn.heads.refatomnet import (
     build_nocaaf,
     build_nocatf,
     build_noloc,
+    build_paper,
     decode_box,
     position_features,
 )
@@ -42,7 +44,8 @@ from vidattn.tasks.rundir import build_head
 D, E, K = 32, 16, 3  # visual channels, text width, classes
 SMALL = {"in_channels": D, "text_dim": E, "num_classes": K, "dim": 32, "n_tokens": 8,
          "heads": 2, "n_blocks": 2}
-BUILDERS = {"refatomnet": build, "refatomnet-add": build_add, "refatomnet-concat": build_concat,
+BUILDERS = {"refatomnet": build, "refatomnet-paper": build_paper, "refatomnet-add": build_add,
+            "refatomnet-concat": build_concat,
             "refatomnet-noloc": build_noloc, "refatomnet-nocaaf": build_nocaaf,
             "refatomnet-nocatf": build_nocatf}
 
@@ -321,7 +324,9 @@ def test_config_refuses_bad_values(bad, msg):
 def test_builders_flip_one_field_and_keep_the_rest():
     cfg = Config(**SMALL, dropout=0.0)
     changed = {"refatomnet": {}, "refatomnet-add": {"fusion": "add"},
-               "refatomnet-concat": {"fusion": "concat"}, "refatomnet-noloc": {"location": False},
+               "refatomnet-paper": {"box_from": "regress", "roi_readout": False},
+               "refatomnet-concat": {"fusion": "concat"},
+               "refatomnet-noloc": {"location": False, "box_from": "regress"},
                "refatomnet-nocaaf": {"caaf": False}, "refatomnet-nocatf": {"catf": False}}
     for name, fields in changed.items():
         assert BUILDERS[name](cfg).cfg == dataclasses.replace(cfg, **fields), name
@@ -349,3 +354,101 @@ def test_bad_batches_fail_with_clear_messages():
         head({k: v for k, v in batch.items() if k != "det_mask"})
     with pytest.raises(ValueError, match="text has 5 channels"):
         head(dict(batch, text=batch["text"][..., :5]))
+
+
+# ------------------------------------------------------------------- the pointer box
+def test_pointer_box_is_a_softmax_average_of_the_kept_detections():
+    """box_from=detections: the box is sum_i w_i box_i over kept detections, w a softmax of
+    q(t_agg) . k(P_LS token_i) / sqrt(d): recomputed here by hand from the parts."""
+    head = _head(box_from="detections")
+    batch = _batch()
+    with torch.no_grad():
+        tokens, _, det_tokens = head.encode(batch)
+        t_agg = torch.stack([head.norm(x).mean(1) for x in tokens.values()]).mean(0)
+        q, k = head.pointer["q"](t_agg), head.pointer["k"](det_tokens)
+        logits = torch.einsum("bd,bmd->bm", q, k) / math.sqrt(q.shape[-1])
+        w = torch.softmax(logits.masked_fill(~batch["det_mask"], float("-inf")), dim=1)
+        want = (w[..., None] * batch["det_boxes"][..., 4:8]).sum(1)
+        got = head(batch)["box"]
+    torch.testing.assert_close(got, want)
+    # inside the hull of the kept boxes: never outside the frame, never a masked box
+    kept = batch["det_boxes"][..., 4:8].masked_fill(~batch["det_mask"][..., None], float("nan"))
+    assert (got[:, :2] >= kept[..., :2].nan_to_num(9).amin(1) - 1e-6).all()
+    assert (got[:, 2:] <= kept[..., 2:].nan_to_num(-9).amax(1) + 1e-6).all()
+
+
+def test_pointer_ignores_masked_detections_and_falls_back_without_any():
+    head = _head(box_from="detections")
+    batch = _batch()
+    moved = {**batch, "det_boxes": batch["det_boxes"].clone()}
+    moved["det_boxes"][:, -1] = torch.tensor([0.9, 0.9, 0.2, 0.2, 0.8, 0.8, 1.0, 1.0])
+    assert torch.equal(_run(head, batch)["box"], _run(head, moved)["box"])
+    none = {**batch, "det_mask": torch.zeros_like(batch["det_mask"])}
+    out = _run(head, none)
+    assert torch.isfinite(out["box"]).all()
+    # with nothing kept, the row gets the regressor's box: the same head without a pointer
+    regress = _head(box_from="regress")
+    regress.load_state_dict({k: v for k, v in head.state_dict().items()
+                             if not k.startswith("pointer.")})
+    assert torch.equal(out["box"], _run(regress, none)["box"])
+
+
+def test_pointer_box_trains_towards_the_named_detection():
+    """Gradient reaches the pointer: a few steps on one batch move the box onto the
+    target detection (the one the loss asks for)."""
+    head = _head(box_from="detections", dropout=0.0).train()
+    batch = _batch(b=4, seed=1)
+    batch["box"] = batch["det_boxes"][:, 1, 4:8].clone()  # every row names detection 1
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss, parts = head.loss(head(batch), batch)
+        first = parts["L_box"] if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert parts["L_box"] < 0.1 * first, (first, parts["L_box"])
+
+
+def test_pointer_needs_the_location_stream():
+    with pytest.raises(ValueError, match="box_from"):
+        Config(box_from="detections", location=False)
+    with pytest.raises(ValueError, match="box_from"):
+        Config(box_from="middle")
+    # the "w/o LSAS" ablation has no detections to point at: it regresses
+    assert build_noloc(Config(**SMALL, box_from="detections")).cfg.box_from == "regress"
+
+
+# ------------------------------------------------------------------- the box read-out
+def test_box_pool_weights_cells_by_the_covered_fraction():
+    from vidattn.heads.refatomnet import box_pool
+
+    vis = torch.arange(2 * 4, dtype=torch.float32).view(1, 1, 2, 1, 4).expand(1, 3, 2, 1, 4)
+    # cells along x: [0, .25), [.25, .5) ...; the box covers cell 1 whole and half of cell 2
+    got = box_pool(vis, torch.tensor([[0.25, 0.0, 0.625, 1.0]]))
+    step0, step1 = (1 + 0.5 * 2) / 1.5, (5 + 0.5 * 6) / 1.5  # per time step, then the mean
+    torch.testing.assert_close(got, torch.full((1, 3), (step0 + step1) / 2), rtol=1e-5,
+                               atol=1e-5)
+    # a box of no area pools every cell alike
+    flat = box_pool(vis, torch.tensor([[0.3, 0.3, 0.3, 0.3]]))
+    torch.testing.assert_close(flat, vis.mean(dim=(2, 3, 4)), rtol=1e-4, atol=1e-4)
+
+
+def test_roi_readout_adds_the_box_pooled_map_to_t_agg():
+    """roi_readout: logits = classifier(t_agg + roi(box_pool(visual, box))), the box being
+    the head's own prediction (hand computation from the parts)."""
+    from vidattn.heads.refatomnet import box_pool
+
+    head = _head(box_from="detections", roi_readout=True)
+    batch = _batch()
+    with torch.no_grad():
+        out = head(batch)
+        tokens, _, _ = head.encode(batch)
+        t_agg = torch.stack([head.norm(x).mean(1) for x in tokens.values()]).mean(0)
+        want = head.classifier(t_agg + head.roi(box_pool(batch["visual"], out["box"])))
+    torch.testing.assert_close(out["logits"], want)
+    # and the map under another box gives other logits: the read-out follows the box
+    with torch.no_grad():
+        other = head.classifier(t_agg + head.roi(box_pool(batch["visual"],
+                                                          1 - out["box"][:, [2, 3, 0, 1]])))
+    assert not torch.allclose(other, want)

@@ -134,3 +134,25 @@ def test_ava_frame_map_uses_ground_truth_boxes():
     assert ava_frame_map(man, ids, perfect)["frame_mAP"] == pytest.approx(1.0)
     swapped = perfect[::-1].copy()  # each person gets the other's scores
     assert ava_frame_map(man, ids, swapped)["frame_mAP"] < 1.0
+
+
+# ------------------------------------------------------------ head training defaults
+def test_heads_own_learning_rate_fills_only_an_unset_lr():
+    from vidattn.pipeline.train import HEAD_DEFAULTABLE, TrainConfig, with_head_defaults
+    from vidattn.registry import HEADS, head_train_defaults
+
+    # RefAtomNet and its ablations declare the paper's rate; the map heads take vidattn's
+    for name in (n for n in HEADS if n.startswith("refatomnet")):
+        assert with_head_defaults(TrainConfig(head=name)).lr == 1e-4
+    assert head_train_defaults("actx") == {}
+    assert with_head_defaults(TrainConfig(head="actx")).lr == HEAD_DEFAULTABLE["lr"] == 1e-3
+    # a rate the user gives always wins
+    assert with_head_defaults(TrainConfig(head="refatomnet", lr=3e-3)).lr == 3e-3
+
+
+def test_cli_lr_left_out_reaches_the_run_as_none():
+    """train-head without --lr must not pass 1e-3 down: the head's own rate applies."""
+    from vidattn.cli import train_head
+
+    lr = next(p for p in train_head.params if p.name == "lr")
+    assert lr.default is None and "refatomnet" in lr.help

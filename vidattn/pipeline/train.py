@@ -27,7 +27,7 @@ from vidattn import tasks
 from vidattn.data.dataset import protocol_ids
 from vidattn.data.maps import StoreMaps, entries, nbytes
 from vidattn.options import parse_options
-from vidattn.registry import head_config_class, head_trainer
+from vidattn.registry import head_config_class, head_train_defaults, head_trainer
 from vidattn.stores import open_store
 from vidattn.stores.files import naming
 from vidattn.stores.schema import ARRAYS
@@ -43,6 +43,9 @@ from vidattn.tasks.rundir import (
 )
 
 LOADERS = ("auto", "memory", "stream")
+# TrainConfig fields a head may set for itself (TRAIN in its module), and their values
+# for heads that do not
+HEAD_DEFAULTABLE = {"lr": 1e-3}
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class TrainConfig:
     stream: str = "rgb"
     epochs: int = 40
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float | None = None  # None: the head's own (its module's TRAIN), else 1e-3
     weight_decay: float = 1e-4
     crop_t: int = 4  # temporal crop length in feature steps
     val_fraction: float = 0.25  # held out of train when the manifest has no val split
@@ -96,6 +99,17 @@ def with_protocol(name: str | None, **given) -> TrainConfig:
     return TrainConfig(**{**values, **given, "head": head, "protocol": name,
                           "options": {**options, **user_options},
                           "overrides": tuple(overrides)})
+
+
+def with_head_defaults(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the fields left None filled: the head's own value (its module's TRAIN,
+    e.g. RefAtomNet's paper lr 1e-4), else vidattn's (HEAD_DEFAULTABLE)."""
+    own = head_train_defaults(cfg.head)
+    if set(own) - set(HEAD_DEFAULTABLE):
+        raise ValueError(f"head {cfg.head!r} declares training values vidattn does not take "
+                         f"from a head: {sorted(set(own) - set(HEAD_DEFAULTABLE))}")
+    filled = {k: own.get(k, v) for k, v in HEAD_DEFAULTABLE.items() if getattr(cfg, k) is None}
+    return dataclasses.replace(cfg, **filled)
 
 
 def parse_size(text: str | int | None) -> int:
@@ -242,6 +256,7 @@ def run(cfg: TrainConfig) -> dict:
     unless ``cfg.overwrite``.  A SIGINT after the first epoch keeps the best epoch so far:
     the run is written with "interrupted": true (and no test metrics)."""
     t0 = time.time()
+    cfg = with_head_defaults(cfg)
     task = tasks.for_head(cfg.head)
     check_out(cfg.out, cfg.overwrite)  # before any work
     device = pick_device(cfg.device)

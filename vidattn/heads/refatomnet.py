@@ -69,24 +69,18 @@ differ on them:
   linear layer, as the released code does: the detections' order then matters (DETR's query
   slots, or annotated persons left to right).
 
-Two departures from the paper are the defaults, because on the referring sample (480 rows)
-the paper's head does not learn the task: test AUROC 0.605 against 0.72 for a linear probe
-that never reads the sentence, mIoU 0.24 (README "Referring", figures measured there).
-``refatomnet-paper`` (or ``-o box_from=regress -o roi_readout=false``) is the paper's head:
+Two departures are the defaults: on the referring sample the paper's head does not learn
+the task (test AUROC 0.605 against 0.72 for a sentence-blind probe, mIoU 0.24; README
+"Referring" has the measurements).  ``refatomnet-paper`` is the paper's head.
 
-- ``box_from="detections"``: the box is a softmax-weighted average of the kept detections'
-  boxes, scored by q(t_agg) . k(P_LS token) / sqrt(d) (the regressor's box where none is
-  kept).  The paper's MLP regressor must copy four coordinates out of t_agg, where the
-  location stream has mixed every person's box; it stays below the lane's average box on
-  the planted benchmark (0.41-0.45 against 0.55), the pointer only has to choose;
+- ``box_from="detections"``: the box is the kept detections' boxes averaged with a softmax
+  over q(t_agg) . k(P_LS token) / sqrt(d) (the regressor's box where none is kept): the
+  paper's MLP must copy coordinates out of t_agg, where every person's box is mixed;
 - ``roi_readout=True``: the classifier reads t_agg plus a linear map of the I3D map pooled
-  over the predicted box (:func:`box_pool`, BatchNorm first; the box detached, so the box
-  loss alone places it).  t_agg summarises the whole scene: with it alone the action
-  probabilities move by 0.05 when the sentence names another person, and AUROC stays at
-  the sentence-blind level.
+  over the predicted (detached) box (:func:`box_pool`, BatchNorm first): t_agg alone
+  summarises the whole scene, and the sentence barely moves the action scores.
 
-``visual_norm="batch"`` (off by default) standardises each of the map's channels before
-``visual_in``: raw Mixed_5c channels are heavy-tailed (max ~20, a fifth positive).
+``visual_norm="batch"`` (off) standardises the map's channels first (Mixed_5c is heavy-tailed).
 
 Choices left open by the paper (besides the above): the box regressor's sigmoids give the box
 size (w, h) and where the box sits in the frame; x1 = (1 - w) s_x, x2 = x1 + w (same for y),
@@ -99,21 +93,13 @@ the 4 coordinates' squared errors, mean over the batch.  The weight (5, the pape
 weight of 5") is on the box term: on normalised coordinates the squared errors are an order of
 magnitude below the BCE, and unweighted the box would barely be learnt.
 
-Ablations (the paper's "Ablation" and "Comparison with other fusion mechanisms" tables), each a
-builder that ``dataclasses.replace``s one field of the given config:
-
-- ``build_add`` (fusion="add", "w/o ALSAF" / "Addition"): the resampled streams are added
-  token-wise and one stream of agent-attention blocks runs on the sum (no cross-stream agent
-  fusion; t_agg is that stream's token mean);
-- ``build_concat`` (fusion="concat", "Concatenation"): the streams' tokens are concatenated
-  along the token axis (3N tokens, 2N without LS) and one stream of agent-attention blocks,
-  whose agent MLP spans all of them, runs on the joint sequence;
-- ``build_noloc`` (location=False, "w/o LSAS"): no location-semantic stream, N_s = 2; CAAF
-  and CATF sum over the text stream alone; det_* inputs are not read;
-- ``build_nocaaf`` (caaf=False, "w/o CAAF"): the visual stream broadcasts with its own M_QA;
-- ``build_nocatf`` (catf=False, "w/o CATF"): the visual stream keeps its own agent tokens.
-
-caaf and catf only act with fusion="agent"; location applies to every fusion.
+Ablations (the paper's "Ablation" and fusion-comparison tables), each a builder that
+``dataclasses.replace``s one field: ``build_add`` (fusion="add": the resampled streams summed
+token-wise, one stream of agent blocks on the sum), ``build_concat`` (fusion="concat": one
+stream of agent blocks on the 3N (2N without LS) concatenated tokens), ``build_noloc``
+(location=False, "w/o LSAS": N_s = 2, det_* not read, so the box is regressed),
+``build_nocaaf`` / ``build_nocatf`` (the visual stream keeps its own M_QA / agent tokens;
+both only act with fusion="agent"; location applies to every fusion).
 """
 
 from __future__ import annotations

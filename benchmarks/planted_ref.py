@@ -26,8 +26,6 @@ HEADS = ("refatomnet",)  # refatomnet-paper: README "Referring" (0.45 mIoU, 12 e
 def bench_planted(rows: list, device: str, heads=HEADS, epochs: int = EPOCHS) -> None:
     from vidattn.datasets.planted_ref import PlantedConfig, lane_average_boxes, write_store
     from vidattn.heads.refatomnet import box_iou
-    from vidattn.pipeline.evaluate import EvaluateConfig
-    from vidattn.pipeline.evaluate import run as evaluate
     from vidattn.pipeline.train import TrainConfig
     from vidattn.pipeline.train import run as train
     from vidattn.stores import open_store
@@ -56,8 +54,7 @@ def bench_planted(rows: list, device: str, heads=HEADS, epochs: int = EPOCHS) ->
             train(TrainConfig(head=head, store=str(tmp / "store"), out=str(out),
                               epochs=epochs, device=device))
             sec = time.perf_counter() - t0
-            res = evaluate(EvaluateConfig(str(out), device=device))
-            iou = _ious(out, device, test)
+            res, iou = _test(out, device, test)
             rows.append((f"planted: train {head} ({epochs} epochs, its defaults) and test",
                          f"{sec:.0f} s",
                          f"mIoU {res['mIoU']:.3f}{_by_kind(iou, test.kind.values)}, "
@@ -66,8 +63,9 @@ def bench_planted(rows: list, device: str, heads=HEADS, epochs: int = EPOCHS) ->
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _ious(run_dir: Path, device: str, test) -> np.ndarray:
-    """Each test row's IoU, in ``test``'s order (the run's predictions on the test split)."""
+def _test(run_dir: Path, device: str, test) -> tuple[dict, np.ndarray]:
+    """The run's test summary (what ``vidattn evaluate`` computes: tasks.refer.summarize)
+    and each test row's IoU in ``test``'s order, from one prediction pass."""
     from vidattn.data.dataset import labelled_ids
     from vidattn.heads.refatomnet import box_iou
     from vidattn.stores import open_store
@@ -81,7 +79,7 @@ def _ious(run_dir: Path, device: str, test) -> np.ndarray:
     pred = refer.predict(run.load_head(device), ds, device)
     iou = box_iou(torch.from_numpy(pred.boxes), torch.from_numpy(ds.refer.boxes)).numpy()
     where = dict(zip(ds.ids, iou))
-    return np.array([where[v] for v in test.video_id])
+    return refer.summarize(pred, ds), np.array([where[v] for v in test.video_id])
 
 
 def _by_kind(iou: np.ndarray, kinds: np.ndarray) -> str:

@@ -125,7 +125,7 @@ def generate(cfg: PlantedConfig) -> dict:
     Returns {"manifest": DataFrame (MANIFEST_SCHEMA columns), "maps": {video_id: (T, H, W,
     D) float32}, "text": {video_id: (1, 1, L, 384)}, "detections": {video_id: (1, 1, 100,
     10)}, "label_text": dict of LABEL_TEXT_SCHEMA columns, "rows": DataFrame (video_id,
-    split, lane, kind, action, box) for baselines}.
+    split, scene, n_persons, lane, kind, action, box) for baselines}.
     """
     rng = np.random.default_rng(cfg.seed)
     d, k = cfg.channels, len(cfg.classes)
@@ -167,7 +167,8 @@ def generate(cfg: PlantedConfig) -> dict:
                     "start_sec": None, "end_sec": None, "dataset": "planted-refer",
                     "fps": 25.0, "n_frames": 8 * cfg.steps, "status": "ok",
                     "extra": json.dumps(extra)})
-                rows.append({"video_id": vid, "split": split, "lane": p["lane"],
+                rows.append({"video_id": vid, "split": split, "scene": scene_id,
+                             "n_persons": len(persons), "lane": p["lane"],
                              "kind": p["kind"], "action": p["action"], "box": p["box"]})
     man = pd.DataFrame(manifest)
     for col in ("start_sec", "end_sec"):
@@ -214,10 +215,8 @@ def lane_average_boxes(rows: pd.DataFrame) -> np.ndarray:
 
     rows: generate()'s "rows" table.  (N_test, 4) [x1, y1, x2, y2].
     """
-    lanes = rows.assign(n=rows.groupby(rows.video_id.str.rsplit("_p", n=1).str[0])
-                        .video_id.transform("size"))
-    train = lanes[lanes.split == "train"]
+    train = rows[rows.split == "train"]
     mean = {key: np.mean(np.stack(g.box.values), axis=0)
-            for key, g in train.groupby(["n", "lane"])}
-    test = lanes[lanes.split == "test"]
-    return np.stack([mean[(n, lane)] for n, lane in zip(test.n, test.lane)]).astype(np.float32)
+            for key, g in train.groupby(["n_persons", "lane"])}
+    test = rows[rows.split == "test"]
+    return np.stack([mean[key] for key in zip(test.n_persons, test.lane)]).astype(np.float32)

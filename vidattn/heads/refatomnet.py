@@ -259,9 +259,9 @@ class RefAtomNet(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(cfg.dropout),
                                         nn.Linear(d, cfg.num_classes))
         self.box_head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 4))
-        # box_from="detections": t_agg queries the detections' own P_LS tokens
         self.roi = (nn.Sequential(nn.BatchNorm1d(cfg.in_channels), nn.Linear(cfg.in_channels, d))
                     if cfg.roi_readout else None)
+        # box_from="detections": t_agg queries the detections' own P_LS tokens
         self.pointer = (nn.ModuleDict({"q": nn.Linear(d, d), "k": nn.Linear(d, d)})
                         if cfg.box_from == "detections" else None)
 

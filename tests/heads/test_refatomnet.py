@@ -1,15 +1,15 @@
 """RefAtomNet and its ablations: shapes, box range, masking, which inputs reach which stream,
 the cross-stream fusion equations against hand computations, the loss terms, the config.
 
-Parameters at the default config with in_channels=1024, num_classes=4 (d=256, N=32, n=4,
+Parameters at the default config with in_channels=1024, num_classes=4 (d=128, N=32, n=4,
 h=4, 3 blocks; printed by sum(p.numel() for p in head.parameters())):
-    refatomnet         10,513,356  (pointer box and box read-out: +396,032)
-    refatomnet-paper   10,117,324
-    refatomnet-add      5,767,668
-    refatomnet-concat   5,793,204
-    refatomnet-noloc    7,109,600  (no pointer: nothing to point at)
-    refatomnet-nocaaf  10,513,356  (CAAF and CATF are parameter-free)
-    refatomnet-nocatf  10,513,356
+    refatomnet          2,838,220  (pointer box and box read-out: +166,272)
+    refatomnet-paper    2,671,948
+    refatomnet-add      1,641,460
+    refatomnet-concat   1,666,996
+    refatomnet-noloc    1,953,760  (no pointer: nothing to point at)
+    refatomnet-nocaaf   2,838,220  (CAAF and CATF are parameter-free)
+    refatomnet-nocatf   2,838,220
 """
 
 from __future__ import annotations

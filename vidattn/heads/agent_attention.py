@@ -50,8 +50,10 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 def mlp(dim: int, dropout: float) -> nn.Sequential:
-    """The transformer MLP: d -> MLP_RATIO d -> d."""
-    return nn.Sequential(nn.Linear(dim, MLP_RATIO * dim), nn.GELU(), nn.Dropout(dropout),
+    """The transformer MLP: d -> MLP_RATIO d -> d, dropout on its output only (BERT's
+    feed-forward): a mask over the hidden layer, 4x as wide, cost a fifth of a CPU step.
+    The Identity holds the hidden dropout's old place, so saved weights keep their keys."""
+    return nn.Sequential(nn.Linear(dim, MLP_RATIO * dim), nn.GELU(), nn.Identity(),
                          nn.Linear(MLP_RATIO * dim, dim), nn.Dropout(dropout))
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from vidattn import tasks
-from vidattn.heads.agent_attention import AgentAttention, CrossStreamBlock, avg_fuse
+from vidattn.heads.agent_attention import AgentAttention, CrossStreamBlock, avg_fuse, mlp
 from vidattn.heads.refatomnet import (
     Config,
     RefAtomNet,
@@ -206,6 +206,21 @@ def test_avg_fuse_against_a_hand_computation():
     assert torch.allclose(avg_fuse(own, others), want)
     # batched leading axes are carried along
     assert torch.allclose(avg_fuse(own.expand(2, 3, 2, 2), others.expand(2, 3, 2, 2))[1, 2], want)
+
+
+def test_mlp_drops_out_its_output_only_and_keeps_its_weight_keys():
+    torch.manual_seed(0)
+    m = mlp(4, 0.5).train()
+    # the keys weights saved before the hidden dropout went still load
+    assert list(m.state_dict()) == ["0.weight", "0.bias", "3.weight", "3.bias"]
+    x = torch.randn(64, 4)
+    hidden = m[1](m[0](x))
+    assert torch.equal(m[2](hidden), hidden)  # no mask over the hidden layer
+    out = m(x)
+    plain = m[3](hidden)
+    kept = out != 0
+    assert 0.3 < kept.float().mean() < 0.7  # the output is masked at p = 0.5 ...
+    torch.testing.assert_close(out[kept], 2 * plain[kept])  # ... and rescaled
 
 
 def test_one_stream_agent_attention_is_the_two_softmax_formula():

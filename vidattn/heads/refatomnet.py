@@ -70,7 +70,7 @@ differ on them:
   slots, or annotated persons left to right).
 
 Two departures are the defaults: on the referring sample the paper's head does not learn
-the task (test AUROC 0.605 against 0.72 for a sentence-blind probe, mIoU 0.24; README
+the task (test AUROC 0.597 against 0.72 for a sentence-blind probe, mIoU 0.22; README
 "Referring" has the measurements).  ``refatomnet-paper`` is the paper's head.
 
 - ``box_from="detections"``: the box is the kept detections' boxes averaged with a softmax

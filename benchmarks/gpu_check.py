@@ -146,6 +146,7 @@ def stage_heads(rows: list, device: str, quick: bool) -> None:
     from vidattn.heads.actx import Config, build
     from vidattn.heads.refatomnet import Config as RefConfig
     from vidattn.heads.refatomnet import build as build_ref
+    from vidattn.tasks.fit import FitConfig, optimizer
 
     b, (t, h, w) = (4, (2, 4, 4)) if quick else (36, (6, 8, 11))
     torch.manual_seed(0)
@@ -163,7 +164,7 @@ def stage_heads(rows: list, device: str, quick: bool) -> None:
             (ref, lambda: ref.loss(ref(batch), batch)[0], ref_b),
     }
     for label, (head, loss_fn, n) in steps.items():
-        opt = torch.optim.AdamW(head.parameters(), lr=1e-4)
+        opt = optimizer(head, FitConfig(lr=1e-4))  # the fit loop's (fused) AdamW
 
         def step(loss_fn=loss_fn, opt=opt) -> None:
             loss = loss_fn()

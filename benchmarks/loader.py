@@ -79,11 +79,11 @@ def actx_steps_per_s(ds, device: str, n: int = 3) -> float:
     from vidattn.data.dataset import epoch_draws
     from vidattn.heads.actx import Config, build
     from vidattn.tasks import classify
-    from vidattn.tasks.fit import loader, to_device
+    from vidattn.tasks.fit import FitConfig, loader, optimizer, to_device
 
     torch.manual_seed(0)
     head = build(Config(num_classes=12, multilabel=True)).to(device)
-    opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
+    opt = optimizer(head, FitConfig(lr=1e-3))  # the fit loop's (fused) AdamW
     batch = to_device(next(iter(loader(ds, epoch_draws(ds, BATCH, np.random.default_rng(1)),
                                        0))), device)
 

@@ -97,6 +97,7 @@ def referring_batch(b: int, device: str, persons: int = 4, length: int = 14) -> 
 def bench_refatomnet(rows: list, device: str, steps: int = 4) -> None:
     from vidattn.options import parse_options
     from vidattn.registry import head_config_class
+    from vidattn.tasks.fit import FitConfig, optimizer
     from vidattn.tasks.rundir import build_head
 
     batch = referring_batch(16, device)
@@ -105,7 +106,7 @@ def bench_refatomnet(rows: list, device: str, steps: int = 4) -> None:
         torch.manual_seed(0)
         head = build_head(name, parse_options(head_config_class(name), {}, num_classes=80,
                                               multilabel=True)).to(device)
-        opt = torch.optim.AdamW(head.parameters(), lr=1e-4)
+        opt = optimizer(head, FitConfig(lr=1e-4))  # the fit loop's (fused) AdamW
 
         def step(head=head, opt=opt):
             loss, _ = head.loss(head(batch), batch)

@@ -136,6 +136,7 @@ def bench_heads(rows: list, device: str, steps: int = 5) -> None:
     from vidattn.heads.lightgbm import pooled
     from vidattn.options import parse_options
     from vidattn.registry import HEADS, head_config_class, head_trainer
+    from vidattn.tasks.fit import FitConfig, optimizer
     from vidattn.tasks.rundir import build_head
 
     rng = np.random.default_rng(0)
@@ -174,7 +175,7 @@ def bench_heads(rows: list, device: str, steps: int = 5) -> None:
         torch.manual_seed(0)
         head = build_head(name, parse_options(head_config_class(name), {}, num_classes=12,
                                               multilabel=True)).to(device)
-        opt = torch.optim.AdamW(head.parameters(), lr=1e-3)
+        opt = optimizer(head, FitConfig(lr=1e-3))  # the fit loop's (fused) AdamW
         conj = c if head.uses_conjugates else None
         has = torch.ones(36, dtype=torch.bool, device=device)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
 import sys
 
 import numpy as np
@@ -160,13 +161,25 @@ def test_load_state_numpy_pickle(tmp_path):
     assert isinstance(got["params"]["conv"]["kernel"], np.ndarray)
 
 
-def test_load_state_garbage_names_the_file(tmp_path):
+@pytest.mark.parametrize("seed", range(40))
+def test_load_state_garbage_names_the_file(tmp_path, seed):
     path = tmp_path / "garbage.bin"
-    path.write_bytes(os.urandom(64) + b"\x00not a checkpoint")
+    noise = np.random.default_rng(seed).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    path.write_bytes(noise + b"\x00not a checkpoint")
     with pytest.raises(ValueError, match="garbage.bin.*not a loadable checkpoint"):
         load_state(path)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_state(tmp_path / "missing.pt")
+
+
+def test_a_pickle_declaring_a_huge_string_is_a_one_line_error(tmp_path):
+    # protocol 4, BINBYTES8 with a length of 2**62: the unpickler allocates before reading
+    path = tmp_path / "huge.pkl"
+    path.write_bytes(b"\x80\x04\x8e" + struct.pack("<Q", 1 << 62) + b"\x00" * 8)
+    with pytest.raises(pickle.UnpicklingError, match="huge.pkl: not a readable pickle"):
+        load_numpy_pickle(path)
+    with pytest.raises(ValueError, match="huge.pkl.*not a loadable checkpoint"):
+        load_state(path)
 
 
 def test_sha256_file(tmp_path):

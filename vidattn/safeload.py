@@ -72,10 +72,21 @@ def _check_no_objects(obj, path: Path) -> None:
 
 
 def load_numpy_pickle(path: str | Path):
-    """Load a pickle that holds only dicts/lists/tuples of numpy arrays and scalars."""
+    """Load a pickle that holds only dicts/lists/tuples of numpy arrays and scalars.
+
+    A file that is no pickle raises ``pickle.UnpicklingError`` naming it, whatever the
+    unpickler tripped on: damaged bytes can declare a 2**62-byte string (MemoryError),
+    index an empty memo (KeyError), or truncate anywhere (EOFError).
+    """
     path = Path(path)
     with open(path, "rb") as f:
-        obj = NumpyOnlyUnpickler(f).load()
+        try:
+            obj = NumpyOnlyUnpickler(f).load()
+        except UnsafePickleError:
+            raise
+        except Exception as e:  # MemoryError, KeyError, EOFError, struct.error, ...
+            raise pickle.UnpicklingError(
+                f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
     _check_no_objects(obj, path)
     return obj
 
@@ -263,7 +274,7 @@ def load_state(path: str | Path, trust_checkpoint: bool = False) -> dict:
             obj = load_numpy_pickle(path)
             if isinstance(obj, dict):
                 return obj
-        except (pickle.UnpicklingError, EOFError, ValueError):
+        except (pickle.UnpicklingError, ValueError):  # not a numpy pickle: try torch
             pass
     obj = load_torch(path, trust_checkpoint, failure="not a loadable checkpoint "
                      "(safetensors, torch weights-only, or numpy pickle)")

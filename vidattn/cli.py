@@ -101,6 +101,10 @@ def main() -> None:
               help="reuse: glibc keeps freed memory for the next chunk instead of returning "
                    "and re-faulting it (1.4x faster I3D on the CPU; the peak heap is held "
                    "until exit); system: leave malloc as it is.")
+@click.option("--spill-mb", type=click.IntRange(min=0), default=64, show_default=True,
+              help="A video's map larger than this waits for its part's write in a "
+                   "temporary file ($TMPDIR) instead of memory, so long videos run in "
+                   "bounded memory; 0: every map goes to disk.")
 @click.option("--decode-in", type=click.Choice(["process", "thread"]), default="process",
               show_default=True,
               help="process: a child process decodes each part's videos ahead of the "

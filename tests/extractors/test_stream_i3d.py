@@ -101,6 +101,24 @@ def test_extractor_streams_and_matches_its_windows():
                                    rtol=0, atol=2e-3 * scale)
 
 
+@pytest.mark.parametrize("window_steps", [None, 4])
+def test_a_map_past_the_spill_limit_comes_back_on_disk_unchanged(window_steps):
+    """Streamed or windowed, a map past ``spill_bytes`` is a SpilledMap with the very values
+    an unlimited run keeps in memory; under the limit it stays an ndarray."""
+    from vidattn.spill import SpilledMap
+
+    frames = np.random.default_rng(5).integers(0, 256, (75, 40, 56, 3), dtype=np.uint8)
+    ex = I3DExtractor(I3DExtractorConfig(rgb_weights="random", endpoints=("Mixed_4f",),
+                                         window_steps=window_steps))
+    held = ex(frames)
+    spilled = ex(frames, spill_bytes=0)
+    kept = ex(frames, spill_bytes=1 << 30)
+    for name in ("rgb", "rgb_mixed_4f"):
+        assert isinstance(spilled[name], SpilledMap) and isinstance(kept[name], np.ndarray)
+        np.testing.assert_array_equal(np.asarray(spilled[name]), held[name])
+        np.testing.assert_array_equal(kept[name], held[name])
+
+
 def test_values_beyond_float16_are_refused_not_stored():
     from vidattn.extractors.stream_i3d import StreamingMaps
     from vidattn.video import to_model_input

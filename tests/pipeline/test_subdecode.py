@@ -92,21 +92,33 @@ def test_bad_arguments():
 
 
 def test_extraction_stores_the_same_maps_whichever_way_it_decodes(tiny_sample, tmp_path):
+    """Decoded in a child or a thread, maps held in memory or spilled to disk (--spill-mb
+    0): the same arrays and checksums."""
     from vidattn.pipeline.extract import ExtractConfig, run
     from vidattn.stores import open_store
 
     fast = {"root": str(tiny_sample), "part_size": 3, "device": "cpu", "i3d_rgb": "random",
             "short_side": 64, "limit": 5}
     stores = {}
-    for how in ("process", "thread"):
-        res = run(ExtractConfig(store=str(tmp_path / how), decode_in=how, **fast))
+    for how, spill_mb in (("process", 64), ("thread", 64), ("process", 0)):
+        name = f"{how}-{spill_mb}"
+        res = run(ExtractConfig(store=str(tmp_path / name), decode_in=how, spill_mb=spill_mb,
+                                **fast))
         assert res.n_extracted == 5 and not res.failures
-        stores[how] = open_store(str(tmp_path / how))
+        stores[name] = open_store(str(tmp_path / name))
     assert not _children()
-    ids = stores["thread"].video_ids("rgb")
-    assert len(ids) == 5 and stores["process"].video_ids("rgb") == ids
-    for vid in ids:
-        np.testing.assert_array_equal(stores["process"].read(vid), stores["thread"].read(vid))
+    ref = stores.pop("process-64")
+    ids = ref.video_ids("rgb")
+    assert len(ids) == 5
+    for other in stores.values():
+        assert other.video_ids("rgb") == ids
+        for vid in ids:
+            np.testing.assert_array_equal(other.read(vid, verify=True), ref.read(vid))
+        key = ["video_id", "offset", "checksum"]
+        assert other.index().sort_values("video_id")[key].reset_index(drop=True).equals(
+            ref.index().sort_values("video_id")[key].reset_index(drop=True))
+    with pytest.raises(ValueError, match="spill_mb must be >= 0"):
+        run(ExtractConfig(store=str(tmp_path / "t"), spill_mb=-1, **fast))
     with pytest.raises(ValueError, match="needs --decode-in process"):
         run(ExtractConfig(store=str(tmp_path / "t"), decode_in="thread", decode_timeout_s=5,
                           **fast))

@@ -59,7 +59,7 @@ def test_truncated_files_fail_and_say_so(folder, tmp_path):
     assert kept.index("rgb").set_index("video_id").n_frames["cut"] == 7
 
 
-def _count_frames(chunks, arrays):
+def _count_frames(chunks, arrays, spill_bytes=None):
     """A stand-in extractor: consumes the frames, returns no maps."""
     for _ in chunks:
         pass

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from vidattn.extractors.i3d import I3D, LAYERS, Inception, MaxPoolSame, Unit3D, max_pool_valid
 from vidattn.extractors.windows import bf16_autocast, pad_to_unit, to_stored
+from vidattn.spill import MapBuffer
 
 UNIT = 8  # input frames per Mixed_5c step
 
@@ -181,19 +182,22 @@ class StreamingI3D:
 class StreamingMaps:
     """The drop-in for :class:`~vidattn.extractors.windows.WindowedMaps` with Inception I3D:
     ``push`` decoded frames (n, ...) as they come, ``finish`` -> {endpoint: (T_e, H_e, W_e,
-    C_e)} kept as ``dtype`` (float16 refuses NaN/Inf and values beyond its range).  Frames
-    are turned into model input and run ``min_chunk`` at a time (bigger chunks use the
-    cores better; the state does not grow with them)."""
+    C_e)} (an ndarray, or a SpilledMap past ``spill_bytes``) kept as ``dtype`` (float16
+    refuses NaN/Inf and values beyond its range).  Frames are turned into model input and
+    run ``min_chunk`` at a time (bigger chunks use the cores better; the state does not
+    grow with them)."""
 
     def __init__(self, model: I3D, to_tensor, endpoints, autocast: str | None = None,
-                 min_chunk: int = 64, dtype: torch.dtype = torch.float16):
+                 min_chunk: int = 64, dtype: torch.dtype = torch.float16,
+                 spill_bytes: int | None = None):
         """to_tensor: (n, ...) frames -> (1, C, n, H, W) model input on the model's device
         (the extractor's ``_Net.input``); autocast: the device type to run in bf16 autocast
-        on ("cpu" | "cuda"), None for fp32."""
+        on ("cpu" | "cuda"), None for fp32; spill_bytes: a map beyond this many bytes is
+        kept in a temporary file (vidattn.spill; None: always in memory)."""
         self.to_tensor, self.autocast = to_tensor, autocast
         self.min_chunk, self.dtype = min_chunk, dtype
         self.stream = StreamingI3D(model, endpoints, on_output=self._keep)
-        self.out: dict[str, list[np.ndarray]] = {e: [] for e in endpoints}
+        self.out = {e: MapBuffer(spill_bytes) for e in endpoints}
         self.pending: list[np.ndarray] = []
         self.n = 0
         self.done = False
@@ -230,4 +234,4 @@ class StreamingMaps:
         with bf16_autocast(self.autocast):
             self.stream.finish()
         self.done = True
-        return {e: np.concatenate(v, axis=0) for e, v in self.out.items()}
+        return {e: v.result() for e, v in self.out.items()}

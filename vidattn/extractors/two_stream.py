@@ -258,23 +258,28 @@ class I3DExtractor:
         margin = default_margin if self.cfg.margin_steps is None else self.cfg.margin_steps
         return window, margin
 
-    def _windows(self, stream: str):
+    def _windows(self, stream: str, spill_bytes: int | None = None):
         """Inception I3D streams (each frame computed once, stream_i3d.py) unless windows
         are asked for; the other backbones run in exact windows with context."""
         net = self.nets[stream]
         if self.cfg.backbone == "inception" and self.cfg.window_steps is None:
             from vidattn.extractors.stream_i3d import StreamingMaps
 
-            return StreamingMaps(net.model, net.input, net.endpoints, net.autocast)
-        return WindowedMaps(net, net.unit, net.strides, *self._window_steps())
+            return StreamingMaps(net.model, net.input, net.endpoints, net.autocast,
+                                 spill_bytes=spill_bytes)
+        return WindowedMaps(net, net.unit, net.strides, *self._window_steps(),
+                            spill_bytes=spill_bytes)
 
     def __call__(self, frames: np.ndarray | Iterable[np.ndarray],
-                 arrays: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+                 arrays: tuple[str, ...] | None = None,
+                 spill_bytes: int | None = None) -> dict[str, np.ndarray]:
         """frames (N, h, w, 3) uint8, whole or as an iterable of chunks -> {array: (T, H, W,
-        C) float16} for ``arrays`` (default: all of this extractor's)."""
+        C) float16} for ``arrays`` (default: all of this extractor's).  A map of more than
+        ``spill_bytes`` comes back as a :class:`~vidattn.spill.SpilledMap` in a temporary
+        file (None: every map in memory)."""
         arrays = self.streams if arrays is None else arrays
         streams = {self.arrays[a][0] for a in arrays}
-        windows = {s: self._windows(s) for s in streams}
+        windows = {s: self._windows(s, spill_bytes) for s in streams}
         chunks = [frames] if isinstance(frames, np.ndarray) else frames
         if "flow" in windows:
             from vidattn.prefetch import prefetch

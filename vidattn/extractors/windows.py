@@ -26,6 +26,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from vidattn.spill import MapBuffer
+
 Forward = Callable[[np.ndarray], dict[str, torch.Tensor]]
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -62,11 +64,13 @@ class WindowedMaps:
     be a multiple of every s_e).  ``push`` frames as they are decoded, then ``finish`` for
     {endpoint: (T_e, H_e, W_e, C_e)} with T_e = pad_to_unit(N, unit) / s_e, kept as
     ``dtype`` (float16, the store's type, halves the output's memory; values beyond its
-    range are refused, like NaN/Inf).
+    range are refused, like NaN/Inf).  A map beyond ``spill_bytes`` comes back as a
+    :class:`~vidattn.spill.SpilledMap` (None: always an ndarray).
     """
 
     def __init__(self, forward: Forward, unit: int, strides: dict[str, int],
-                 window_steps: int, margin_steps: int, dtype: torch.dtype = torch.float16):
+                 window_steps: int, margin_steps: int, dtype: torch.dtype = torch.float16,
+                 spill_bytes: int | None = None):
         if window_steps < 1 or margin_steps < 0:
             raise ValueError(f"window_steps must be >= 1 and margin_steps >= 0, got "
                              f"{window_steps}, {margin_steps}")
@@ -78,7 +82,7 @@ class WindowedMaps:
         self.first = 0  # index of the first frame still held
         self.n = 0  # frames pushed so far
         self.next_step = 0  # first output step not computed yet
-        self.cores: dict[str, list[np.ndarray]] = {e: [] for e in strides}
+        self.cores = {e: MapBuffer(spill_bytes) for e in strides}  # see vidattn.spill
         self.done = False
 
     def push(self, frames: np.ndarray) -> None:
@@ -101,7 +105,7 @@ class WindowedMaps:
             self.n = padded
         self._run(final=True)
         self.done = True
-        return {e: np.concatenate(c, axis=0) for e, c in self.cores.items()}
+        return {e: c.result() for e, c in self.cores.items()}
 
     def _take(self, start: int, end: int) -> np.ndarray:
         """Frames [start, end) of the clip from the held chunks (start >= self.first)."""

@@ -90,6 +90,7 @@ class ExtractConfig:
     window_steps: int | None = None  # None: I3D streams; else its window core (8-frame steps)
     trust_checkpoint: bool = False  # allow pickled checkpoints (files you trust only)
     malloc: str = "reuse"  # reuse: keep freed memory for the next chunk (vidattn/malloc.py)
+    spill_mb: int = 64  # a bigger map waits for its part's write on disk (vidattn/spill.py)
     precision: str = "auto"  # fp32 | bf16 (autocast) | auto: bf16 on CUDA, fp32 on the CPU
     # The referring streams (RefAtomNet): detection tokens from "detr" or "annotations"
     # (the dataset's person boxes), and the referring sentence's tokens.
@@ -306,6 +307,9 @@ def run(cfg: ExtractConfig) -> ExtractResult:
 
     t0 = time.time()
     cfg.decode_timeout()  # refuses --decode-timeout with thread decoding before any work
+    if cfg.spill_mb < 0:
+        raise ValueError(f"spill_mb must be >= 0 (MiB held in memory per map), got "
+                         f"{cfg.spill_mb}")
     if cfg.decode_in == "process" and not cfg.distributed:
         from vidattn.pipeline.subdecode import require_child_processes, warm_up
 
@@ -394,7 +398,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
              for part, group in todo.groupby("part", sort=True)]
     job = PartJob(store=store.url, extractor=cfg.extractor, net=net, decode=decode,
                   decode_timeout_s=cfg.decode_timeout(), decode_in=cfg.decode_in, ref=ref,
-                  min_decoded=0.0 if cfg.keep_partial else MIN_DECODED, malloc=cfg.malloc)
+                  min_decoded=0.0 if cfg.keep_partial else MIN_DECODED, malloc=cfg.malloc,
+                  spill_bytes=cfg.spill_mb << 20)
     bar = progress(total=len(todo), desc=f"extract {','.join(extractor.streams)}", unit="video")
     wrote: list[dict] = []  # the index rows this run wrote (first stream's view)
 

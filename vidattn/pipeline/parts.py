@@ -55,6 +55,11 @@ CHUNK_FRAMES = 128
 # first 40 KB of a 14 s clip).
 MIN_DECODED = 0.9
 
+# A video's map larger than this waits for its part's write in a temporary file rather
+# than in memory: 64 MiB is a 3.6-minute video at 224² (Mixed_5c, float16), so a part of
+# short clips never touches the disk, and a long video's memory stops growing.
+SPILL_BYTES = 64 << 20
+
 
 @dataclass(frozen=True)
 class Decoded:
@@ -78,7 +83,7 @@ class _DecordBroke(Exception):
 
 def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...],
                   timeout_s: float | None = None, min_decoded: float = MIN_DECODED,
-                  opened=None):
+                  opened=None, spill_bytes: int | None = None):
     """Decode one video as a stream and run the extractor on it.
 
     meta: the video's manifest row (``meta["start_sec"]``, ``meta["end_sec"]``).
@@ -87,7 +92,9 @@ def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...],
     in this process, prefetched in a thread, and otherwise in a child process that is
     killed when a chunk takes longer (see subdecode.py).
     Returns (:class:`Decoded`, {array: map}).  Memory: a few chunks of frames plus one
-    window of the network, whatever the video's length.
+    window of the network, whatever the video's length, and each map up to
+    ``spill_bytes`` (beyond it the map is a :class:`~vidattn.spill.SpilledMap` on disk;
+    None: in memory).
 
     Frames kept (decoded minus lost to damaged data) short of ``min_decoded`` times what
     the container declares for the segment (:func:`vidattn.video.expected_frames`) raise a
@@ -98,17 +105,18 @@ def extract_video(extractor, path: Path, decode, meta, arrays: tuple[str, ...],
 
     try:
         return _extract_once(extractor, path, decode, meta, arrays, timeout_s, min_decoded,
-                             opened)
+                             opened, spill_bytes)
     except _DecordBroke as broke:
         pyav = replace(decode, backend="pyav")
         try:
-            return _extract_once(extractor, path, pyav, meta, arrays, timeout_s, min_decoded)
+            return _extract_once(extractor, path, pyav, meta, arrays, timeout_s, min_decoded,
+                                 spill_bytes=spill_bytes)
         except VideoDecodeError as e:
             raise VideoDecodeError(path, f"{e.reason}; {broke.error.reason}") from e
 
 
 def _extract_once(extractor, path, decode, meta, arrays, timeout_s, min_decoded,
-                  opened=None):
+                  opened=None, spill_bytes=None):
     from vidattn.pipeline.subdecode import open_subclip
     from vidattn.prefetch import prefetch
     from vidattn.video import VideoDecodeError, open_clip
@@ -134,7 +142,7 @@ def _extract_once(extractor, path, decode, meta, arrays, timeout_s, min_decoded,
         in_process = opened is None and timeout_s is None
         chunks = prefetch(clip.chunks(CHUNK_FRAMES)) if in_process else clip.chunks()
         try:
-            out = extractor(counted(chunks), arrays)
+            out = extractor(counted(chunks), arrays, spill_bytes=spill_bytes)
         except VideoDecodeError as e:
             if decode.backend == "auto" and clip.backend == "decord":
                 raise _DecordBroke(e) from e
@@ -180,6 +188,7 @@ class PartJob:
     ref: Any = None
     min_decoded: float = MIN_DECODED  # 0: keep partial videos
     malloc: str = "reuse"  # the extracting process's malloc (see vidattn/malloc.py)
+    spill_bytes: int | None = SPILL_BYTES  # a bigger map waits on disk (vidattn/spill.py)
 
 
 @dataclass(frozen=True)
@@ -283,7 +292,7 @@ def _videos(extractors, work, job, segments, stamps, firsts, feed, i3d_needed, r
                     opened = feed.open(seg_of[n]) if feed is not None else None
                     last = (key, extract_video(extractors.i3d, path, job.decode, video,
                                                i3d_needed, job.decode_timeout_s,
-                                               job.min_decoded, opened))
+                                               job.min_decoded, opened, job.spill_bytes))
                 got, shared = last[1]
                 out = dict(shared)
                 row.update(n_frames=got.n_frames, fps=got.fps, decoder=got.decoder,

@@ -5,7 +5,8 @@ A vidattn store is a Zarr (format 3) group plus parquet tables beside it::
     STORE/
       zarr.json                      group attributes: schema_version, provenance, classes,
                                      dataset, pending_invalidation (mid-invalidation only)
-      features/<stream>/part-00000   float16 array, dims (voxel, channel), one shard per part
+      features/<stream>/part-00000   float16 array, dims (voxel, channel), one writer per part;
+                                     shards of at most shard_chunks chunks
       manifest.parquet               MANIFEST_SCHEMA: one row per video or segment
       pairs.parquet                  PAIRS_SCHEMA: action clip -> conjugate clip
       boxes.parquet                  BOXES_SCHEMA: per-frame ground-truth acting region (optional)
@@ -22,7 +23,8 @@ of the class id: 100 queries x 384 floats per keyframe would repeat 91 distinct 
 
 Feature maps are stored flattened: a video's (T, H, W, D) map occupies rows
 ``offset : offset + T*H*W`` of its part array, in (t, h, w) order.  Flattening lets
-videos of any aspect ratio share one part array and keeps one writer per shard.
+videos of any aspect ratio share one part array, and one writer per part means one per
+shard.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+
+from vidattn.spill import row_blocks
 
 # Bump when an array layout or a table's columns change; a store written with another
 # version is refused on open rather than read wrongly.  Version 3 added the index columns
@@ -45,7 +49,9 @@ class ArraySpec:
     """One feature array family: ``features/<name>/part-NNNNN``.
 
     dims are (voxel, channel); ``channels`` is D; rows are chunked ``chunk_rows`` at a time
-    (a chunk of 1024 x 1024 float16 is 2 MiB, a good unit for reading one video).
+    (a chunk of 1024 x 1024 float16 is 2 MiB, a good unit for reading one video), and a
+    part's array is sharded ``shard_chunks`` chunks at a time (a whole part of short clips
+    is one shard; a long video's map is written shard by shard, in bounded memory).
     ``frames_per_step``: input frames per map step t (the network's temporal stride to this
     endpoint: step t covers frames ``f t .. f t + f - 1``); ``cell``: input pixels per map
     cell (h, w).  Both 0 for token arrays, whose (T, H, W) are not space-time.
@@ -58,6 +64,7 @@ class ArraySpec:
     dtype: str = "float16"
     dims: tuple[str, str] = ("voxel", "channel")
     chunk_rows: int = 1024
+    shard_chunks: int = 16
     codec: str = "zstd"
     codec_level: int = 3
     description: str = ""
@@ -77,10 +84,13 @@ class ArraySpec:
             raise ValueError(f"store: {self.name} got an empty map {tuple(values.shape)}")
         if values.dtype.kind != "f":
             raise ValueError(f"store: {self.name} expects floating point, got {values.dtype}")
-        if not np.isfinite(values).all():
-            raise ValueError(f"store: {self.name} map holds NaN or Inf; refusing to store it")
-        if np.abs(values).max() > float(np.finfo(self.dtype).max):
-            raise ValueError(f"store: {self.name} map exceeds the range of {self.dtype}")
+        limit = float(np.finfo(self.dtype).max)
+        for block in row_blocks(values):  # bounded temporaries, also for a spilled map
+            if not np.isfinite(block).all():
+                raise ValueError(f"store: {self.name} map holds NaN or Inf; refusing to "
+                                 "store it")
+            if np.abs(block).max() > limit:
+                raise ValueError(f"store: {self.name} map exceeds the range of {self.dtype}")
 
 
 # One detection token: the box twice (DETR's cx, cy, w, h and corners x1, y1, x2, y2, all

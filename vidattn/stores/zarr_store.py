@@ -4,7 +4,7 @@ Write protocol (what makes runs resumable and crash-safe):
 
 1. ``plan.parquet`` fixes which part every video belongs to before any part is written,
    so a restarted run rebuilds exactly the same parts.
-2. A part's array is written whole by one writer (one shard per part), with ``overwrite``.
+2. A part's array is written whole by one writer, shard by shard, with ``overwrite``.
 3. Its index fragment ``index/<stream>/part-NNNNN.parquet`` is written LAST, atomically
    (temp file + rename).  A part without its fragment is not done and is redone whole.
 
@@ -60,6 +60,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from vidattn.errors import one_line
+from vidattn.spill import row_blocks
 from vidattn.stores.files import put_atomic
 from vidattn.stores.locks import (  # noqa: F401 - LockTimeout is part of this module's API
     LOCK_TIMEOUT_S,
@@ -109,6 +110,28 @@ def _signature(info: dict) -> tuple:
     inode (local) or ETag / generation (object stores), even with equal size and mtime."""
     keys = ("size", "mtime", "ino", "ETag", "etag", "LastModified", "generation")
     return tuple(str(info.get(k)) for k in keys)
+
+
+def _write_shards(arr, sources: list, n_rows: int, shard: int, dtype: str) -> None:
+    """Fill ``arr`` (n_rows, C) from ``sources`` [(row dict, map)], one whole shard per
+    write (no shard is read back), setting each row dict's ``checksum``."""
+    buf = np.empty((min(shard, n_rows), arr.shape[1]), dtype)
+    pos = fill = 0  # rows of arr written; rows of buf filled
+    for rec, m in sources:
+        digest = hashlib.sha256()
+        for block in row_blocks(m):
+            block = block.astype(dtype, copy=False)
+            digest.update(np.ascontiguousarray(block).data)
+            while len(block):
+                k = min(len(block), len(buf) - fill)
+                buf[fill : fill + k] = block[:k]
+                block, fill = block[k:], fill + k
+                if fill == len(buf) or pos + fill == n_rows:
+                    arr[pos : pos + fill] = buf[:fill]
+                    pos, fill = pos + fill, 0
+        rec["checksum"] = digest.hexdigest()
+    if pos != n_rows:
+        raise RuntimeError(f"wrote {pos} of {n_rows} rows: a map changed while written")
 
 
 class FeatureStore:
@@ -463,7 +486,7 @@ class FeatureStore:
         StoreError, with nothing of the part committed.
         """
         spec = ARRAYS[stream]
-        blocks, offset, out_rows = [], 0, []
+        sources, offset, out_rows = [], 0, []
         for row in rows:  # validated before any lock is taken or byte written
             vid = row["video_id"]
             rec = {"stream": stream, "part": part, "offset": -1, "t": 0, "h": 0, "w": 0,
@@ -471,14 +494,12 @@ class FeatureStore:
             if vid in maps:
                 m = maps[vid]
                 spec.check(m)
-                m16 = np.ascontiguousarray(m.astype(spec.dtype).reshape(-1, spec.channels))
                 t, h, w = m.shape[:3]
-                rec.update(offset=offset, t=t, h=h, w=w, checksum=checksum(m16))
-                blocks.append(m16)
-                offset += len(m16)
+                rec.update(offset=offset, t=t, h=h, w=w)
+                sources.append((rec, m))
+                offset += t * h * w
             out_rows.append(rec)
-        table = conform("index", pd.DataFrame(out_rows))
-        data = np.concatenate(blocks) if blocks else None
+        conform("index", pd.DataFrame(out_rows))  # refused here, before the lock
         frag = self._fragment(stream, part)
         try:
             with self.part_lock(stream, part):
@@ -492,7 +513,8 @@ class FeatureStore:
                         self._forget_index()
                         return False
                 self._check_claim(stream, part)
-                self._commit_part(stream, part, data, table, had_fragment=info is not None)
+                self._commit_part(stream, part, sources, offset, out_rows,
+                                  had_fragment=info is not None)
                 self._seen[(stream, part)] = _signature(self.fs.info(self._path(frag)))
         except OSError as e:
             why = "disk full" if e.errno == errno.ENOSPC else "write failed"
@@ -512,9 +534,14 @@ class FeatureStore:
         same = sorted(stored.video_id) == sorted(r["video_id"] for r in rows)
         return same and bool((stored.status == "done").all())
 
-    def _commit_part(self, stream: str, part: int, data: np.ndarray | None,
-                     table: pa.Table, had_fragment: bool) -> None:
-        """Array, then fragment; on an OSError the partial array goes, nothing is done."""
+    def _commit_part(self, stream: str, part: int, sources: list, n_rows: int,
+                     out_rows: list[dict], had_fragment: bool) -> None:
+        """Array, then fragment; on an OSError the partial array goes, nothing is done.
+
+        sources: (index row, (T, H, W, C) map) in row order, the maps in memory or spilled
+        (vidattn.spill); they are copied shard by shard, so writing needs one shard's
+        memory however long the part.  Each row's checksum is of its float16 bytes.
+        """
         frag = self._fragment(stream, part)
         name = f"features/{stream}/part-{part:05d}"
         if had_fragment:
@@ -522,18 +549,18 @@ class FeatureStore:
             # describes a complete array, whenever this process dies.
             self.fs.rm(self._path(frag))
         try:
-            if data is not None:
+            if sources:
                 spec = ARRAYS[stream]
                 c = spec.chunk_rows
-                shard = ((len(data) + c - 1) // c) * c  # one shard = the whole part
+                shard = min(-(-n_rows // c), spec.shard_chunks) * c
                 arr = self.group.create_array(
-                    name, shape=data.shape, dtype=spec.dtype,
+                    name, shape=(n_rows, spec.channels), dtype=spec.dtype,
                     chunks=(c, spec.channels), shards=(shard, spec.channels),
                     compressors=ZstdCodec(level=spec.codec_level),
                     dimension_names=spec.dims, overwrite=True,
                 )
-                arr[:] = data
-            self._write_table(frag, table)
+                _write_shards(arr, sources, n_rows, shard, spec.dtype)
+            self._write_table(frag, conform("index", pd.DataFrame(out_rows)))
         except OSError:
             self._remove_quietly(self._path(name))
             raise

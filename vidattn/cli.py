@@ -71,7 +71,7 @@ def main() -> None:
 @click.option("--short-side", type=int, default=None, help="Resize short side [default: 256].")
 @click.option("--crop", default=None, help="Centre crop size or 'full' [default: 224].")
 @click.option("--part-size", type=int, default=16, show_default=True,
-              help="Videos per store part (one writer, one shard each).")
+              help="Videos per store part (one writer each).")
 @click.option("--retry-failed", is_flag=True, help="Redo parts that hold failed videos.")
 @click.option("--keep-partial", is_flag=True,
               help="Store videos that keep fewer than 90%% of the frames their container "
@@ -101,7 +101,7 @@ def main() -> None:
               help="reuse: glibc keeps freed memory for the next chunk instead of returning "
                    "and re-faulting it (1.4x faster I3D on the CPU; the peak heap is held "
                    "until exit); system: leave malloc as it is.")
-@click.option("--spill-mb", type=click.IntRange(min=0), default=64, show_default=True,
+@click.option("--spill-mb", type=click.IntRange(min=0), default=16, show_default=True,
               help="A video's map larger than this waits for its part's write in a "
                    "temporary file ($TMPDIR) instead of memory, so long videos run in "
                    "bounded memory; 0: every map goes to disk.")

@@ -133,6 +133,21 @@ def test_values_beyond_float16_are_refused_not_stored():
         maps.finish()
 
 
+def test_bf16_on_a_cpu_that_would_emulate_it_warns(monkeypatch, recwarn):
+    from vidattn.extractors import two_stream
+
+    cfg = I3DExtractorConfig(rgb_weights="random", precision="bf16")
+    monkeypatch.setattr(two_stream, "native_cpu_bf16", lambda: True)
+    I3DExtractor(cfg)
+    assert not [w for w in recwarn if "bf16" in str(w.message)]
+    monkeypatch.setattr(two_stream, "native_cpu_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bf16.*--precision fp32"):
+        I3DExtractor(cfg)
+    recwarn.clear()
+    I3DExtractor(I3DExtractorConfig(rgb_weights="random"))  # auto: fp32 on the CPU
+    assert not [w for w in recwarn if "bf16" in str(w.message)]
+
+
 def test_bf16_precision_on_the_cpu_keeps_the_maps():
     """--precision bf16 autocasts the packaged Kinetics weights on the CPU, streamed and in
     windows alike; the maps of a real clip stay at cosine >= 0.999 to fp32's, and the

@@ -100,14 +100,14 @@ def test_extraction_stores_the_same_maps_whichever_way_it_decodes(tiny_sample, t
     fast = {"root": str(tiny_sample), "part_size": 3, "device": "cpu", "i3d_rgb": "random",
             "short_side": 64, "limit": 5}
     stores = {}
-    for how, spill_mb in (("process", 64), ("thread", 64), ("process", 0)):
+    for how, spill_mb in (("process", 16), ("thread", 16), ("process", 0)):
         name = f"{how}-{spill_mb}"
         res = run(ExtractConfig(store=str(tmp_path / name), decode_in=how, spill_mb=spill_mb,
                                 **fast))
         assert res.n_extracted == 5 and not res.failures
         stores[name] = open_store(str(tmp_path / name))
     assert not _children()
-    ref = stores.pop("process-64")
+    ref = stores.pop("process-16")
     ids = ref.video_ids("rgb")
     assert len(ids) == 5
     for other in stores.values():

@@ -28,6 +28,7 @@ from vidattn.malloc import set_malloc
 from vidattn.pipeline.mine import NEAREST_NEGATIVE
 from vidattn.pipeline.parts import (
     MIN_DECODED,
+    SPILL_BYTES,
     PartJob,
     PartWork,
     build_extractors,
@@ -71,7 +72,7 @@ class ExtractConfig:
     fps: float | None = None  # None = a hub backbone's trained rate, the dataset's, or 25
     short_side: int | None = None
     crop: str | None = None  # "224" | "full" | None (dataset default)
-    part_size: int = 16  # videos per part (= per shard, per writer)
+    part_size: int = 16  # videos per part (= per writer)
     retry_failed: bool = False
     keep_partial: bool = False  # store videos that decode short of their declared length
     decoder: str = "auto"  # auto (decord, then PyAV) | decord | pyav
@@ -90,7 +91,7 @@ class ExtractConfig:
     window_steps: int | None = None  # None: I3D streams; else its window core (8-frame steps)
     trust_checkpoint: bool = False  # allow pickled checkpoints (files you trust only)
     malloc: str = "reuse"  # reuse: keep freed memory for the next chunk (vidattn/malloc.py)
-    spill_mb: int = 64  # a bigger map waits for its part's write on disk (vidattn/spill.py)
+    spill_mb: int = SPILL_BYTES >> 20  # a bigger map waits on disk (vidattn/spill.py)
     precision: str = "auto"  # fp32 | bf16 (autocast) | auto: bf16 on CUDA, fp32 on the CPU
     # The referring streams (RefAtomNet): detection tokens from "detr" or "annotations"
     # (the dataset's person boxes), and the referring sentence's tokens.

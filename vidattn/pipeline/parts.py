@@ -56,9 +56,9 @@ CHUNK_FRAMES = 128
 MIN_DECODED = 0.9
 
 # A video's map larger than this waits for its part's write in a temporary file rather
-# than in memory: 64 MiB is a 3.6-minute video at 224² (Mixed_5c, float16), so a part of
-# short clips never touches the disk, and a long video's memory stops growing.
-SPILL_BYTES = 64 << 20
+# than in memory: 16 MiB is 53 s of video at 224² (Mixed_5c, float16), so a part of short
+# clips never touches the disk, and a long video's memory stops growing.
+SPILL_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)

@@ -112,11 +112,11 @@ def bench_whole_command(rows: list, device: str, real_clip: Path) -> None:
     if device != "cpu":
         rows.append(("whole extract command vs bare", "skipped: a CPU measurement", ""))
         return
-    import torch
+    from vidattn.extractors.two_stream import native_cpu_bf16
 
     # Without AVX512-BF16 (or AMX) oneDNN emulates bf16, far slower than fp32: not a mode
     # anyone would run, so it is left out rather than timed.
-    native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    native_bf16 = native_cpu_bf16()
     commands = {k: v for k, v in COMMANDS.items() if native_bf16 or "bf16" not in k}
     precisions = "fp32,bf16" if native_bf16 else "fp32"
     tmp = Path(tempfile.mkdtemp())

@@ -41,9 +41,6 @@ class SpilledMap:
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
 
-    def __len__(self) -> int:
-        return self.shape[0]
-
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of the (T*H*W, C) view, as a fresh (stop - start, C) array."""
         c = self.shape[-1]
@@ -62,9 +59,6 @@ class SpilledMap:
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         whole = self.rows(0, math.prod(self.shape[:-1])).reshape(self.shape)
         return whole if dtype is None else whole.astype(dtype)
-
-    def close(self) -> None:
-        self._file.close()
 
 
 class MapBuffer:

@@ -30,25 +30,31 @@ def _clip(model: I3D, n: int, seed: int) -> torch.Tensor:
     return torch.cat([x, x[:, :, -1:].repeat(1, 1, pad, 1, 1)], dim=2)
 
 
-def _stream(model: I3D, x: torch.Tensor, chunks: list[int]) -> dict[str, torch.Tensor]:
+def _stream(model: I3D, x: torch.Tensor, chunks: list[int],
+            last_to_finish: bool = False) -> dict[str, torch.Tensor]:
     s = StreamingI3D(model, ENDPOINTS)
-    a = 0
-    for size in chunks:
-        s.push(x[:, :, a : a + size])
+    a, last = 0, None
+    for k, size in enumerate(chunks):
+        if last_to_finish and k == len(chunks) - 1:
+            last = x[:, :, a : a + size]
+        else:
+            s.push(x[:, :, a : a + size])
         a += size
     assert a >= x.shape[2]
-    return {e: torch.cat(v, dim=2) for e, v in s.finish().items()}
+    return {e: torch.cat(v, dim=2) for e, v in s.finish(last).items()}
 
 
 @pytest.mark.parametrize(("n", "chunk"), [(1, 1), (5, 3), (8, 8), (23, 7), (99, 1),
                                           (130, 50), (203, 64)])
-def test_stream_equals_one_pass(model, n, chunk):
+@pytest.mark.parametrize("last_to_finish", [False, True])
+def test_stream_equals_one_pass(model, n, chunk, last_to_finish):
     """Clips shorter than a step, than a chunk and than the receptive field (99 frames),
-    fed in chunks of any size, even one frame at a time: the single pass's maps."""
+    fed in chunks of any size, even one frame at a time, the last chunk pushed or handed
+    to ``finish``: the single pass's maps."""
     x = _clip(model, n, seed=n)
     with torch.no_grad():
         want = model.features(x, ENDPOINTS)
-    got = _stream(model, x, [chunk] * (-(-x.shape[2] // chunk)))
+    got = _stream(model, x, [chunk] * (-(-x.shape[2] // chunk)), last_to_finish)
     for e in ENDPOINTS:
         assert got[e].shape == want[e].shape, e
         scale = want[e].abs().max()
@@ -70,6 +76,36 @@ def test_every_frame_is_computed_once(model):
     assert out.shape[2] == 50
     # consumed frames: each call reads (outputs - 1) * 2 + 7, of which 5 overlap the next
     assert sum(seen) - 5 * (len(seen) - 1) == 400 + 5
+
+
+def test_the_last_frames_and_the_flush_are_one_call_per_layer(model):
+    """StreamingMaps keeps the newest chunk until the next one comes, so a clip of three
+    chunks runs each layer three times (two pushes, then finish with the tail), not four
+    with a flush of tiny tensors after the last push."""
+    from vidattn.extractors.stream_i3d import StreamingMaps
+    from vidattn.video import to_model_input
+
+    if model.in_channels == 2:
+        pytest.skip("StreamingMaps is fed RGB frames here; flow is covered by the test above")
+    maps = StreamingMaps(model, lambda f: torch.from_numpy(to_model_input(f))[None],
+                         ("Mixed_5c",), min_chunk=32)
+    first = maps.stream.nodes[0][1]
+    calls, op = [], first.op
+    first.op = lambda y: calls.append(y.shape[2]) or op(y)
+    frames = np.random.default_rng(1).integers(0, 256, (90, 32, 48, 3),
+                                               dtype=np.uint8)
+    for a in range(0, 90, 32):
+        maps.push(frames[a : a + 32])
+    # 32 frames + 2 of front padding, then 32 + the 6 held (each call reads whole strides)
+    assert calls == [33, 37]  # the third chunk waits: it may be the last
+    out = maps.finish()["Mixed_5c"]
+    assert calls[2:] == [41] and out.shape[0] == 12  # 6 held + 26 + 6 repeated + 3 back
+    with torch.no_grad():
+        want = model.features(torch.from_numpy(to_model_input(np.concatenate(
+            [frames, np.repeat(frames[-1:], 6, axis=0)])))[None], ("Mixed_5c",))["Mixed_5c"]
+    want = want[0].permute(1, 2, 3, 0).numpy()
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(out.astype(np.float32), want, rtol=0, atol=2e-3 * scale)
 
 
 def test_held_state_does_not_grow_with_length(model):

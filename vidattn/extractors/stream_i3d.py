@@ -83,10 +83,14 @@ class _Temporal:
 
 def _unit(u: Unit3D) -> _Temporal:
     (kt, kh, kw), (st, sh, sw) = u.kernel, u.stride
+    # Where SAME is symmetric in space (stride 1, odd kernel) the convolution pads H and W
+    # itself, as the single pass does: no padded copy of the input.
+    inner = (0, kh // 2, kw // 2) if (sh, sw) == (1, 1) and kh % 2 and kw % 2 else None
 
     def op(x: torch.Tensor) -> torch.Tensor:
-        x = _spatial_same(x, (kh, kw), (sh, sw), 0.0)
-        x = F.conv3d(x, u.conv3d.weight, u.conv3d.bias, (st, sh, sw))
+        if inner is None:
+            x = _spatial_same(x, (kh, kw), (sh, sw), 0.0)
+        x = F.conv3d(x, u.conv3d.weight, u.conv3d.bias, (st, sh, sw), inner or 0)
         if u.bn is not None:
             x = u.bn(x)
         return F.relu(x) if u.relu else x
@@ -133,9 +137,12 @@ class StreamingI3D:
     """I3D's endpoints of one clip, computed as its frames arrive.
 
     ``push(x)``: the next frames of the clip as model input (1, C, t, H, W), any t;
-    ``finish()``: after the last frames (the clip padded to a multiple of 8 already) ->
-    {endpoint: list of (1, C_e, t_e, H_e, W_e) pieces in order}.  ``on_output(endpoint,
-    piece)``, if given, receives each piece as it is made instead (bounded memory).
+    ``finish(x=None)``: the last frames, if any, and the end of the clip (padded to a
+    multiple of 8 already) -> {endpoint: list of (1, C_e, t_e, H_e, W_e) pieces in order}.
+    Passing the last frames to ``finish`` runs them and the flush of every layer's held
+    frames as one call per layer, not two (tiny tails are the slowest convolutions: below
+    a size oneDNN hands them to the im2col path).  ``on_output(endpoint, piece)``, if
+    given, receives each piece as it is made instead (bounded memory).
     """
 
     def __init__(self, model: I3D, endpoints=("Mixed_5c",), on_output=None):
@@ -162,9 +169,9 @@ class StreamingI3D:
         with torch.no_grad():
             self._run(x, final=False)
 
-    def finish(self) -> dict[str, list[torch.Tensor]]:
+    def finish(self, x: torch.Tensor | None = None) -> dict[str, list[torch.Tensor]]:
         with torch.no_grad():
-            self._run(None, final=True)
+            self._run(x, final=True)
         return self.pieces
 
     def held_frames(self) -> int:
@@ -184,8 +191,9 @@ class StreamingMaps:
     ``push`` decoded frames (n, ...) as they come, ``finish`` -> {endpoint: (T_e, H_e, W_e,
     C_e)} (an ndarray, or a SpilledMap past ``spill_bytes``) kept as ``dtype`` (float16
     refuses NaN/Inf and values beyond its range).  Frames are turned into model input and
-    run ``min_chunk`` at a time (bigger chunks use the cores better; the state does not
-    grow with them)."""
+    run ``min_chunk`` or more at a time (bigger chunks use the cores better; the state does
+    not grow with them).  The newest frames wait for the next push, so that the clip's last
+    frames run together with the flush at ``finish``."""
 
     def __init__(self, model: I3D, to_tensor, endpoints, autocast: str | None = None,
                  min_chunk: int = 64, dtype: torch.dtype = torch.float16,
@@ -205,33 +213,33 @@ class StreamingMaps:
     def _keep(self, endpoint: str, y: torch.Tensor) -> None:
         self.out[endpoint].append(to_stored(endpoint, y[0], self.dtype))
 
-    def _run_pending(self) -> None:
-        frames = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-        self.pending = []
-        self._last = frames[-1:].copy()  # the padding rule repeats it
-        x = self.to_tensor(frames)
+    def _run_pending(self, final: bool = False) -> None:
+        x = None
+        if self.pending:
+            frames = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+            self.pending = []
+            x = self.to_tensor(frames)
         with bf16_autocast(self.autocast):
-            self.stream.push(x)
+            if final:
+                self.stream.finish(x)
+            else:
+                self.stream.push(x)
 
     def push(self, frames: np.ndarray) -> None:
         if self.done:
             raise RuntimeError("push after finish")
         if len(frames):
+            if sum(len(p) for p in self.pending) >= self.min_chunk:
+                self._run_pending()  # more frames came, so these were not the last
             self.pending.append(frames)
             self.n += len(frames)
-            if sum(len(p) for p in self.pending) >= self.min_chunk:
-                self._run_pending()
 
     def finish(self) -> dict[str, np.ndarray]:
         if self.done:
             raise RuntimeError("finish called twice")
         padded = pad_to_unit(self.n, UNIT)  # raises for an empty clip
-        if padded > self.n:
-            last = self.pending[-1][-1:] if self.pending else self._last
-            self.pending.append(np.repeat(last, padded - self.n, axis=0))
-        if self.pending:
-            self._run_pending()
-        with bf16_autocast(self.autocast):
-            self.stream.finish()
+        if padded > self.n:  # the last frame is always pending: push keeps the newest
+            self.pending.append(np.repeat(self.pending[-1][-1:], padded - self.n, axis=0))
+        self._run_pending(final=True)
         self.done = True
         return {e: v.result() for e, v in self.out.items()}

@@ -214,11 +214,10 @@ class StreamingMaps:
         self.out[endpoint].append(to_stored(endpoint, y[0], self.dtype))
 
     def _run_pending(self, final: bool = False) -> None:
-        x = None
-        if self.pending:
-            frames = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-            self.pending = []
-            x = self.to_tensor(frames)
+        # never empty here: push runs it before adding frames, finish after padding
+        frames = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        self.pending = []
+        x = self.to_tensor(frames)
         with bf16_autocast(self.autocast):
             if final:
                 self.stream.finish(x)

@@ -23,6 +23,8 @@ from vidattn.video import (
     ClipStream,
     DecodeConfig,
     VideoDecodeError,
+    crop_box,
+    decode_of,
     load_clip,
     open_clip,
     probe,
@@ -128,6 +130,52 @@ def test_backends_agree(textured):
         b = load_clip(textured, DecodeConfig(backend="pyav", **cfg)).frames.astype(int)
         assert a.shape == b.shape
         assert np.abs(a - b).mean() < 1.0
+
+
+def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A (h, w, 3) uint8 frame with stripes and noise: every pixel weight matters."""
+    y, x = np.mgrid[:h, :w]
+    wave = 60 * np.sin(x / 7.0) * np.cos(y / 5.0)
+    noise = np.random.default_rng(seed).normal(0, 30, (h, w, 3))
+    return (127 + wave[..., None] + noise).clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size", [(360, 480), (272, 640), (720, 1280), (144, 176), (480, 360)])
+def test_resizing_the_crop_region_matches_the_whole_frame(size):
+    from PIL import Image
+
+    h, w = size
+    frame = _texture(h, w)
+    whole = DecodeConfig(short_side=256, crop=224, resize="frame")
+    region = DecodeConfig(short_side=256, crop=224)
+    assert region.resize == "crop" and region.resize_rule == "crop region"
+    assert whole.resize_rule is None
+    # "frame" is the definition: PIL bilinear of the whole frame, then the centre crop
+    s = 256 / min(h, w)
+    new_w, new_h = (max(256, round(w * s)), 256) if h <= w else (256, max(256, round(h * s)))
+    full = np.asarray(Image.fromarray(frame).resize((new_w, new_h), Image.BILINEAR))
+    left, top = (new_w - 224) // 2, (new_h - 224) // 2
+    expected = full[top:top + 224, left:left + 224]
+    np.testing.assert_array_equal(V._Shaper(h, w, whole)(frame), expected)
+    # "crop": the same filter and scale on the region only, off by one in a few values
+    got = V._Shaper(h, w, region)(frame).astype(int)
+    diff = np.abs(got - expected)
+    assert got.shape == (224, 224, 3) and diff.max() <= 1 and (diff > 0).mean() < 0.005
+    assert crop_box(h, w, region) == crop_box(h, w, whole)
+
+
+def test_without_a_crop_the_resize_rules_are_one():
+    frame = _texture(90, 160)
+    a, b = (V._Shaper(90, 160, DecodeConfig(short_side=72, crop=None, resize=r))(frame)
+            for r in ("crop", "frame"))
+    np.testing.assert_array_equal(a, b)
+    assert DecodeConfig(crop=None).resize_rule is None
+
+
+def test_decode_of_reads_a_stores_preprocessing():
+    prep = {"fps": 25.0, "short_side": 256, "crop": 224, "scale": "[-1, 1]"}
+    assert decode_of(prep).resize == "frame"  # stores made before the rule was recorded
+    assert decode_of({**prep, "resize": "crop region"}) == DecodeConfig()
 
 
 def _vfr_video(path: Path) -> tuple[Path, np.ndarray]:
@@ -238,6 +286,8 @@ def test_error_pickles_and_config_checks():
         DecodeConfig(backend="opencv")
     with pytest.raises(ValueError, match="fps"):
         DecodeConfig(fps=0)
+    with pytest.raises(ValueError, match="resize"):
+        DecodeConfig(resize="area")
 
 
 @pytest.fixture(scope="module")

@@ -70,6 +70,11 @@ def main() -> None:
 @click.option("--fps", type=float, default=None, help="Resample rate [default: 25].")
 @click.option("--short-side", type=int, default=None, help="Resize short side [default: 256].")
 @click.option("--crop", default=None, help="Centre crop size or 'full' [default: 224].")
+@click.option("--resize", type=click.Choice(["crop", "frame"]), default="crop",
+              show_default=True,
+              help="Resample only the crop's region (about 2x faster) or the whole frame "
+                   "before cropping, as stores made before this option did (values differ "
+                   "by 1 in ~0.1%% of pixels).")
 @click.option("--part-size", type=int, default=16, show_default=True,
               help="Videos per store part (one writer each).")
 @click.option("--retry-failed", is_flag=True, help="Redo parts that hold failed videos.")

@@ -53,6 +53,7 @@ _DECORD_BATCH = 32
 # which under a memory cap makes decord abort the process (std::bad_alloc, uncatchable).
 _DECORD_BATCH_BYTES = 64 << 20
 _BACKENDS = ("auto", "decord", "pyav")
+_RESIZES = ("crop", "frame")
 
 PathLike = str | os.PathLike
 
@@ -65,7 +66,12 @@ class DecodeConfig:
     short side has this many pixels; crop: centre crop ``crop x crop`` (None keeps the
     whole resized frame); backend: ``auto`` (decord, then PyAV), ``decord`` or ``pyav``;
     decord_timeout_s: decord calls that take longer are abandoned (``auto`` then falls back
-    to PyAV) -- decord can hang on damaged files; None waits forever.
+    to PyAV) -- decord can hang on damaged files; None waits forever.  resize: ``crop``
+    resamples only the crop's region of the frame (same bilinear filter, same scale; about
+    2x faster, as the rows and columns cut away are never computed), ``frame`` the whole
+    frame before cropping.  The two differ by 1 in about 0.1% of the pixel values (PIL
+    rounds its fixed-point weights from the region's origin); with ``crop=None`` they are
+    the same thing.
     """
 
     fps: float | None = 25.0
@@ -73,6 +79,7 @@ class DecodeConfig:
     crop: int | None = 224
     backend: str = "auto"
     decord_timeout_s: float | None = 120.0
+    resize: str = "crop"
 
     def __post_init__(self) -> None:
         if self.fps is not None and not self.fps > 0:
@@ -90,6 +97,16 @@ class DecodeConfig:
             raise ValueError(
                 f"DecodeConfig: backend must be one of {_BACKENDS}, got {self.backend!r}"
             )
+        if self.resize not in _RESIZES:
+            raise ValueError(
+                f"DecodeConfig: resize must be one of {_RESIZES}, got {self.resize!r}"
+            )
+
+    @property
+    def resize_rule(self) -> str | None:
+        """What a store records of ``resize``: None where it makes no difference (no crop)
+        or for ``frame``, the rule of every store made before ``crop`` existed."""
+        return "crop region" if self.crop is not None and self.resize == "crop" else None
 
 
 class VideoDecodeError(RuntimeError):
@@ -108,7 +125,11 @@ class VideoDecodeError(RuntimeError):
 
 
 class _Shaper:
-    """Resize (short side, PIL bilinear) then centre crop; the geometry is fixed per clip."""
+    """Resize (short side, PIL bilinear) then centre crop; the geometry is fixed per clip.
+
+    With ``resize="crop"`` PIL resamples the crop's region straight from the source
+    (``box`` in source pixels), so the cut-away rows and columns are never filtered.
+    """
 
     def __init__(self, height: int, width: int, cfg: DecodeConfig) -> None:
         self.src = (height, width)
@@ -128,8 +149,18 @@ class _Shaper:
         # to the resized frame are normalised to the original one as well.
         x1, y1, x2, y2 = self.box
         self.crop_box = (x1 / new_w, y1 / new_h, x2 / new_w, y2 / new_h)
+        # the crop's region in source pixels: resampled to the crop's size it has the
+        # resize's scale, so the filter's support and the sample centres are the same
+        self.src_box = None
+        if self.resize and c is not None and cfg.resize == "crop":
+            sx, sy = width / new_w, height / new_h
+            self.src_box = (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
+        if self.src_box is not None:
+            out_w, out_h = self.box[2] - self.box[0], self.box[3] - self.box[1]
+            return np.asarray(Image.fromarray(frame).resize((out_w, out_h), Image.BILINEAR,
+                                                            box=self.src_box))
         if self.resize:
             frame = np.asarray(Image.fromarray(frame).resize(self.size, Image.BILINEAR))
         x1, y1, x2, y2 = self.box

@@ -55,6 +55,7 @@ __all__ = [
     "PathLike",
     "VideoDecodeError",
     "crop_box",
+    "decode_of",
     "load_clip",
     "open_clip",
     "probe",
@@ -82,6 +83,13 @@ class Clip:
     src_size: tuple[int, int]
     crop_box: tuple[float, float, float, float]
     backend: str
+
+
+def decode_of(prep: dict) -> DecodeConfig:
+    """The DecodeConfig a store's ``preprocessing`` provenance was decoded with (a store
+    that records no ``resize`` rule resampled whole frames, or kept them whole)."""
+    return DecodeConfig(prep["fps"], prep["short_side"], prep["crop"],
+                        resize="crop" if prep.get("resize") == "crop region" else "frame")
 
 
 def crop_box(height: int, width: int, cfg: DecodeConfig) -> tuple[float, float, float, float]:

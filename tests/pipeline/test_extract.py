@@ -111,3 +111,22 @@ def test_crop_option_changes_map_size(tiny_sample, tmp_path, crop):
     run(ExtractConfig(root=str(tiny_sample), store=store, crop=crop, limit=2, device="cpu"))
     m = open_store(store).read("train_wave_00")
     assert m.shape[1:3] == ((4, 4) if crop == "full" else (3, 3))
+    prep = open_store(store).provenance("rgb")["preprocessing"]
+    # the resize rule is recorded only where there is a crop for it to make a difference
+    assert prep.get("resize") == (None if crop == "full" else "crop region")
+
+
+def test_a_store_refuses_frames_resized_by_the_other_rule(tiny_sample, tmp_path):
+    store = str(tmp_path / "s")
+    base = ["extract", "--root", str(tiny_sample), "--store", store, "--crop", "96",
+            "--limit", "2", "--device", "cpu"]
+    made = CliRunner().invoke(main, [*base, "--resize", "frame"])
+    assert made.exit_code == 0, made.output
+    # the whole-frame rule records what stores made before the option recorded
+    assert "resize" not in open_store(store).provenance("rgb")["preprocessing"]
+    before = open_store(store).index()
+    result = CliRunner().invoke(main, base)
+    assert result.exit_code == 1
+    assert "different provenance (preprocessing" in result.output
+    assert '"resize": "crop region"' in result.output
+    assert open_store(store).index().equals(before)

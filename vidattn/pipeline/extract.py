@@ -72,6 +72,7 @@ class ExtractConfig:
     fps: float | None = None  # None = a hub backbone's trained rate, the dataset's, or 25
     short_side: int | None = None
     crop: str | None = None  # "224" | "full" | None (dataset default)
+    resize: str = "crop"  # crop: resample the crop's region only | frame: the whole frame
     part_size: int = 16  # videos per part (= per writer)
     retry_failed: bool = False
     keep_partial: bool = False  # store videos that decode short of their declared length
@@ -184,7 +185,7 @@ def decode_config(cfg: ExtractConfig, dataset: str):
         values["short_side"] = cfg.short_side
     if cfg.crop is not None:
         values["crop"] = None if cfg.crop in ("full", "none") else int(cfg.crop)
-    return DecodeConfig(**values, backend=cfg.decoder)
+    return DecodeConfig(**values, backend=cfg.decoder, resize=cfg.resize)
 
 
 def extractor_config(cfg: ExtractConfig, device: str):
@@ -343,6 +344,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
         extractor = build_extractors(cfg.extractor, net, ref)
     prep = {"fps": decode.fps, "short_side": decode.short_side, "crop": decode.crop,
             "scale": "[-1, 1]"}
+    if decode.resize_rule:  # absent where it makes no difference, as in older stores
+        prep["resize"] = decode.resize_rule
     store = open_store(url, mode="a")
     notices = []
     # How frames were decoded: recorded, not compared (every decoder gives the same frames)

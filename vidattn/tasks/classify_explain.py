@@ -47,7 +47,7 @@ def draw(run, head, store, video_id: str, out: str | None, device: str) -> tuple
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vidattn.video import DecodeConfig, load_clip
+    from vidattn.video import decode_of, load_clip
 
     config = run.config
     if not getattr(head, "map_names", ()):
@@ -62,7 +62,7 @@ def draw(run, head, store, video_id: str, out: str | None, device: str) -> tuple
     step = ARRAYS[config["stream"]].frames_per_step
     path = rows.video_path(row.path, store.dataset_root)
     start, end = rows.bound(row.start_sec), rows.bound(row.end_sec)
-    clip = load_clip(path, DecodeConfig(prep["fps"], prep["short_side"], prep["crop"]), start, end)
+    clip = load_clip(path, decode_of(prep), start, end)
     frames = clip.frames
     boxes = store.boxes()
     boxes = boxes[boxes.video_id == video_id] if boxes is not None else None

@@ -66,7 +66,7 @@ def video_covers(store, shapes: dict[str, tuple[int, int, int]],
     The store's tables are read once for all videos; each video file is probed for its
     native size and rate (the crop box and the box frame indices depend on them).
     """
-    from vidattn.video import DecodeConfig, crop_box, probe
+    from vidattn.video import crop_box, decode_of, probe
 
     boxes = store.boxes()
     if boxes is None:
@@ -77,7 +77,7 @@ def video_covers(store, shapes: dict[str, tuple[int, int, int]],
     manifest = store.manifest().set_index("video_id")
     prep = store.provenance(stream)["preprocessing"]
     step = ARRAYS[stream].frames_per_step
-    cfg = DecodeConfig(prep["fps"], prep["short_side"], prep["crop"])
+    cfg = decode_of(prep)
     covers = {}
     for vid, vboxes in by_video.items():
         row = manifest.loc[vid]

@@ -36,7 +36,7 @@ def draw(run, head, store, video_id: str, out: str | None, device: str) -> tuple
     import matplotlib.pyplot as plt
 
     from vidattn.tasks.classify_explain import upsample
-    from vidattn.video import DecodeConfig, crop_box, load_clip, probe
+    from vidattn.video import DecodeConfig, crop_box, decode_of, load_clip, probe
 
     config = run.config
     man = store.manifest().set_index("video_id")
@@ -78,7 +78,7 @@ def draw(run, head, store, video_id: str, out: str | None, device: str) -> tuple
         _rect(ax, pred_box, size, edgecolor="red", lw=1.5)
     # The I3D cells cover the region the store's decoding kept (a centre crop, or all).
     prep = store.provenance(config["stream"])["preprocessing"]
-    x1, y1, x2, y2 = crop_box(*size, DecodeConfig(prep["fps"], prep["short_side"], prep["crop"]))
+    x1, y1, x2, y2 = crop_box(*size, decode_of(prep))
     h, w = size
     box_px = (round(y2 * h) - round(y1 * h), round(x2 * w) - round(x1 * w))
     heat = upsample(attn / max(float(attn.max()), 1e-12), box_px)

@@ -11,7 +11,8 @@ it, and the rounds alternate so that a busy machine slows all of them alike:
   is compared with the bare forward in its own precision;
 * the command: ``vidattn extract --dataset folder`` timed from outside, so interpreter
   start-up, imports, model load, decoding, the network and the store writes all count;
-  decoding in a child process (the default), in a thread, and with ``--precision bf16``.
+  decoding in a child process (the default), in a thread, with PyAV only (no decord first),
+  and with ``--precision bf16``.
 
 Both sides run with the extracting processes' malloc settings (vidattn/malloc.py).
 """
@@ -61,6 +62,7 @@ ROUNDS = 2
 COMMANDS = {
     "decoding in a child process (default)": [],
     "decoding in a thread (--decode-in thread)": ["--decode-in", "thread"],
+    "PyAV only (--decoder pyav)": ["--decoder", "pyav"],
     "--precision bf16": ["--precision", "bf16"],
 }
 

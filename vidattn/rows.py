@@ -26,6 +26,11 @@ def extra(value) -> dict:
     return json.loads(value) if isinstance(value, str) else dict(value)
 
 
+def has_descriptions(manifest) -> bool:
+    """Whether any row of a manifest (DataFrame with ``extra``) carries a referring sentence."""
+    return any(extra(e).get("description") for e in manifest["extra"])
+
+
 def bound(value) -> float | None:
     """A nullable manifest number (start_sec, end_sec, fps...) as a float, None when null
     (None, NaN or pandas' NA)."""

@@ -16,7 +16,8 @@ from vidattn.extractors.referring import (
     annotation_tokens,
     coco_label_names,
 )
-from vidattn.pipeline.referring import has_descriptions, plan
+from vidattn.pipeline.referring import plan
+from vidattn.rows import has_descriptions
 from vidattn.stores.schema import DETECTION_FIELDS, NO_OBJECT, PERSON
 
 

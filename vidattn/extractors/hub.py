@@ -41,7 +41,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-PREFIX = "pytorchvideo:"
+from vidattn.extractors import HUB_PREFIX as PREFIX
+
 INSTALL = ("pip install 'vidattn[pytorchvideo]' in a venv of its own (torch 2.14.1 + "
            "torchvision 0.29.1, about 5.6 GB; see the README)")
 

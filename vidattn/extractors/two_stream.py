@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vidattn.extractors.hub import PREFIX, hub_model, load_hub, slug
+from vidattn.extractors import is_hub
+from vidattn.extractors.hub import hub_model, load_hub, slug
 from vidattn.extractors.windows import WindowedMaps, bf16_autocast
 
 # Bump when anything that changes stored numbers changes (graph, padding, preprocessing);
@@ -45,10 +46,6 @@ STRIDES = {
 # Defaults per backbone: (window_steps, margin_steps).  I3D: 256-frame windows with 56
 # frames of context (Mixed_5c needs 49 each side); R50: 128 frames with 24 (it needs 17).
 WINDOWS = {"inception": (32, 7), "r50": (64, 12)}
-
-
-def is_hub(backbone: str) -> bool:
-    return backbone.startswith(PREFIX)
 
 
 def backbone_facts(backbone: str) -> tuple[str, dict[str, int], tuple[int, int]]:

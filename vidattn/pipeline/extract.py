@@ -22,11 +22,10 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-from vidattn.extractors.hub import hub_model
-from vidattn.extractors.two_stream import is_hub
+from vidattn.extractors import is_hub
 from vidattn.malloc import set_malloc
-from vidattn.pipeline.mine import NEAREST_NEGATIVE
 from vidattn.pipeline.parts import (
+    CHUNK_FRAMES,
     MIN_DECODED,
     SPILL_BYTES,
     PartJob,
@@ -37,7 +36,7 @@ from vidattn.pipeline.parts import (
     file_stamp,
 )
 from vidattn.progress import bar as progress
-from vidattn.rows import bound, video_path
+from vidattn.rows import bound, has_descriptions, video_path
 from vidattn.stores import open_store
 
 # Preprocessing a dataset is best extracted with, unless the user says otherwise.  The
@@ -178,6 +177,8 @@ def decode_config(cfg: ExtractConfig, dataset: str):
 
     values = {**DEFAULT_DECODE, **DATASET_DECODE.get(dataset, {})}
     if is_hub(cfg.backbone):  # the rate the checkpoint was trained at (30 fps / stride)
+        from vidattn.extractors.hub import hub_model
+
         values["fps"] = hub_model(cfg.backbone).fps
     if cfg.fps is not None:
         values["fps"] = cfg.fps
@@ -304,8 +305,6 @@ def _tally(result: ExtractResult, wrote: list[dict], idx, plan) -> None:
 
 def run(cfg: ExtractConfig) -> ExtractResult:
     from vidattn.datasets import load_dataset
-    from vidattn.pipeline import referring
-    from vidattn.tasks.rundir import pick_device
 
     t0 = time.time()
     cfg.decode_timeout()  # refuses --decode-timeout with thread decoding before any work
@@ -318,14 +317,40 @@ def run(cfg: ExtractConfig) -> ExtractResult:
         require_child_processes()
         warm_up()
     ds = load_dataset(cfg.dataset, cfg.root, cfg.options or None)
-    sentences = referring.has_descriptions(ds.manifest)
+    sentences = has_descriptions(ds.manifest)
     # the referring sample must not land in the plain sample's default store
     url = cfg.store or f"stores/{ds.name}" + ("-referring" if ds.name == "sample" and sentences
                                               else "")
+    decode = decode_config(cfg, ds.name)
+    head = _head_start(cfg, ds, url, decode)  # before torch is imported
+    try:
+        return _extract(cfg, ds, url, decode, sentences, head, t0)
+    finally:
+        if head is not None:
+            head.close()
+
+
+def _head_start(cfg: ExtractConfig, ds, url: str, decode):
+    """The first part's decoding, started now (see headstart.py); None where the run
+    decodes elsewhere (workers, a thread) or not at all."""
+    streams = tuple(s.strip() for s in cfg.streams.split(",") if s.strip() not in ("", "none"))
+    if cfg.decode_in != "process" or cfg.distributed or not streams:
+        return None
+    from vidattn.pipeline import headstart
+
+    manifest = ds.manifest if cfg.limit is None else ds.manifest.head(cfg.limit)
+    return headstart.start(url, manifest, Path(ds.root), cfg.part_size, streams, decode,
+                           cfg.decode_timeout(), CHUNK_FRAMES)
+
+
+def _extract(cfg: ExtractConfig, ds, url: str, decode, sentences: bool, head,
+             t0: float) -> ExtractResult:
+    from vidattn.pipeline import referring
+    from vidattn.tasks.rundir import pick_device
+
     # Distributed: an explicit device is the workers' (checked there), not this machine's.
     explicit = cfg.distributed and cfg.device != "auto"
     device = cfg.device if explicit else pick_device(cfg.device)
-    decode = decode_config(cfg, ds.name)
     net = extractor_config(cfg, device)
     ref = referring_config(cfg, device, sentences)
 
@@ -426,7 +451,10 @@ def run(cfg: ExtractConfig) -> ExtractResult:
             deferred = []
             for work in works:  # the task's own function, in this process
                 rows = extract_part(store, extractor, work, job, partial(on_video, work.part),
-                                    wait=False)
+                                    wait=False, head=head)
+                if head is not None:  # only ever the first part's: unused, it stops now
+                    head.close()
+                    head = None
                 if rows is None:
                     deferred.append(work)
                 else:
@@ -436,6 +464,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
                 wrote += extract_part(store, extractor, work, job,
                                       partial(on_video, work.part))
     _tally(result, wrote, store.index(first), plan)
+    from vidattn.pipeline.mine import NEAREST_NEGATIVE
+
     if cfg.mine and ds.name in NEAREST_NEGATIVE and not result.failures and net is not None:
         from vidattn.pipeline.mine import MineConfig
         from vidattn.pipeline.mine import run as mine

@@ -209,7 +209,7 @@ CLAIM_POLL_S = 2.0
 
 def extract_part(store, extractors: Extractors, work: PartWork, job: PartJob,
                  on_video: Callable[[dict], None] | None = None,
-                 wait: bool = True) -> list[dict] | None:
+                 wait: bool = True, head=None) -> list[dict] | None:
     """Extract every video of one part, then write the part's arrays and index fragments
     (``store.write_part`` per needed array: the fragment last, so a part interrupted
     anywhere is redone whole).  Returns the index rows this call wrote (video_id, status,
@@ -219,6 +219,9 @@ def extract_part(store, extractors: Extractors, work: PartWork, job: PartJob,
     The part is computed under its claim (see ``FeatureStore.claim_part``).  When another
     live run holds the claim: with ``wait`` this call waits for that run, without it
     returns None at once.  A part that another run finished meanwhile gives [].
+
+    ``head``: a DecodeFeed started ahead (see headstart.py), used when its clips are this
+    part's and closed otherwise; the caller closes it in any case (closing is idempotent).
     """
     while True:
         if not work.redo:  # two runs on one store: do not compute what the other one wrote
@@ -229,7 +232,7 @@ def extract_part(store, extractors: Extractors, work: PartWork, job: PartJob,
         with store.claim_part(work.needed, work.part) as mine:
             if mine:
                 if work.redo or all(not store.part_done(a, work.part) for a in work.needed):
-                    return _compute_part(store, extractors, work, job, on_video)
+                    return _compute_part(store, extractors, work, job, on_video, head)
                 continue  # finished by another run between the check and the claim
         if not wait:
             return None
@@ -246,7 +249,7 @@ def file_stamp(path: Path) -> tuple[int | None, float | None]:
 
 
 def _compute_part(store, extractors: Extractors, work: PartWork, job: PartJob,
-                  on_video: Callable[[dict], None] | None) -> list[dict]:
+                  on_video: Callable[[dict], None] | None, head=None) -> list[dict]:
     i3d_needed = tuple(a for a in work.needed if a in extractors.i3d_streams)
     ref_needed = tuple(a for a in work.needed if a not in extractors.i3d_streams)
     # Rows that share a file segment (AVA's persons of one keyframe, the instances of a
@@ -255,12 +258,19 @@ def _compute_part(store, extractors: Extractors, work: PartWork, job: PartJob,
     firsts = [i for i, key in enumerate(segments) if i == 0 or segments[i - 1] != key]
     # before decoding starts: a file that changes during it shows in a later run
     stamps = [file_stamp(Path(v["path"])) for v in work.videos]
+    clips = [(p, bound(a), bound(b)) for p, a, b in (segments[i] for i in firsts)]
     feed = None
-    if i3d_needed and job.decode_in == "process":
+    if head is not None:  # decoding since start-up: only if it decodes exactly these clips
+        if i3d_needed and job.decode_in == "process" and head.items == clips \
+                and head.cfg == job.decode and head.chunk_frames == CHUNK_FRAMES:
+            feed = head
+        else:
+            head.close()
+    if feed is None and i3d_needed and job.decode_in == "process":
         from vidattn.pipeline.subdecode import DecodeFeed
 
-        feed = DecodeFeed([(p, bound(a), bound(b)) for p, a, b in (segments[i] for i in firsts)],
-                          job.decode, chunk_frames=CHUNK_FRAMES, timeout_s=job.decode_timeout_s)
+        feed = DecodeFeed(clips, job.decode, chunk_frames=CHUNK_FRAMES,
+                          timeout_s=job.decode_timeout_s)
     try:
         rows, maps = _videos(extractors, work, job, segments, stamps, firsts, feed,
                              i3d_needed, ref_needed, on_video)

@@ -23,11 +23,6 @@ from vidattn.data.refer import box_tracks
 from vidattn.rows import extra
 
 
-def has_descriptions(manifest: pd.DataFrame) -> bool:
-    """Whether any row carries a referring sentence."""
-    return any(extra(e).get("description") for e in manifest["extra"])
-
-
 def plan(manifest: pd.DataFrame, boxes: pd.DataFrame | None) -> dict[str, dict]:
     """video_id -> {"keyframes", "persons", "track", "description"} (module docstring)."""
     extras = {v: extra(e) for v, e in zip(manifest.video_id, manifest.extra)}

@@ -173,6 +173,12 @@ class DecodeFeed:
         self.process.start()
         watch.close()  # the child holds its own copy; ours would keep the pipe open
 
+    def prefetch(self) -> None:
+        """Start the child now, before the first :meth:`open`: it decodes up to ``depth``
+        chunks ahead while the caller does something else (builds its model)."""
+        if self.process is None and self._opened < 0:
+            self._start(0)
+
     def open(self, i: int) -> FedClip:
         """Clip ``i``, opened (raises what open_clip would, naming the file)."""
         if not 0 <= i < len(self.items) or i <= self._opened:

@@ -161,9 +161,14 @@ def bench_whole_command(rows: list, device: str, real_clip: Path) -> None:
         precision = "bf16" if "bf16" in label else "fp32"
         t_bare = fastest[precision][1]
         goal = "; goal >= 0.9x" if label.endswith("(default)") else ""
+        # The host's speed drifts between minutes: each round's command against the bare
+        # forward of the same round (its best chunking then) is the steadier ratio.
+        paired = [min(v[r] for k, v in bare.items() if k.startswith(precision)) / s
+                  for r, (s, _) in enumerate(runs)]
         rows.append((f"`vidattn extract` whole command, start-up and model load included, "
                      f"{label}", f"{sec:.2f} s (peak RSS {rss:.0f} MiB)",
-                     f"{n / sec:.1f} frames/s = {t_bare / sec:.2f}x bare {precision}{goal}"))
+                     f"{n / sec:.1f} frames/s = {t_bare / sec:.2f}x bare {precision}{goal}; "
+                     f"round by round {', '.join(f'{x:.2f}x' for x in paired)}"))
     if cosine is None:
         rows.append(("bf16 rows (bare and `--precision bf16`)", "skipped",
                      "this CPU has no native bf16 (AVX512-BF16 or AMX)"))

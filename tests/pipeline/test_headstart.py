@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -86,16 +88,31 @@ def _maps(url: str) -> dict[str, np.ndarray]:
     return {v: store.read(v, verify=True) for v in store.video_ids("rgb")}
 
 
-@pytest.mark.parametrize("guess", ["right", "wrong"])
+@pytest.mark.parametrize("guess", ["right", "wrong", "file changed"])
 def test_the_first_part_decodes_from_start_up_only_when_the_guess_holds(
         tiny_sample, tmp_path, monkeypatch, feeds, guess):
     made, opened, started = feeds
+    root = tmp_path / "sample"  # a copy: the session's sample must keep its mtimes
+    shutil.copytree(tiny_sample, root)
     if guess == "wrong":  # the same clips in another order must not be used
         first = headstart.first_segments
         monkeypatch.setattr(headstart, "first_segments",
                             lambda *a: list(reversed(first(*a))))
+    touched = []
+    if guess == "file changed":  # after the head start: its frames may be the old file's
+        begin = headstart.start
+
+        def start_then_touch(*a, **k):
+            head = begin(*a, **k)
+            path = head.feed.items[1][0]
+            st = os.stat(path)
+            os.utime(path, (st.st_atime, st.st_mtime + 10))
+            touched.append((path, st.st_mtime + 10))
+            return head
+
+        monkeypatch.setattr(headstart, "start", start_then_touch)
     url = str(tmp_path / "s")
-    res = run(ExtractConfig(root=str(tiny_sample), store=url, limit=5, **FAST))
+    res = run(ExtractConfig(root=str(root), store=url, limit=5, **FAST))
     assert res.n_extracted == 5 and not res.failures
     head = started[0]
     assert len(started) == 1 and made[0] is head and head.process is None  # closed
@@ -107,9 +124,16 @@ def test_the_first_part_decodes_from_start_up_only_when_the_guess_holds(
         assert sum(f is head for f in opened) == 3
     else:
         assert len(made) == 3 and head not in opened and len(parts) == 2
+    if touched:  # the stamp stored is the file's as it was decoded
+        store = open_store(url)
+        path, mtime = touched[0]
+        man, idx = store.manifest(), store.index().set_index("video_id")
+        vids = [v for v, p in zip(man.video_id, man.path)
+                if str(video_path(p, root)) == path]
+        assert len(vids) == 1 and idx.loc[vids[0], "file_mtime"] == pytest.approx(mtime)
     # the maps are those of a run that decodes each part only when it comes to it
     monkeypatch.setattr(headstart, "start", lambda *a, **k: None)
-    run(ExtractConfig(root=str(tiny_sample), store=str(tmp_path / "plain"), limit=5, **FAST))
+    run(ExtractConfig(root=str(root), store=str(tmp_path / "plain"), limit=5, **FAST))
     got, want = _maps(url), _maps(str(tmp_path / "plain"))
     assert got.keys() == want.keys() and len(got) == 5
     for vid in want:

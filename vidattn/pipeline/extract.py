@@ -464,12 +464,11 @@ def _extract(cfg: ExtractConfig, ds, url: str, decode, sentences: bool, head,
                 wrote += extract_part(store, extractor, work, job,
                                       partial(on_video, work.part))
     _tally(result, wrote, store.index(first), plan)
-    from vidattn.pipeline.mine import NEAREST_NEGATIVE
-
-    if cfg.mine and ds.name in NEAREST_NEGATIVE and not result.failures and net is not None:
-        from vidattn.pipeline.mine import MineConfig
+    if cfg.mine and not result.failures and net is not None:
+        from vidattn.pipeline.mine import NEAREST_NEGATIVE, MineConfig
         from vidattn.pipeline.mine import run as mine
 
-        mine(MineConfig(url, stream=first))
+        if ds.name in NEAREST_NEGATIVE:
+            mine(MineConfig(url, stream=first))
     result.seconds = round(time.time() - t0, 2)
     return result

@@ -17,13 +17,34 @@ guess costs the decoding done on a core that was idle; the frames are never mixe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vidattn.rows import bound, video_path
 
 # What the first part's child may decode ahead while the model loads: about 4 s of
 # decoding at 224², more than start-up takes.  The frames wait in the child's queue.
 HEAD_START_BYTES = 256 << 20
+
+
+@dataclass
+class HeadStart:
+    """A first part's DecodeFeed, running; ``stamps``: path -> (size, mtime) of its files,
+    taken before it started (a part's stamps must predate its decoding)."""
+
+    feed: Any
+    stamps: dict[str, tuple]
+
+    def fits(self, clips: list[tuple], decode, chunk_frames: int, stamps: dict) -> bool:
+        """Whether the feed decodes exactly ``clips`` as the part would, from files that
+        have not changed since it started."""
+        feed = self.feed
+        return (feed.items == clips and feed.cfg == decode and feed.chunk_frames == chunk_frames
+                and all(self.stamps.get(p) == s for p, s in stamps.items()))
+
+    def close(self) -> None:
+        self.feed.close()
 
 
 def depth_for(decode, chunk_frames: int, budget: int = HEAD_START_BYTES) -> int:
@@ -74,15 +95,17 @@ def first_segments(store_url: str, manifest, root: Path, part_size: int,
 
 
 def start(store_url: str, manifest, root: Path, part_size: int, streams: tuple[str, ...],
-          decode, timeout_s: float | None, chunk_frames: int):
-    """A started DecodeFeed of the guessed first part (see the module), or None when
-    there is nothing to guess."""
+          decode, timeout_s: float | None, chunk_frames: int) -> HeadStart | None:
+    """The guessed first part's decoding, started (see the module); None when there is
+    nothing to guess."""
+    from vidattn.pipeline.parts import file_stamp
     from vidattn.pipeline.subdecode import DecodeFeed
 
     segments = first_segments(store_url, manifest, root, part_size, streams)
     if not segments:
         return None
+    stamps = {p: file_stamp(Path(p)) for p, _, _ in segments}
     feed = DecodeFeed(segments, decode, chunk_frames=chunk_frames, timeout_s=timeout_s,
                       depth=depth_for(decode, chunk_frames))
     feed.prefetch()
-    return feed
+    return HeadStart(feed, stamps)

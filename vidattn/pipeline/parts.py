@@ -220,8 +220,9 @@ def extract_part(store, extractors: Extractors, work: PartWork, job: PartJob,
     live run holds the claim: with ``wait`` this call waits for that run, without it
     returns None at once.  A part that another run finished meanwhile gives [].
 
-    ``head``: a DecodeFeed started ahead (see headstart.py), used when its clips are this
-    part's and closed otherwise; the caller closes it in any case (closing is idempotent).
+    ``head``: a HeadStart (headstart.py), whose feed is used when it decodes exactly this
+    part's clips from unchanged files, and closed otherwise; the caller closes it in any
+    case (closing is idempotent).
     """
     while True:
         if not work.redo:  # two runs on one store: do not compute what the other one wrote
@@ -261,9 +262,10 @@ def _compute_part(store, extractors: Extractors, work: PartWork, job: PartJob,
     clips = [(p, bound(a), bound(b)) for p, a, b in (segments[i] for i in firsts)]
     feed = None
     if head is not None:  # decoding since start-up: only if it decodes exactly these clips
-        if i3d_needed and job.decode_in == "process" and head.items == clips \
-                and head.cfg == job.decode and head.chunk_frames == CHUNK_FRAMES:
-            feed = head
+        now = {str(v["path"]): s for v, s in zip(work.videos, stamps)}
+        if i3d_needed and job.decode_in == "process" and head.fits(clips, job.decode,
+                                                                   CHUNK_FRAMES, now):
+            feed = head.feed
         else:
             head.close()
     if feed is None and i3d_needed and job.decode_in == "process":

@@ -189,6 +189,11 @@ def decode_config(cfg: ExtractConfig, dataset: str):
     return DecodeConfig(**values, backend=cfg.decoder, resize=cfg.resize)
 
 
+def _streams(cfg: ExtractConfig) -> tuple[str, ...]:
+    """``--streams`` as a tuple of names (``("none",)`` or () for no I3D stream)."""
+    return tuple(s.strip() for s in cfg.streams.split(",") if s.strip())
+
+
 def extractor_config(cfg: ExtractConfig, device: str):
     """The I3DExtractorConfig of ``cfg`` on ``device`` (frozen and hashable: the key of
     a worker's extractor cache), or None for ``--streams none``.  The flow method is pinned
@@ -197,7 +202,7 @@ def extractor_config(cfg: ExtractConfig, device: str):
     from vidattn.extractors.flow import default_method
     from vidattn.extractors.two_stream import I3DExtractorConfig, resolve_precision
 
-    streams = tuple(s.strip() for s in cfg.streams.split(",") if s.strip())
+    streams = _streams(cfg)
     if streams in ((), ("none",)):
         if cfg.detector is None:
             raise ValueError("--streams none extracts nothing without --detector/--boxes")
@@ -333,8 +338,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
 def _head_start(cfg: ExtractConfig, ds, url: str, decode):
     """The first part's decoding, started now (see headstart.py); None where the run
     decodes elsewhere (workers, a thread) or not at all."""
-    streams = tuple(s.strip() for s in cfg.streams.split(",") if s.strip() not in ("", "none"))
-    if cfg.decode_in != "process" or cfg.distributed or not streams:
+    streams = _streams(cfg)
+    if cfg.decode_in != "process" or cfg.distributed or streams in ((), ("none",)):
         return None
     from vidattn.pipeline import headstart
 

@@ -6,6 +6,9 @@ One place for what a manifest row means beyond its columns:
   dict) as a dict;
 - :func:`bound`: a segment bound as a float, or None when null;
 - :func:`video_path`: a row's ``path`` resolved against the dataset root;
+- :func:`part_videos` and :func:`segments`: a part's rows as the dicts extraction works
+  on, and the file segments they decode (consecutive rows of one segment share it), the
+  one rule for both the part itself and the decoding started ahead of it;
 - :func:`keyframe_sec` and :func:`track_box`: the one rule for a row's keyframe and the
   box of a per-frame track at it, shared by the referring extractor (annotated detections)
   and training (the referred person's ground-truth box), so both see the same frame.
@@ -44,6 +47,32 @@ def bound(value) -> float | None:
 def video_path(path: str, root: str | Path) -> Path:
     """``path`` itself when absolute, else ROOT/path."""
     return Path(path) if Path(path).is_absolute() else Path(root) / path
+
+
+def part_videos(video_ids, rows_by_id, root: str | Path,
+                referring: dict | None = None) -> tuple[dict, ...]:
+    """The rows of ``video_ids`` (a manifest indexed by video_id) as plain dicts, paths
+    made absolute; with ``referring`` (video_id -> planned keyframes, persons, ...) those
+    keys and the row's fps too."""
+    out = []
+    for vid in video_ids:
+        meta = rows_by_id.loc[vid]
+        video = {"video_id": str(vid), "path": str(video_path(meta.path, root)),
+                 "start_sec": bound(meta.start_sec), "end_sec": bound(meta.end_sec)}
+        if referring is not None:
+            video.update(referring[vid], fps=bound(meta.fps))
+        out.append(video)
+    return tuple(out)
+
+
+def segments(videos) -> tuple[list[int], list[tuple[str, float | None, float | None]]]:
+    """The decoding segments of a part's ``videos`` (dicts with path, start_sec, end_sec):
+    the index of each row that opens a new segment, and the segments ``(path, start_sec,
+    end_sec)``.  Rows that share a segment (AVA's persons of one keyframe, the instances
+    of a referring clip) are consecutive in a plan and decoded once."""
+    keys = [(str(v["path"]), bound(v["start_sec"]), bound(v["end_sec"])) for v in videos]
+    firsts = [i for i, key in enumerate(keys) if i == 0 or keys[i - 1] != key]
+    return firsts, [keys[i] for i in firsts]
 
 
 def keyframe_sec(row_extra, start_sec, end_sec,

@@ -36,7 +36,7 @@ from vidattn.pipeline.parts import (
     file_stamp,
 )
 from vidattn.progress import bar as progress
-from vidattn.rows import bound, has_descriptions, video_path
+from vidattn.rows import has_descriptions, part_videos, video_path
 from vidattn.stores import open_store
 
 # Preprocessing a dataset is best extracted with, unless the user says otherwise.  The
@@ -251,23 +251,6 @@ def referring_config(cfg: ExtractConfig, device: str, sentences: bool):
                            with_text=sentences if cfg.text is None else cfg.text)
 
 
-def _videos(group, rows_by_id, root: Path, referring: dict | None) -> tuple[dict, ...]:
-    """A part's manifest rows as plain dicts, paths made absolute; with ``referring``
-    (video_id -> planned keyframes, persons, ...) those keys too."""
-    out = []
-    for vid in group.video_id:
-        meta = rows_by_id.loc[vid]
-        path = video_path(meta.path, root)
-        video = {"video_id": str(vid), "path": str(path),
-                 "start_sec": bound(meta.start_sec),
-                 "end_sec": bound(meta.end_sec)}
-        if referring is not None:
-            fps = bound(meta.fps)
-            video.update(referring[vid], fps=fps)
-        out.append(video)
-    return tuple(out)
-
-
 def _changed_files(store, streams: tuple[str, ...], rows_by_id, root: Path) -> dict[str, int]:
     """Videos stored done whose file now differs in size or mtime from when it was
     extracted: video_id -> part.  Rows without a recorded stamp (older stores) and files
@@ -427,7 +410,7 @@ def _extract(cfg: ExtractConfig, ds, url: str, decode, sentences: bool, head,
     result = ExtractResult(store=url, n_videos=len(plan),
                            missing=missing.video_id.tolist(), notices=notices)
     works = [PartWork(int(part), tuple(s for s in extractor.streams if part not in done[s]),
-                      _videos(group, rows_by_id, Path(ds.root), planned),
+                      part_videos(group.video_id, rows_by_id, ds.root, planned),
                       redo=any(part in fresh[s] for s in extractor.streams))
              for part, group in todo.groupby("part", sort=True)]
     job = PartJob(store=store.url, extractor=cfg.extractor, net=net, decode=decode,

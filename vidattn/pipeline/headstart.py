@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vidattn.rows import bound, video_path
+from vidattn.rows import part_videos, segments
 
 # What the first part's child may decode ahead while the model loads: about 4 s of
 # decoding at 224², more than start-up takes.  The frames wait in the child's queue.
@@ -85,13 +85,7 @@ def first_segments(store_url: str, manifest, root: Path, part_size: int,
         planned = [str(v) for v in rows.video_id[:part_size]]
     if not planned or not all(v in by_id.index for v in planned):
         return []
-    out: list[tuple[str, float | None, float | None]] = []
-    for vid in planned:
-        meta = by_id.loc[vid]
-        seg = (str(video_path(meta.path, root)), bound(meta.start_sec), bound(meta.end_sec))
-        if not out or out[-1] != seg:  # rows sharing a segment are decoded once
-            out.append(seg)
-    return out
+    return segments(part_videos(planned, by_id, root))[1]  # as the part will decode them
 
 
 def start(store_url: str, manifest, root: Path, part_size: int, streams: tuple[str, ...],
@@ -101,11 +95,11 @@ def start(store_url: str, manifest, root: Path, part_size: int, streams: tuple[s
     from vidattn.pipeline.parts import file_stamp
     from vidattn.pipeline.subdecode import DecodeFeed
 
-    segments = first_segments(store_url, manifest, root, part_size, streams)
-    if not segments:
+    clips = first_segments(store_url, manifest, root, part_size, streams)
+    if not clips:
         return None
-    stamps = {p: file_stamp(Path(p)) for p, _, _ in segments}
-    feed = DecodeFeed(segments, decode, chunk_frames=chunk_frames, timeout_s=timeout_s,
+    stamps = {p: file_stamp(Path(p)) for p, _, _ in clips}
+    feed = DecodeFeed(clips, decode, chunk_frames=chunk_frames, timeout_s=timeout_s,
                       depth=depth_for(decode, chunk_frames))
     feed.prefetch()
     return HeadStart(feed, stamps)

@@ -17,7 +17,7 @@ from typing import Any
 
 from vidattn.errors import one_line
 from vidattn.registry import EXTRACTORS, resolve
-from vidattn.rows import bound
+from vidattn.rows import bound, segments
 from vidattn.stores import open_store
 from vidattn.stores.schema import ARRAYS
 
@@ -255,11 +255,9 @@ def _compute_part(store, extractors: Extractors, work: PartWork, job: PartJob,
     ref_needed = tuple(a for a in work.needed if a not in extractors.i3d_streams)
     # Rows that share a file segment (AVA's persons of one keyframe, the instances of a
     # referring clip) are consecutive in the plan: their maps are computed once.
-    segments = [(str(v["path"]), v["start_sec"], v["end_sec"]) for v in work.videos]
-    firsts = [i for i, key in enumerate(segments) if i == 0 or segments[i - 1] != key]
+    firsts, clips = segments(work.videos)
     # before decoding starts: a file that changes during it shows in a later run
     stamps = [file_stamp(Path(v["path"])) for v in work.videos]
-    clips = [(p, bound(a), bound(b)) for p, a, b in (segments[i] for i in firsts)]
     feed = None
     if head is not None:  # decoding since start-up: only if it decodes exactly these clips
         now = {str(v["path"]): s for v, s in zip(work.videos, stamps)}
@@ -274,7 +272,7 @@ def _compute_part(store, extractors: Extractors, work: PartWork, job: PartJob,
         feed = DecodeFeed(clips, job.decode, chunk_frames=CHUNK_FRAMES,
                           timeout_s=job.decode_timeout_s)
     try:
-        rows, maps = _videos(extractors, work, job, segments, stamps, firsts, feed,
+        rows, maps = _videos(extractors, work, job, stamps, firsts, feed,
                              i3d_needed, ref_needed, on_video)
     finally:
         if feed is not None:
@@ -283,11 +281,14 @@ def _compute_part(store, extractors: Extractors, work: PartWork, job: PartJob,
     return rows if any(wrote) else []
 
 
-def _videos(extractors, work, job, segments, stamps, firsts, feed, i3d_needed, ref_needed,
+def _videos(extractors, work, job, stamps, firsts, feed, i3d_needed, ref_needed,
             on_video) -> tuple[list[dict], dict]:
     """Rows and maps of the part's videos, in plan order (see :func:`_compute_part`)."""
     rows, maps = [], {a: {} for a in work.needed}
-    seg_of = {first: k for k, first in enumerate(firsts)}  # video -> the feed's clip
+    opens, seg_of, k = set(firsts), [], -1  # seg_of: row -> the feed's clip
+    for n in range(len(work.videos)):
+        k += n in opens
+        seg_of.append(k)
     last: tuple | None = None
     for n, video in enumerate(work.videos):
         vid, path = video["video_id"], Path(video["path"])
@@ -298,10 +299,10 @@ def _videos(extractors, work, job, segments, stamps, firsts, feed, i3d_needed, r
         try:
             out = {}
             if i3d_needed:
-                key = segments[n]
+                key = seg_of[n]
                 if last is None or last[0] != key:
                     last = None  # a failure below must not leave the previous maps here
-                    opened = feed.open(seg_of[n]) if feed is not None else None
+                    opened = feed.open(key) if feed is not None else None
                     last = (key, extract_video(extractors.i3d, path, job.decode, video,
                                                i3d_needed, job.decode_timeout_s,
                                                job.min_decoded, opened, job.spill_bytes))

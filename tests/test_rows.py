@@ -34,10 +34,10 @@ def test_part_videos_resolve_paths_and_bounds(tmp_path):
 
 def test_segments_share_only_consecutive_equal_rows(tmp_path):
     videos = part_videos(["a", "b", "c", "d", "e"], _rows(tmp_path), tmp_path)
-    firsts, clips = segments(videos)
+    clip_of, clips = segments(videos)
     x = str(video_path("x.mp4", tmp_path))
     # a and b share one decode; d equals a but is not next to it; e has no bounds
-    assert firsts == [0, 2, 3, 4]
+    assert clip_of == [0, 0, 1, 2, 3]
     assert clips == [(x, 1.0, 4.0), (str(tmp_path / "abs" / "y.mp4"), None, None),
                      (x, 1.0, 4.0), (x, None, None)]
 
@@ -45,7 +45,7 @@ def test_segments_share_only_consecutive_equal_rows(tmp_path):
 def test_segments_treat_nan_and_none_bounds_alike():
     videos = [{"path": "v.mp4", "start_sec": None, "end_sec": math.nan},
               {"path": "v.mp4", "start_sec": math.nan, "end_sec": pd.NA}]
-    assert segments(videos) == ([0], [("v.mp4", None, None)])
+    assert segments(videos) == ([0, 0], [("v.mp4", None, None)])
     assert segments([]) == ([], [])
 
 

@@ -67,12 +67,18 @@ def part_videos(video_ids, rows_by_id, root: str | Path,
 
 def segments(videos) -> tuple[list[int], list[tuple[str, float | None, float | None]]]:
     """The decoding segments of a part's ``videos`` (dicts with path, start_sec, end_sec):
-    the index of each row that opens a new segment, and the segments ``(path, start_sec,
-    end_sec)``.  Rows that share a segment (AVA's persons of one keyframe, the instances
-    of a referring clip) are consecutive in a plan and decoded once."""
-    keys = [(str(v["path"]), bound(v["start_sec"]), bound(v["end_sec"])) for v in videos]
-    firsts = [i for i, key in enumerate(keys) if i == 0 or keys[i - 1] != key]
-    return firsts, [keys[i] for i in firsts]
+    for each row the index of its segment, and the segments ``(path, start_sec, end_sec)``.
+    Rows that share a segment (AVA's persons of one keyframe, the instances of a referring
+    clip) are consecutive in a plan and decoded once; a segment met again later is a new
+    one."""
+    clip_of: list[int] = []
+    clips: list[tuple[str, float | None, float | None]] = []
+    for v in videos:
+        key = (str(v["path"]), bound(v["start_sec"]), bound(v["end_sec"]))
+        if not clips or clips[-1] != key:
+            clips.append(key)
+        clip_of.append(len(clips) - 1)
+    return clip_of, clips
 
 
 def keyframe_sec(row_extra, start_sec, end_sec,

@@ -255,7 +255,7 @@ def _compute_part(store, extractors: Extractors, work: PartWork, job: PartJob,
     ref_needed = tuple(a for a in work.needed if a not in extractors.i3d_streams)
     # Rows that share a file segment (AVA's persons of one keyframe, the instances of a
     # referring clip) are consecutive in the plan: their maps are computed once.
-    firsts, clips = segments(work.videos)
+    clip_of, clips = segments(work.videos)  # row -> the feed's clip
     # before decoding starts: a file that changes during it shows in a later run
     stamps = [file_stamp(Path(v["path"])) for v in work.videos]
     feed = None
@@ -272,7 +272,7 @@ def _compute_part(store, extractors: Extractors, work: PartWork, job: PartJob,
         feed = DecodeFeed(clips, job.decode, chunk_frames=CHUNK_FRAMES,
                           timeout_s=job.decode_timeout_s)
     try:
-        rows, maps = _videos(extractors, work, job, stamps, firsts, feed,
+        rows, maps = _videos(extractors, work, job, stamps, clip_of, feed,
                              i3d_needed, ref_needed, on_video)
     finally:
         if feed is not None:
@@ -281,14 +281,10 @@ def _compute_part(store, extractors: Extractors, work: PartWork, job: PartJob,
     return rows if any(wrote) else []
 
 
-def _videos(extractors, work, job, stamps, firsts, feed, i3d_needed, ref_needed,
+def _videos(extractors, work, job, stamps, clip_of, feed, i3d_needed, ref_needed,
             on_video) -> tuple[list[dict], dict]:
     """Rows and maps of the part's videos, in plan order (see :func:`_compute_part`)."""
     rows, maps = [], {a: {} for a in work.needed}
-    opens, seg_of, k = set(firsts), [], -1  # seg_of: row -> the feed's clip
-    for n in range(len(work.videos)):
-        k += n in opens
-        seg_of.append(k)
     last: tuple | None = None
     for n, video in enumerate(work.videos):
         vid, path = video["video_id"], Path(video["path"])
@@ -299,7 +295,7 @@ def _videos(extractors, work, job, stamps, firsts, feed, i3d_needed, ref_needed,
         try:
             out = {}
             if i3d_needed:
-                key = seg_of[n]
+                key = clip_of[n]
                 if last is None or last[0] != key:
                     last = None  # a failure below must not leave the previous maps here
                     opened = feed.open(key) if feed is not None else None

@@ -114,6 +114,11 @@ def main() -> None:
               show_default=True,
               help="process: a child process decodes each part's videos ahead of the "
                    "network through a bounded queue; thread: a thread of this process does.")
+@click.option("--decode-priority", type=click.Choice(["idle", "low"]), default="idle",
+              show_default=True,
+              help="What the decoding child yields to the network: idle runs it only on cores "
+                   "the network leaves idle (Linux SCHED_IDLE, and niceness +10); low at "
+                   "niceness +10 only, for a machine other programs keep busy.")
 @click.option("--decode-timeout", "decode_timeout_s", type=float, default=None,
               help="Kill the decoding child process after this many seconds without a "
                    "frame, failing that video [default: no limit here, 600 on dask].")

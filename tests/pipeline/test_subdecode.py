@@ -69,17 +69,24 @@ def test_a_clip_left_unread_is_skipped_and_clips_open_in_order(tiny_sample):
 
 
 @pytest.mark.skipif(not hasattr(os, "nice"), reason="no process niceness on this OS")
-def test_the_decoding_child_yields_a_contested_core_to_the_network(tiny_sample):
+@pytest.mark.parametrize("priority", ["idle", "low"])
+def test_the_decoding_child_yields_a_contested_core_to_the_network(tiny_sample, priority):
     a, b = sorted((tiny_sample / "videos").glob("*.mp4"))[:2]
     mine = os.getpriority(os.PRIO_PROCESS, 0)
+    policy = os.sched_getscheduler(0) if hasattr(os, "sched_getscheduler") else None
     # depth 1, nothing read past the first chunk: the child waits on the queue, alive
     with DecodeFeed([(a, None, None), (b, None, None)], DECODE, chunk_frames=2,
-                    timeout_s=30, depth=1) as feed:
+                    timeout_s=30, depth=1, priority=priority) as feed:
         clip = feed.open(0)
         next(clip.chunks())
         child = os.getpriority(os.PRIO_PROCESS, clip.process.pid)
+        child_policy = (os.sched_getscheduler(clip.process.pid) if policy is not None
+                        else None)
     assert child == min(mine + DECODE_NICE, 19) > mine or mine == 19
     assert os.getpriority(os.PRIO_PROCESS, 0) == mine  # the parent keeps its own
+    if hasattr(os, "SCHED_IDLE"):
+        assert (child_policy == os.SCHED_IDLE) == (priority == "idle")
+        assert os.sched_getscheduler(0) == policy
 
 
 def test_a_hung_clip_is_killed_and_the_next_clips_get_a_new_child(tiny_sample, tmp_path):
@@ -137,3 +144,46 @@ def test_extraction_stores_the_same_maps_whichever_way_it_decodes(tiny_sample, t
     with pytest.raises(ValueError, match="needs --decode-in process"):
         run(ExtractConfig(store=str(tmp_path / "t"), decode_in="thread", decode_timeout_s=5,
                           **fast))
+
+
+class _Out:
+    """What the child puts on its queue, kept in a list."""
+
+    def __init__(self):
+        self.got = []
+
+    def put(self, msg):
+        self.got.append(msg)
+
+    def close(self):
+        pass
+
+    def join_thread(self):
+        pass
+
+
+@pytest.mark.parametrize("mode", ["reuse", "system"])
+def test_the_decoding_child_takes_the_run_s_malloc_mode(tiny_sample, monkeypatch, mode):
+    from vidattn.pipeline import subdecode
+
+    # _child run in this process: its niceness and its orphan watch are the child's own
+    applied = []
+    monkeypatch.setattr(subdecode, "set_malloc", applied.append)
+    monkeypatch.setattr(subdecode.os, "nice", lambda n: 0)
+    monkeypatch.setattr(subdecode, "_exit_when_orphaned", lambda alive: None)
+    monkeypatch.setattr(subdecode.os, "sched_setscheduler", lambda *a: None)
+    a = sorted((tiny_sample / "videos").glob("*.mp4"))[0]
+    out = _Out()
+    subdecode._child([(0, str(a), None, None)], DECODE, 5, out, None, mode)
+    assert applied == [mode]
+    assert [m[0] for m in out.got][0] == "open" and out.got[-1][0] == "end"
+    chunks = [m[2] for m in out.got if m[0] == "chunk"]
+    assert _same(chunks, _in_process(a))
+
+
+def test_a_feed_refuses_an_unknown_malloc_mode_or_priority(tiny_sample):
+    a = sorted((tiny_sample / "videos").glob("*.mp4"))[0]
+    with pytest.raises(ValueError, match="malloc must be one of"):
+        DecodeFeed([(a, None, None)], DECODE, chunk_frames=5, timeout_s=5, malloc="jemalloc")
+    with pytest.raises(ValueError, match="priority must be one of"):
+        DecodeFeed([(a, None, None)], DECODE, chunk_frames=5, timeout_s=5, priority="high")

@@ -88,6 +88,9 @@ class ExtractConfig:
     # process: each part's videos decoded ahead in one child process (off the cores'
     # critical path, killable); thread: in this process, a thread ahead.
     decode_in: str = "process"
+    # idle: the decoding child runs only on cores the network leaves idle (SCHED_IDLE);
+    # low: at niceness +10 only (vidattn/pipeline/subdecode.py).
+    decode_priority: str = "idle"
     window_steps: int | None = None  # None: I3D streams; else its window core (8-frame steps)
     trust_checkpoint: bool = False  # allow pickled checkpoints (files you trust only)
     malloc: str = "reuse"  # reuse: keep freed memory for the next chunk (vidattn/malloc.py)
@@ -328,7 +331,7 @@ def _head_start(cfg: ExtractConfig, ds, url: str, decode):
 
     manifest = ds.manifest if cfg.limit is None else ds.manifest.head(cfg.limit)
     return headstart.start(url, manifest, Path(ds.root), cfg.part_size, streams, decode,
-                           cfg.decode_timeout(), CHUNK_FRAMES)
+                           cfg.decode_timeout(), CHUNK_FRAMES, cfg.malloc, cfg.decode_priority)
 
 
 def _extract(cfg: ExtractConfig, ds, url: str, decode, sentences: bool, head,
@@ -415,6 +418,7 @@ def _extract(cfg: ExtractConfig, ds, url: str, decode, sentences: bool, head,
              for part, group in todo.groupby("part", sort=True)]
     job = PartJob(store=store.url, extractor=cfg.extractor, net=net, decode=decode,
                   decode_timeout_s=cfg.decode_timeout(), decode_in=cfg.decode_in, ref=ref,
+                  decode_priority=cfg.decode_priority,
                   min_decoded=0.0 if cfg.keep_partial else MIN_DECODED, malloc=cfg.malloc,
                   spill_bytes=cfg.spill_mb << 20)
     bar = progress(total=len(todo), desc=f"extract {','.join(extractor.streams)}", unit="video")

@@ -89,7 +89,8 @@ def first_segments(store_url: str, manifest, root: Path, part_size: int,
 
 
 def start(store_url: str, manifest, root: Path, part_size: int, streams: tuple[str, ...],
-          decode, timeout_s: float | None, chunk_frames: int) -> HeadStart | None:
+          decode, timeout_s: float | None, chunk_frames: int,
+          malloc: str = "system", priority: str = "low") -> HeadStart | None:
     """The guessed first part's decoding, started (see the module); None when there is
     nothing to guess."""
     from vidattn.pipeline.parts import file_stamp
@@ -100,6 +101,7 @@ def start(store_url: str, manifest, root: Path, part_size: int, streams: tuple[s
         return None
     stamps = {p: file_stamp(Path(p)) for p, _, _ in clips}
     feed = DecodeFeed(clips, decode, chunk_frames=chunk_frames, timeout_s=timeout_s,
-                      depth=depth_for(decode, chunk_frames))
+                      depth=depth_for(decode, chunk_frames), malloc=malloc,
+                      priority=priority)
     feed.prefetch()
     return HeadStart(feed, stamps)

@@ -185,6 +185,7 @@ class PartJob:
     decode: Any
     decode_timeout_s: float | None = None
     decode_in: str = "process"
+    decode_priority: str = "idle"  # the decoding child's (subdecode.PRIORITIES)
     ref: Any = None
     min_decoded: float = MIN_DECODED  # 0: keep partial videos
     malloc: str = "reuse"  # the extracting process's malloc (see vidattn/malloc.py)
@@ -270,7 +271,8 @@ def _compute_part(store, extractors: Extractors, work: PartWork, job: PartJob,
         from vidattn.pipeline.subdecode import DecodeFeed
 
         feed = DecodeFeed(clips, job.decode, chunk_frames=CHUNK_FRAMES,
-                          timeout_s=job.decode_timeout_s)
+                          timeout_s=job.decode_timeout_s, malloc=job.malloc,
+                          priority=job.decode_priority)
     try:
         rows, maps = _videos(extractors, work, job, stamps, clip_of, feed,
                              i3d_needed, ref_needed, on_video)

@@ -432,9 +432,14 @@ def test_stream_decodes_on_demand(long_video, backend, monkeypatch):
         assert counts[0] <= 2  # open decodes the first frame only
         chunks = stream.chunks(16)
         assert len(next(chunks)) == 16
-        # PyAV decodes one frame past the chunk to know the last one is still on screen.
-        assert 16 <= counts[0] <= 17
-        assert len(next(chunks)) == 16 and counts[0] <= 33
+        if backend == "pyav":
+            # PyAV decodes one frame past the chunk to know the last one is still on screen.
+            assert 16 <= counts[0] <= 17
+            assert len(next(chunks)) == 16 and counts[0] <= 33
+        else:
+            # decord reads batches as long as a chunk, the next one ahead in a thread
+            assert 17 <= counts[0] <= 33
+            assert len(next(chunks)) == 16 and counts[0] <= 49
     assert stream.n_frames in (N_LONG, None)
 
 
@@ -457,9 +462,9 @@ def test_stream_memory_is_bounded(long_video, backend):
         tracemalloc.stop()
     assert total == len(clip.frames) == N_LONG
     assert load_peak >= N_LONG * frame_bytes  # the whole clip is traced
-    # The chunk being filled plus decord's copy of its raw batch: about two chunks' worth
-    # (16 frames each), far below the 300-frame clip.
-    assert stream_peak < 3 * 16 * frame_bytes, (stream_peak, load_peak)
+    # The chunk being filled, decord's batch being resized and the next one being read:
+    # about three chunks' worth (16 frames each), far below the 300-frame clip.
+    assert stream_peak < 4 * 16 * frame_bytes, (stream_peak, load_peak)
 
 
 def _fds_on(path: Path) -> int:

@@ -7,12 +7,13 @@ goes one way only: ``video`` -> ``decoders``).  What lives here:
 
 - ``_Shaper``: the per-clip resize (short side, PIL bilinear) + centre crop.
 - ``_DecordSource`` / ``_open_decord``: decord, random access; output frame indices are
-  fixed at open and pixels are read in batches of at most ``_DECORD_BATCH``.
+  fixed at open and pixels are read in batches of at most ``_DECORD_BATCH``, the next
+  batch in a thread while the current one is resized.
 - ``_PyAVSource`` / ``_open_pyav`` / ``_select_pyav``: PyAV, one sequential pass over
   the decoded frames, seeking first when the segment starts far in.
 - ``_stream_rate`` / ``_rate_from_packets``: the frame rate from metadata, or estimated
   from packet timestamps when the metadata has none.
-- ``_with_timeout``: the guard every decord call runs under.
+- ``_Call`` / ``_with_timeout``: the guard every decord call runs under.
 
 Frame selection, the same for both backends: output frame ``j`` shows the source frame
 on screen at time ``start + j / fps``, i.e. the nearest *preceding* source frame (with
@@ -236,31 +237,61 @@ class _DecordSource:
         self.frame_bytes = first[0].nbytes  # one source frame, uint8 RGB
         self._held: np.ndarray | None = self.shaper(first[0])
         self._pos = 1  # next index of `idx` to read
+        self._per_batch = 0  # frames a read asks for: set by the first fill
+        self._reading: _Call | None = None  # the next batch, being read
+        self._batch: np.ndarray | None = None  # the batch being resized, from _at on
+        self._at = 0
 
     def _read(self, indices: np.ndarray) -> np.ndarray:
         """(k, H, W, 3) uint8 source frames at ``indices``."""
-        return self._vr.get_batch(indices.tolist()).asnumpy()
+        return _get_batch(self._vr, indices)
+
+    def _read_next(self) -> None:
+        """Start reading the next batch in a thread (decord releases the GIL); None at the
+        end.  One read at a time: the reader is never used by two threads at once."""
+        self._reading = None
+        if self._pos < self.n_frames:
+            take = min(self._per_batch, self.n_frames - self._pos)
+            self._reading = _Call(_get_batch, self._vr, self.idx[self._pos : self._pos + take])
+            self._pos += take
 
     def fill(self, out: np.ndarray) -> int:
-        """Write the next output frames into ``out`` (k, h, w, 3); return how many (0: done)."""
+        """Write the next output frames into ``out`` (k, h, w, 3); return how many (0: done).
+
+        While a batch is resized, decord reads the next in a thread, so a decoder with two
+        cores uses both.  Batches are as long as the first ``out`` (at most
+        ``_DECORD_BATCH`` frames, ``_DECORD_BATCH_BYTES``): with the batch read ahead, the
+        source frames held are two batches."""
         k = 0
         if self._held is not None:
             out[0], self._held, k = self._held, None, 1
-        while k < len(out) and self._pos < self.n_frames:
-            per_batch = max(1, min(_DECORD_BATCH, _DECORD_BATCH_BYTES // self.frame_bytes))
-            take = min(len(out) - k, per_batch, self.n_frames - self._pos)
-            # decord can hang on damaged data anywhere in a file, not only at open.
-            batch = _with_timeout(self._read, self._timeout, self.idx[self._pos : self._pos + take])
-            for frame in batch:
-                out[k] = self.shaper(frame)
-                k += 1
-            self._pos += take
+        if not self._per_batch:
+            self._per_batch = max(1, min(len(out), _DECORD_BATCH,
+                                         _DECORD_BATCH_BYTES // self.frame_bytes))
+            self._read_next()
+        while k < len(out):
+            if self._batch is None or self._at == len(self._batch):
+                if self._reading is None:
+                    break
+                # decord can hang on damaged data anywhere in a file, not only at open:
+                # a read that fails or hangs is dropped here, never waited for again.
+                reading, self._reading = self._reading, None
+                self._batch, self._at = reading.result(self._timeout), 0
+                self._read_next()
+            out[k] = self.shaper(self._batch[self._at])
+            self._at += 1
+            k += 1
         return k
 
     def close(self) -> None:
-        # decord has no close: dropping the reader frees it (a thread abandoned by the
+        if self._reading is not None:  # it holds the reader, and so the file, open
+            try:
+                self._reading.result(self._timeout)
+            except Exception:  # noqa: BLE001 - its frames are not wanted any more
+                pass
+        # decord has no close: dropping the reader frees it (a read abandoned by the
         # timeout keeps its own reference until it returns).
-        self._vr = self._held = None
+        self._vr = self._held = self._reading = self._batch = None
 
 
 def _open_decord(path: Path, cfg: DecodeConfig, start: float, end: float) -> _DecordSource:
@@ -276,28 +307,44 @@ def _pyav_errors() -> tuple[type[BaseException], ...]:
     return (av.FFmpegError, ValueError, IndexError, OSError, EOFError)
 
 
-def _with_timeout(fn, timeout_s: float | None, *args):
-    """Run ``fn(*args)`` in a daemon thread; TimeoutError if it outlives ``timeout_s``.
+def _get_batch(vr, indices: np.ndarray) -> np.ndarray:
+    return vr.get_batch(indices.tolist()).asnumpy()
+
+
+class _Call:
+    """``fn(*args)`` started in a daemon thread; :meth:`result` waits for it.
 
     A hung native decoder cannot be killed from Python, but it can be abandoned: the
     daemon thread never blocks interpreter exit, and decord's FFI releases the GIL, so
     the caller goes on (to PyAV).  A subprocess with a hard kill is the cluster-grade guard.
     """
+
+    def __init__(self, fn, *args) -> None:
+        self._box: dict = {}
+
+        def target() -> None:
+            try:
+                self._box["value"] = fn(*args)
+            except BaseException as e:  # re-raised in the caller's thread
+                self._box["error"] = e
+
+        self._thread = threading.Thread(target=target, daemon=True, name="vidattn-decord")
+        self._thread.start()
+
+    def result(self, timeout_s: float | None):
+        """The call's value (or its exception); TimeoutError if it is still running after
+        waiting ``timeout_s`` more seconds (None: as long as it takes)."""
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise TimeoutError(f"decord did not finish within {timeout_s:g} s")
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["value"]
+
+
+def _with_timeout(fn, timeout_s: float | None, *args):
+    """``fn(*args)``; with a ``timeout_s``, run in a thread and abandoned after it
+    (TimeoutError), see :class:`_Call`."""
     if timeout_s is None:
         return fn(*args)
-    box: dict = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn(*args)
-        except BaseException as e:  # re-raised in the caller's thread
-            box["error"] = e
-
-    worker = threading.Thread(target=target, daemon=True, name="vidattn-decord")
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
-        raise TimeoutError(f"decord did not finish within {timeout_s:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    return _Call(fn, *args).result(timeout_s)

@@ -232,7 +232,7 @@ class _DecordSource:
         self.idx = np.clip(idx, 0, n_src - 1)  # (n,) source frame of each output frame
         self.n_frames, self.src_fps, self.fps = n, src_fps, fps
         self._vr, self._timeout = vr, cfg.decord_timeout_s
-        first = self._read(self.idx[:1])  # already under the caller's timeout
+        first = _get_batch(vr, self.idx[:1])  # already under the caller's timeout
         self.shaper = _Shaper(first.shape[1], first.shape[2], cfg)
         self.frame_bytes = first[0].nbytes  # one source frame, uint8 RGB
         self._held: np.ndarray | None = self.shaper(first[0])
@@ -241,10 +241,6 @@ class _DecordSource:
         self._reading: _Call | None = None  # the next batch, being read
         self._batch: np.ndarray | None = None  # the batch being resized, from _at on
         self._at = 0
-
-    def _read(self, indices: np.ndarray) -> np.ndarray:
-        """(k, H, W, 3) uint8 source frames at ``indices``."""
-        return _get_batch(self._vr, indices)
 
     def _read_next(self) -> None:
         """Start reading the next batch in a thread (decord releases the GIL); None at the
@@ -308,6 +304,7 @@ def _pyav_errors() -> tuple[type[BaseException], ...]:
 
 
 def _get_batch(vr, indices: np.ndarray) -> np.ndarray:
+    """decord's (k, H, W, 3) uint8 source frames at ``indices``."""
     return vr.get_batch(indices.tolist()).asnumpy()
 
 

@@ -15,6 +15,10 @@ it, and the rounds alternate so that a busy machine slows all of them alike:
   and with ``--precision bf16``;
 * what the command does beyond the forward: the bare process's start-up (import torch,
   load I3D) and the CPU its decoding of the same clips took, against the forward's CPU.
+* the ceiling: the CPU the default command spends in all its processes (the decoding child
+  and the forkserver are counted by making the benchmark their reaper), divided by the
+  cores the bare forward keeps busy, is the least time it could take here, however well
+  its work were overlapped.
 
 ``run.py --rounds`` sets the number of rounds (3).  Each command is reported fastest
 against fastest and as the median of its rounds, each against the same round's bare
@@ -25,14 +29,17 @@ Both sides run with the extracting processes' malloc settings (vidattn/malloc.py
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +79,7 @@ print(json.dumps(out))
 """
 
 ROUNDS = 3  # run.py --rounds
+_PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 COMMANDS = {
     "decoding in a child process (default)": [],
     "decoding in a thread (--decode-in thread)": ["--decode-in", "thread"],
@@ -93,12 +101,57 @@ def _folder(tmp: Path, real_clip: Path) -> Path | None:
     return folder if any(folder.iterdir()) else None
 
 
-def _command(folder: Path, store: Path, extra: list[str]) -> tuple[float, float]:
+@dataclass(frozen=True)
+class Run:
+    """One command: wall seconds, its own peak RSS (MiB), and the CPU seconds of all its
+    processes (decoding child and forkserver included; None where they cannot be counted)
+    and of its main process alone."""
+
+    sec: float
+    rss: float
+    cpu: float | None
+    cpu_main: float
+
+
+def _adopt_orphans() -> bool:
+    """Make this process the reaper of its descendants' orphans (Linux), so the CPU of a
+    command's forkserver and decoding children can be counted once they exit."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _reap_orphans(grace_s: float = 5.0) -> None:
+    """Wait for the orphans a finished command left (its forkserver exits when the command
+    does); give up after ``grace_s`` without one."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # no children left
+        if pid:
+            deadline = time.monotonic() + grace_s
+        else:
+            time.sleep(0.02)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _command(folder: Path, store: Path, extra: list[str]) -> Run:
     shutil.rmtree(store, ignore_errors=True)
     exe = str(Path(sys.executable).with_name("vidattn"))
     argv = [exe, "extract", "--dataset", "folder", "--root", str(folder), "--store",
             str(store), "--device", "cpu", *extra]
     log = store.with_suffix(".log")
+    counted = _adopt_orphans()
+    _reap_orphans(0.0)
+    before = _children_cpu()
     with open(log, "wb") as out:  # a file, not a pipe: wait4 must not block on output
         t = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
@@ -108,12 +161,16 @@ def _command(folder: Path, store: Path, extra: list[str]) -> tuple[float, float]
     if proc.returncode:
         raise RuntimeError(f"vidattn extract {' '.join(extra)} failed: "
                            f"{log.read_text(errors='replace').strip()[-500:]}")
-    return sec, usage.ru_maxrss / 1024
+    _reap_orphans()
+    cpu = _children_cpu() - before if counted else None
+    return Run(sec, usage.ru_maxrss / 1024, cpu, usage.ru_utime + usage.ru_stime)
 
 
-def _rows(rows: list, n: int, n_clips: int, bare: dict, extra: dict, cmd: dict) -> None:
+def _rows(rows: list, n: int, n_clips: int, bare: dict, extra: dict,
+          cmd: dict[str, list[Run]]) -> None:
     """The bare forward at each chunking and at its best; each command against it, fastest
-    against fastest and round by round; what the command does beyond the forward."""
+    against fastest and round by round; what the command does beyond the forward; the
+    least time the default command's CPU allows."""
     best = {k: min(v) for k, v in bare.items()}
     fastest: dict[str, tuple[str, float]] = {}  # precision -> (chunking, seconds)
     for k, v in best.items():
@@ -127,14 +184,14 @@ def _rows(rows: list, n: int, n_clips: int, bare: dict, extra: dict, cmd: dict) 
         rows.append((f"bare {precision} forward at its best chunking ({chunk})", f"{v:.2f} s",
                      f"{n / v:.1f} frames/s"))
     for label, runs in cmd.items():
-        sec = min(s for s, _ in runs)
-        rss = max(r for _, r in runs)
+        sec = min(r.sec for r in runs)
+        rss = max(r.rss for r in runs)
         precision = "bf16" if "bf16" in label else "fp32"
         goal = "; goal >= 0.9x" if label.endswith("(default)") else ""
         # The host's speed drifts between minutes: each round's command against the bare
         # forward of the same round (its best chunking then) is the steadier ratio.
         paired = [min(v[r] for k, v in bare.items() if k.startswith(precision)) / s
-                  for r, (s, _) in enumerate(runs)]
+                  for r, s in enumerate(r.sec for r in runs)]
         rows.append((f"`vidattn extract` whole command, start-up and model load included, "
                      f"{label}", f"{sec:.2f} s (peak RSS {rss:.0f} MiB)",
                      f"{n / sec:.1f} frames/s = {fastest[precision][1] / sec:.2f}x bare "
@@ -153,6 +210,19 @@ def _rows(rows: list, n: int, n_clips: int, bare: dict, extra: dict, cmd: dict) 
                  f"decoding is {dec / fwd_cpu:.1%} of the forward's {fwd_cpu:.1f} s CPU "
                  f"({cores:.2f} cores busy); free start-up and decoding's CPU added at those "
                  f"cores would give {fwd / (fwd + dec / cores):.2f}x bare"))
+    # All the CPU the default command spends, packed perfectly on the cores the forward
+    # keeps busy, is the least time it can take on this host: the ratio's ceiling here.
+    runs = cmd["decoding in a child process (default)"]
+    if all(r.cpu is not None for r in runs):
+        cpu = statistics.median(r.cpu for r in runs)
+        main = statistics.median(r.cpu_main for r in runs)
+        floor = cpu / cores
+        rows.append(("CPU of the default command, all its processes (median of the rounds)",
+                     f"{cpu:.1f} s (main process {main:.1f} s, decoding child and "
+                     f"forkserver {cpu - main:.1f} s)",
+                     f"the forward's {fwd_cpu:.1f} s + {cpu - fwd_cpu:.1f} s more; at "
+                     f"{cores:.2f} cores it cannot take less than {floor:.1f} s = "
+                     f"{fwd / floor:.2f}x bare, this host's ceiling for the ratio"))
 
 
 def _cosine(a_store: Path, b_store: Path) -> float:
@@ -187,7 +257,7 @@ def bench_whole_command(rows: list, device: str, real_clip: Path) -> None:
         paths = sorted(str(p) for p in folder.iterdir())
         bare: dict[str, list[float]] = {}
         extra: dict[str, list[float]] = {}  # start-up, decoding CPU, the forward's CPU
-        cmd: dict[str, list[tuple[float, float]]] = {k: [] for k in commands}
+        cmd: dict[str, list[Run]] = {k: [] for k in commands}
         n = 0
         for _ in range(ROUNDS):
             res = subprocess.run([sys.executable, "-c", _BARE, precisions, *paths],

@@ -271,9 +271,10 @@ def bench_long_video(rows: list, device: str) -> None:
             video = folder / f"long{minutes}.mp4"
             if not video.is_file():
                 _synthetic_video(video, 60 * minutes)
-            sec, peak = command._command(folder, tmp / f"store{minutes}-{size}",
-                                         ["--short-side", str(size), "--crop", str(size),
-                                          "--device", device])
+            run = command._command(folder, tmp / f"store{minutes}-{size}",
+                                   ["--short-side", str(size), "--crop", str(size),
+                                    "--device", device])
+            sec, peak = run.sec, run.rss
             n = 60 * minutes * 25
             steps, cells = n // 8, (-(-size // 32)) ** 2  # TF SAME: ceil
             whole = n * size * size * 3 / 2**20

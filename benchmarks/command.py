@@ -17,8 +17,8 @@ it, and the rounds alternate so that a busy machine slows all of them alike:
   load I3D) and the CPU its decoding of the same clips took, against the forward's CPU.
 * the ceiling: the CPU the default command spends in all its processes (the decoding child
   and the forkserver are counted by making the benchmark their reaper), divided by the
-  cores the bare forward keeps busy, is the least time it could take here, however well
-  its work were overlapped.
+  host's cores, is the least time it could take here, however well its work were
+  overlapped.
 
 ``run.py --rounds`` sets the number of rounds (3).  Each command is reported fastest
 against fastest and as the median of its rounds, each against the same round's bare
@@ -190,8 +190,8 @@ def _rows(rows: list, n: int, n_clips: int, bare: dict, extra: dict,
         goal = "; goal >= 0.9x" if label.endswith("(default)") else ""
         # The host's speed drifts between minutes: each round's command against the bare
         # forward of the same round (its best chunking then) is the steadier ratio.
-        paired = [min(v[r] for k, v in bare.items() if k.startswith(precision)) / s
-                  for r, s in enumerate(r.sec for r in runs)]
+        paired = [min(v[i] for k, v in bare.items() if k.startswith(precision)) / run.sec
+                  for i, run in enumerate(runs)]
         rows.append((f"`vidattn extract` whole command, start-up and model load included, "
                      f"{label}", f"{sec:.2f} s (peak RSS {rss:.0f} MiB)",
                      f"{n / sec:.1f} frames/s = {fastest[precision][1] / sec:.2f}x bare "
@@ -210,18 +210,20 @@ def _rows(rows: list, n: int, n_clips: int, bare: dict, extra: dict,
                  f"decoding is {dec / fwd_cpu:.1%} of the forward's {fwd_cpu:.1f} s CPU "
                  f"({cores:.2f} cores busy); free start-up and decoding's CPU added at those "
                  f"cores would give {fwd / (fwd + dec / cores):.2f}x bare"))
-    # All the CPU the default command spends, packed perfectly on the cores the forward
-    # keeps busy, is the least time it can take on this host: the ratio's ceiling here.
+    # All the CPU the default command spends, packed perfectly on all the cores, is the
+    # least time it can take on this host: the ratio's ceiling here.
     runs = cmd["decoding in a child process (default)"]
     if all(r.cpu is not None for r in runs):
         cpu = statistics.median(r.cpu for r in runs)
         main = statistics.median(r.cpu_main for r in runs)
-        floor = cpu / cores
+        n_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        floor = max(cpu / n_cores, fwd)
         rows.append(("CPU of the default command, all its processes (median of the rounds)",
                      f"{cpu:.1f} s (main process {main:.1f} s, decoding child and "
                      f"forkserver {cpu - main:.1f} s)",
-                     f"the forward's {fwd_cpu:.1f} s + {cpu - fwd_cpu:.1f} s more; at "
-                     f"{cores:.2f} cores it cannot take less than {floor:.1f} s = "
+                     f"the forward's {fwd_cpu:.1f} s + {cpu - fwd_cpu:.1f} s more; on all "
+                     f"{n_cores} cores it cannot take less than {floor:.1f} s = "
                      f"{fwd / floor:.2f}x bare, this host's ceiling for the ratio"))
 
 

@@ -124,16 +124,18 @@ def _adopt_orphans() -> bool:
 
 
 def _reap_orphans(grace_s: float = 5.0) -> None:
-    """Wait for the orphans a finished command left (its forkserver exits when the command
-    does); give up after ``grace_s`` without one."""
+    """Reap the orphans a finished command left (its forkserver exits when the command
+    does), waiting up to ``grace_s`` for each next one; 0 reaps only those already gone."""
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
+    while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return  # no children left
-        if pid:
+        if pid:  # one reaped: look again at once, and wait afresh for the next
             deadline = time.monotonic() + grace_s
+        elif time.monotonic() >= deadline:
+            return
         else:
             time.sleep(0.02)
 

@@ -144,13 +144,13 @@ def run(cfg: ExtractConfig) -> ExtractResult:
 def _head_start(cfg: ExtractConfig, ds, url: str, decode):
     """The first part's decoding, started now (see headstart.py); None where the run
     decodes elsewhere (workers, a thread) or not at all."""
-    streams = cfg.stream_names
-    if cfg.decode_in != "process" or cfg.distributed or streams in ((), ("none",)):
+    if cfg.decode_in != "process" or cfg.distributed or cfg.no_i3d:
         return None
     from vidattn.pipeline import headstart
 
     manifest = ds.manifest if cfg.limit is None else ds.manifest.head(cfg.limit)
-    return headstart.start(url, manifest, Path(ds.root), cfg.part_size, streams, decode,
+    return headstart.start(url, manifest, Path(ds.root), cfg.part_size,
+                           cfg.stream_names, decode,
                            cfg.decode_timeout(), CHUNK_FRAMES, cfg.malloc, cfg.decode_priority)
 
 

@@ -83,6 +83,11 @@ class ExtractConfig:
         return tuple(s.strip() for s in self.streams.split(",") if s.strip())
 
     @property
+    def no_i3d(self) -> bool:
+        """Whether ``streams`` asks for no I3D stream (empty or ``none``)."""
+        return self.stream_names in ((), ("none",))
+
+    @property
     def distributed(self) -> bool:
         return bool(self.scheduler) or self.workers > 0
 
@@ -148,8 +153,7 @@ def extractor_config(cfg: ExtractConfig, device: str):
     from vidattn.extractors.flow import default_method
     from vidattn.extractors.two_stream import I3DExtractorConfig, resolve_precision
 
-    streams = cfg.stream_names
-    if streams in ((), ("none",)):
+    if cfg.no_i3d:
         if cfg.detector is None:
             raise ValueError("--streams none extracts nothing without --detector/--boxes")
         return None
@@ -163,7 +167,8 @@ def extractor_config(cfg: ExtractConfig, device: str):
     elif cfg.ptv_rgb:
         raise ValueError("--ptv-rgb is the checkpoint of a --backbone pytorchvideo:NAME")
     return I3DExtractorConfig(rgb_weights=rgb, flow_weights=cfg.i3d_flow,
-                              streams=streams, backbone=cfg.backbone, endpoints=endpoints,
+                              streams=cfg.stream_names, backbone=cfg.backbone,
+                              endpoints=endpoints,
                               flow_method=cfg.flow_method or default_method(device),
                               device=device, window_steps=cfg.window_steps,
                               trust_checkpoint=cfg.trust_checkpoint,

@@ -30,6 +30,7 @@ Both sides run with the extracting processes' malloc settings (vidattn/malloc.py
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import resource
@@ -113,9 +114,11 @@ class Run:
     cpu_main: float
 
 
+@functools.cache
 def _adopt_orphans() -> bool:
     """Make this process the reaper of its descendants' orphans (Linux), so the CPU of a
-    command's forkserver and decoding children can be counted once they exit."""
+    command's forkserver and decoding children can be counted once they exit.  Once per
+    process: the setting lasts."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0

@@ -139,3 +139,13 @@ def test_help_imports_no_heavy_library():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_rgb_extraction_does_not_load_opencv():
+    # OpenCV is for the flow stream only: ~0.2 s of every RGB run's start-up otherwise.
+    code = ("import sys; import vidattn.extractors.flow, vidattn.extractors.two_stream, "
+            "vidattn.pipeline.extract; from vidattn.extractors.flow import default_method; "
+            "default_method(); print('cv2' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

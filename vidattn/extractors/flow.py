@@ -23,9 +23,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    import cv2
 
 __all__ = ["AVAILABLE_METHODS", "compute_flow", "flow_to_input"]
 
@@ -58,11 +61,15 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
 
 def _to_gray(frames: np.ndarray) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB -> (N, H, W) uint8 luma (ITU-R BT.601 weights, as OpenCV)."""
+    import cv2  # here, not at the top: an RGB-only extraction never loads OpenCV
+
     return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])
 
 
 def _make_estimator(method: str) -> cv2.DenseOpticalFlow:
     """A fresh OpenCV dense-flow estimator for ``method`` (one of AVAILABLE_METHODS)."""
+    import cv2
+
     if method == "tvl1":
         # OpenCV's defaults on purpose: tau 0.25, lambda 0.15, theta 0.3, 5 scales,
         # 5 warps, epsilon 0.01 -- the settings common I3D flow-extraction scripts used.
@@ -98,6 +105,8 @@ def _worker_init() -> None:
     Without this every worker would also start cpu_count() OpenCV threads and the machine
     would be oversubscribed workers-fold.
     """
+    import cv2
+
     cv2.setNumThreads(1)
 
 

@@ -456,5 +456,34 @@ def import_h5(h5_file, store_url, part_size) -> None:
                        "left undone", err=True)
 
 
+def entry() -> None:
+    """The ``vidattn`` executable: :func:`main`, then an exit that skips the interpreter's
+    teardown.  With torch loaded, Python spends 0.5-1 s after the command is done freeing
+    its modules one by one and waiting for multiprocessing's resource tracker to exit, work
+    the kernel does at once for an exiting process.  The exit handlers (``atexit``: logging,
+    multiprocessing, temporary files) still run and the standard streams are flushed; a
+    thread still at work, or an exit message, gets Python's ordinary exit."""
+    try:
+        main()  # click's standalone mode always ends in SystemExit
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    import atexit
+    import os
+    import threading
+
+    busy = [t for t in threading.enumerate()
+            if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if busy or not (code is None or isinstance(code, int)):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # closed or replaced streams
+            pass
+    os._exit(code or 0)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -35,77 +35,115 @@ from vidattn.spill import MapBuffer
 UNIT = 8  # input frames per Mixed_5c step
 
 
-def _spatial_same(x: torch.Tensor, kernel, stride, value: float) -> torch.Tensor:
-    """TF SAME padding of (B, C, T, H, W) in H and W only."""
+def _spatial_pads(like: torch.Tensor, kernel, stride) -> list[int]:
+    """TF SAME padding of (B, C, T, H, W) in W and H, in F.pad's order (W first)."""
     pads: list[int] = []
-    for size, k, s in zip(reversed(x.shape[3:]), reversed(kernel), reversed(stride)):
+    for size, k, s in zip(reversed(like.shape[3:]), reversed(kernel), reversed(stride)):
         total = max((-(-size // s) - 1) * s + k - size, 0)
         pads += [total // 2, total - total // 2]
-    return F.pad(x, pads, value=value) if any(pads) else x
+    return pads
 
 
 class _Temporal:
-    """One layer streamed in time: ``op`` maps (B, C, t, H, W), unpadded in time, to its
-    (t - k) // s + 1 outputs; the stream adds TF SAME's padding at the clip's two ends."""
+    """One layer streamed in time: ``op`` maps (B, C, t, H', W'), unpadded in time and
+    already padded in space where ``space`` says so, to its (t - k) // s + 1 outputs; the
+    stream adds TF SAME's padding at the clip's two ends.
 
-    def __init__(self, op, k: int, s: int, value: float):
-        self.op, self.k, self.s, self.value = op, k, s, value
+    ``space``: the (kernel, stride) in H and W whose TF SAME padding the op's input needs
+    (None: the op pads in space itself, or needs none).  The op's input is made by one
+    F.pad of the new frames: the held frames' place and the clip's padding in time, the
+    padding in space, and the frames the op does not need yet cut off, all in the copy the
+    padding makes anyway; the held frames (fewer than k) are then written into their place.
+    Joining them first would copy every chunk's activations once more per layer.
+    """
+
+    def __init__(self, op, k: int, s: int, value: float, space=None):
+        self.op, self.k, self.s, self.value, self.space = op, k, s, value, space
         total = max(k - s, 0)
         self.front, self.back = total // 2, total - total // 2
         self.held: torch.Tensor | None = None  # input frames not yet consumed
         self.started = False
 
-    def _pad(self, like: torch.Tensor, n: int) -> list[torch.Tensor]:
-        if n == 0:
-            return []
+    def _fill(self, like: torch.Tensor, n: int) -> torch.Tensor:
         shape = (*like.shape[:2], n, *like.shape[3:])
-        return [torch.full(shape, self.value, dtype=like.dtype, device=like.device)]
+        return torch.full(shape, self.value, dtype=like.dtype, device=like.device)
 
     def push(self, x: torch.Tensor | None, final: bool = False) -> torch.Tensor | None:
-        parts = [] if self.held is None else [self.held]
-        if x is not None and x.shape[2]:
-            if not self.started:
-                parts += self._pad(x, self.front)
-                self.started = True
-            parts.append(x)
-        if final and parts:
-            parts += self._pad(parts[-1], self.back)
-        if not parts:
+        if x is not None and not x.shape[2]:
+            x = None
+        front = 0
+        if x is not None and not self.started:
+            front, self.started = self.front, True
+        n_held = 0 if self.held is None else self.held.shape[2]
+        stop = n_held + front + (0 if x is None else x.shape[2])  # frames before the end's pad
+        if stop == 0:
             return None
-        buf = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
-        n_out = (buf.shape[2] - self.k) // self.s + 1 if buf.shape[2] >= self.k else 0
-        y = self.op(buf[:, :, : (n_out - 1) * self.s + self.k]) if n_out > 0 else None
+        back = self.back if final else 0
+        total = stop + back
+        n_out = (total - self.k) // self.s + 1 if total >= self.k else 0
+        y = None
+        if n_out:
+            y = self.op(self._input(x, front, back, total - (n_out - 1) * self.s - self.k))
         # what the next outputs need, copied so the chunk's activations can be freed
-        rest = buf[:, :, n_out * self.s :]
-        self.held = None if final or not rest.shape[2] else rest.clone()
+        self.held = None if final else self._rest(x, front, n_out * self.s, stop)
         return y
+
+    def _input(self, x: torch.Tensor | None, front: int, back: int, unused: int) -> torch.Tensor:
+        """The op's input: held frames, front padding, x, back padding, less the last
+        ``unused`` frames, padded in space."""
+        held = self.held
+        like = x if x is not None else held
+        pads = _spatial_pads(like, *self.space) if self.space else [0, 0, 0, 0]
+        if x is None:  # the clip's end with nothing new: the held frames, a few
+            x, held, front = torch.cat([held, self._fill(held, back)], dim=2), None, 0
+            back = 0
+        lead = front + (0 if held is None else held.shape[2])
+        if not any(pads) and lead == 0 and back == unused == 0:
+            return x
+        buf = F.pad(x, [*pads, lead, back - unused], value=self.value)
+        if held is not None:
+            (h, w), top, left = held.shape[3:], pads[2], pads[0]
+            buf[:, :, : held.shape[2], top : top + h, left : left + w] = held
+        return buf
+
+    def _rest(self, x: torch.Tensor | None, front: int, start: int, stop: int):
+        """Frames ``start`` .. ``stop`` of held + front padding + x, as a new tensor."""
+        if start >= stop:
+            return None
+        n_x = 0 if x is None else x.shape[2]
+        if start >= stop - n_x:  # the usual case: the last few frames of x
+            return x[:, :, start - (stop - n_x) :].clone()
+        parts = [] if self.held is None else [self.held]  # fewer than 3k frames in all
+        if front:
+            parts.append(self._fill(x, front))
+        if x is not None:
+            parts.append(x)
+        return torch.cat(parts, dim=2)[:, :, start:].clone()
 
 
 def _unit(u: Unit3D) -> _Temporal:
     (kt, kh, kw), (st, sh, sw) = u.kernel, u.stride
     # Where SAME is symmetric in space (stride 1, odd kernel) the convolution pads H and W
     # itself, as the single pass does: no padded copy of the input.
-    inner = (0, kh // 2, kw // 2) if (sh, sw) == (1, 1) and kh % 2 and kw % 2 else None
+    inner = (sh, sw) == (1, 1) and kh % 2 and kw % 2
+    padding = (0, kh // 2, kw // 2) if inner else 0
 
     def op(x: torch.Tensor) -> torch.Tensor:
-        if inner is None:
-            x = _spatial_same(x, (kh, kw), (sh, sw), 0.0)
-        x = F.conv3d(x, u.conv3d.weight, u.conv3d.bias, (st, sh, sw), inner or 0)
+        x = F.conv3d(x, u.conv3d.weight, u.conv3d.bias, (st, sh, sw), padding)
         if u.bn is not None:
             x = u.bn(x)
         return F.relu(x) if u.relu else x
 
-    return _Temporal(op, kt, st, 0.0)
+    return _Temporal(op, kt, st, 0.0, None if inner else ((kh, kw), (sh, sw)))
 
 
 def _pool(p: MaxPoolSame) -> _Temporal:
     (kt, kh, kw), (st, sh, sw) = p.kernel, p.stride
 
     def op(x: torch.Tensor) -> torch.Tensor:
-        x = _spatial_same(x, (kh, kw), (sh, sw), float("-inf"))
         return max_pool_valid(x, (kt, kh, kw), (st, sh, sw))
 
-    return _Temporal(op, kt, st, float("-inf"))
+    return _Temporal(op, kt, st, float("-inf"), ((kh, kw), (sh, sw)))
 
 
 class _Mixed:
@@ -115,21 +153,36 @@ class _Mixed:
         self.branches = [[_unit(block.b0)], [_unit(block.b1a), _unit(block.b1b)],
                          [_unit(block.b2a), _unit(block.b2b)], [_pool(block.b3a),
                                                                 _unit(block.b3b)]]
-        self.queued: list[torch.Tensor | None] = [None] * 4
+        # each branch's outputs not yet emitted, in time order
+        self.queued: list[list[torch.Tensor]] = [[] for _ in self.branches]
 
     def push(self, x: torch.Tensor | None, final: bool = False) -> torch.Tensor | None:
         for i, branch in enumerate(self.branches):
             y = x
             for node in branch:
                 y = node.push(y, final)
-            if y is not None:
-                q = self.queued[i]
-                self.queued[i] = y if q is None else torch.cat([q, y], dim=2)
-        ready = min(0 if q is None else q.shape[2] for q in self.queued)
+            if y is not None and y.shape[2]:
+                self.queued[i].append(y)
+        ready = min(sum(p.shape[2] for p in q) for q in self.queued)
         if ready == 0:
             return None
-        out = torch.cat([q[:, :, :ready] for q in self.queued], dim=1)
-        self.queued = [q[:, :, ready:] if q.shape[2] > ready else None for q in self.queued]
+        # The block's output is written once: a branch ahead of the others (a 1x1x1 one
+        # needs no next frame) keeps its surplus as a view, not joined to its next output.
+        first = self.queued[0][0]
+        sizes = [q[0].shape[1] for q in self.queued]
+        out = first.new_empty((first.shape[0], sum(sizes), ready, *first.shape[3:]))
+        c = 0
+        for i, q in enumerate(self.queued):
+            t, keep = 0, []
+            for p in q:
+                n = min(p.shape[2], ready - t)
+                if n > 0:
+                    out[:, c : c + sizes[i], t : t + n] = p[:, :, :n]
+                    t += n
+                if n < p.shape[2]:
+                    keep.append(p[:, :, n:])
+            self.queued[i] = keep
+            c += sizes[i]
         return out
 
 
@@ -182,7 +235,7 @@ class StreamingI3D:
                 else [node]
             count += sum(n.held.shape[2] for n in temporal if n.held is not None)
             if isinstance(node, _Mixed):
-                count += sum(q.shape[2] for q in node.queued if q is not None)
+                count += sum(p.shape[2] for q in node.queued for p in q)
         return count
 
 

@@ -8,6 +8,7 @@ data, datasets, extractors, heads, stores -> utilities (rows, metrics, video...)
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -132,20 +133,22 @@ def test_heads_and_stores_do_not_import_the_task_layer():
     assert up == []
 
 
-def test_help_imports_no_heavy_library():
-    code = ("import sys; import vidattn.cli; "
-            "print(sorted(m for m in ('torch', 'zarr', 'pandas', 'transformers') "
-            "if m in sys.modules))")
+def _loaded(imports: str, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` a fresh interpreter has loaded after running ``imports``."""
+    code = (f"import json, sys; {imports}; "
+            f"print(json.dumps(sorted(m for m in {names!r} if m in sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
-    assert out.stdout.strip() == "[]"
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_help_imports_no_heavy_library():
+    assert _loaded("import vidattn.cli", ("torch", "zarr", "pandas", "transformers")) == []
 
 
 def test_rgb_extraction_does_not_load_opencv():
     # OpenCV is for the flow stream only: ~0.2 s of every RGB run's start-up otherwise.
-    code = ("import sys; import vidattn.extractors.flow, vidattn.extractors.two_stream, "
-            "vidattn.pipeline.extract; from vidattn.extractors.flow import default_method; "
-            "default_method(); print('cv2' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.strip() == "False"
+    imports = ("import vidattn.extractors.flow, vidattn.extractors.two_stream, "
+               "vidattn.pipeline.extract; from vidattn.extractors.flow import default_method; "
+               "default_method()")
+    assert _loaded(imports, ("cv2",)) == []

@@ -1,5 +1,6 @@
 """The ``vidattn`` executable's exit (cli.entry): what a normal exit guarantees still holds."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -13,8 +14,10 @@ def _entry(body: str, *argv: str) -> subprocess.CompletedProcess:
         entry()
         raise AssertionError("entry() returned")
     """)
+    # block-buffered stdout, as for a user's pipe: an unflushed line would be lost
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     return subprocess.run([sys.executable, "-c", "import sys\n" + code],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_exit_handlers_run_and_buffered_output_is_written():

@@ -458,11 +458,12 @@ def import_h5(h5_file, store_url, part_size) -> None:
 
 def entry() -> None:
     """The ``vidattn`` executable: :func:`main`, then an exit that skips the interpreter's
-    teardown.  With torch loaded, Python spends 0.5-1 s after the command is done freeing
-    its modules one by one and waiting for multiprocessing's resource tracker to exit, work
-    the kernel does at once for an exiting process.  The exit handlers (``atexit``: logging,
-    multiprocessing, temporary files) still run and the standard streams are flushed; a
-    thread still at work, or an exit message, gets Python's ordinary exit."""
+    teardown.  With torch loaded, Python spent 1.2-1.4 s (2 cores) after the command was
+    done, freeing its modules one by one and waiting for multiprocessing's resource tracker
+    to exit: work the kernel does at once for an exiting process.  The exit handlers
+    (``atexit``: logging, multiprocessing, temporary files) still run and the standard
+    streams are flushed; a thread still at work, or an exit message, gets Python's ordinary
+    exit."""
     try:
         main()  # click's standalone mode always ends in SystemExit
         code = 0

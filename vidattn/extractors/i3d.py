@@ -56,12 +56,19 @@ ENDPOINTS = [name for name, _, _ in LAYERS]
 MIXED_5C_CHANNELS = 1024
 
 
-def same_pad(x: torch.Tensor, kernel, stride, value: float = 0.0) -> torch.Tensor:
-    """Pad (B, C, T, H, W) as TensorFlow's "SAME": output = ceil(in / stride), extra pixel after."""
+def same_pads(sizes, kernel, stride) -> list[int]:
+    """TensorFlow "SAME" padding of the trailing dims ``sizes`` (output = ceil(in / stride),
+    the extra pixel after), in F.pad's order: last dim first, (before, after) each."""
     pads: list[int] = []
-    for size, k, s in zip(reversed(x.shape[2:]), reversed(kernel), reversed(stride)):
+    for size, k, s in zip(reversed(sizes), reversed(kernel), reversed(stride)):
         total = max((math.ceil(size / s) - 1) * s + k - size, 0)
         pads += [total // 2, total - total // 2]
+    return pads
+
+
+def same_pad(x: torch.Tensor, kernel, stride, value: float = 0.0) -> torch.Tensor:
+    """Pad (B, C, T, H, W) as TensorFlow's "SAME": output = ceil(in / stride), extra pixel after."""
+    pads = same_pads(x.shape[2:], kernel, stride)
     if not any(pads):
         return x
     return F.pad(x, pads, value=value)

@@ -28,20 +28,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vidattn.extractors.i3d import I3D, LAYERS, Inception, MaxPoolSame, Unit3D, max_pool_valid
+from vidattn.extractors.i3d import (
+    I3D,
+    LAYERS,
+    Inception,
+    MaxPoolSame,
+    Unit3D,
+    max_pool_valid,
+    same_pads,
+)
 from vidattn.extractors.windows import bf16_autocast, pad_to_unit, to_stored
 from vidattn.spill import MapBuffer
 
 UNIT = 8  # input frames per Mixed_5c step
-
-
-def _spatial_pads(like: torch.Tensor, kernel, stride) -> list[int]:
-    """TF SAME padding of (B, C, T, H, W) in W and H, in F.pad's order (W first)."""
-    pads: list[int] = []
-    for size, k, s in zip(reversed(like.shape[3:]), reversed(kernel), reversed(stride)):
-        total = max((-(-size // s) - 1) * s + k - size, 0)
-        pads += [total // 2, total - total // 2]
-    return pads
 
 
 class _Temporal:
@@ -93,7 +92,7 @@ class _Temporal:
         ``unused`` frames, padded in space."""
         held = self.held
         like = x if x is not None else held
-        pads = _spatial_pads(like, *self.space) if self.space else [0, 0, 0, 0]
+        pads = same_pads(like.shape[3:], *self.space) if self.space else [0, 0, 0, 0]
         if x is None:  # the clip's end with nothing new: the held frames, a few
             x, held, front = torch.cat([held, self._fill(held, back)], dim=2), None, 0
             back = 0

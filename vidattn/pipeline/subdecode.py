@@ -39,6 +39,7 @@ from vidattn.decoders import DecodeConfig, PathLike, VideoDecodeError
 from vidattn.errors import one_line
 from vidattn.malloc import MODES as MALLOC_MODES
 from vidattn.malloc import set_malloc
+from vidattn.pipeline.framering import RING_SLOTS, FrameRing, pump, ticket_of
 
 # How often the parent checks that the child is still alive while it waits for a message.
 _POLL_S = 0.1
@@ -124,11 +125,14 @@ def _meta(clip) -> dict:
 
 
 def _child(items: list[tuple[int, str, float | None, float | None]], cfg: DecodeConfig,
-           n: int, out, alive, malloc: str = "system", priority: str = "low") -> None:
+           n: int, out, alive, malloc: str = "system", priority: str = "low",
+           ring=None, depth: int = 2) -> None:
     """The child's main: for each (index, path, start, end) in order, open the clip and
     send ("open", i, meta), every ("chunk", i, frames, meta | None), then ("end", i, meta);
     a failure sends ("error", i, exception) instead of what was next, and the child goes
-    on with the next video."""
+    on with the next video.  With a ring (framering.RingEnd), a chunk's frames travel in
+    shared memory and the message carries its ticket; up to ``depth`` messages wait in
+    the child."""
     from vidattn.video import open_clip
 
     # Every frame decoded and resized allocates a few MB; with "reuse" they come back from
@@ -142,22 +146,24 @@ def _child(items: list[tuple[int, str, float | None, float | None]], cfg: Decode
         except OSError:
             pass  # refused (a sandbox's policy): the niceness above still holds
     threading.Thread(target=_exit_when_orphaned, args=(alive,), daemon=True).start()
+    send, finish = pump(out, ring, depth)
     try:
         for i, path, start_sec, end_sec in items:
             try:
                 with open_clip(path, cfg, start_sec, end_sec) as clip:
-                    out.put(("open", i, _meta(clip)))
+                    send(("open", i, _meta(clip)))
                     first = True
                     for chunk in clip.chunks(n):
                         # An auto-mode fallback to PyAV updates the fields before the first
                         # chunk.
-                        out.put(("chunk", i, chunk, _meta(clip) if first else None))
+                        send(("chunk", i, chunk, _meta(clip) if first else None))
                         first = False
                     meta = _meta(clip)  # frames_lost is final only now
-                out.put(("end", i, meta))
+                send(("end", i, meta))
             except Exception as e:  # noqa: BLE001 - every failure goes to the parent
-                out.put(("error", i, _portable(e)))
+                send(("error", i, _portable(e)))
     finally:
+        finish()
         out.close()
         out.join_thread()  # all messages are in the pipe before the process exits
 
@@ -193,18 +199,22 @@ class DecodeFeed:
         self.malloc = malloc  # the child's malloc mode (vidattn/malloc.py)
         self.priority = priority  # what the child yields to the network (PRIORITIES)
         self.process = None  # the running child; None before the first open and once closed
+        self._ring = None  # the running child's FrameRing, if frames travel through one
         self._opened = -1
 
     def _start(self, first: int) -> None:
         ctx = start_context()
         self._queue = ctx.Queue(maxsize=self.depth)
+        crop = self.cfg.crop  # without one a frame's size is known only once a file opens
+        self._ring = FrameRing.create(ctx, RING_SLOTS,
+                                      crop and self.chunk_frames * crop * crop * 3)
         # The child reads from `watch`; closing `self._alive` (or dying) tells it to exit.
         watch, self._alive = ctx.Pipe(duplex=False)
         todo = [(i, *self.items[i]) for i in range(first, len(self.items))]
         self.process = ctx.Process(
             target=_child, name=_CHILD_NAME, daemon=True,
             args=(todo, self.cfg, self.chunk_frames, self._queue, watch, self.malloc,
-                  self.priority))
+                  self.priority, self._ring and self._ring.child_end(), self.depth))
         self.process.start()
         watch.close()  # the child holds its own copy; ours would keep the pipe open
 
@@ -237,12 +247,12 @@ class DecodeFeed:
         deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
         while True:
             try:
-                return self._queue.get(timeout=_POLL_S)
+                return self._frames(self._queue.get(timeout=_POLL_S))
             except queue.Empty:
                 pass
             if not self.process.is_alive():
                 try:  # its last message may have landed just before it exited
-                    return self._queue.get(timeout=_POLL_S)
+                    return self._frames(self._queue.get(timeout=_POLL_S))
                 except queue.Empty:
                     code = self.process.exitcode
                     self.close()
@@ -254,6 +264,13 @@ class DecodeFeed:
                 raise VideoDecodeError(
                     path, f"decoder hung: could not {what} within {self.timeout_s:g} s "
                           f"(decoder process killed)")
+
+    def _frames(self, msg: tuple) -> tuple:
+        """``msg`` with a ring ticket replaced by its frames (which frees the slot, also
+        for a chunk that will be skipped)."""
+        if msg[0] == "chunk" and ticket_of(msg[2]):
+            return (*msg[:2], self._ring.take(msg[2]), *msg[3:])
+        return msg
 
     def _next(self, i: int, what: str) -> tuple:
         """The next message of clip i (re-raising its error)."""
@@ -275,6 +292,8 @@ class DecodeFeed:
         # A killed child may leave bytes in the pipe: never wait to flush or read them.
         self._queue.cancel_join_thread()
         self._queue.close()
+        if self._ring is not None:
+            self._ring.close()
         self.process = None  # the next open() starts a new child from its clip on
 
     def __enter__(self) -> DecodeFeed:

@@ -90,3 +90,24 @@ def test_an_r50_checkpoint_given_as_inception_points_to_the_r50(tmp_path):
     msg = str(e.value)
     assert str(path) in msg and "pytorch-i3d" in msg and "--backbone r50" in msg
     assert "\n" not in msg
+
+
+def test_a_built_model_owns_contiguous_float32_copies_of_the_checkpoint(tmp_path):
+    from pathlib import Path
+
+    from vidattn.extractors.i3d_weights import build_from_state
+
+    ref = random_init(I3D(), 3)
+    sd = {k: v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
+    stem = "Conv3d_1a_7x7.conv3d.weight"  # a float64 tensor with permuted strides
+    sd[stem] = sd[stem].double().permute(4, 3, 2, 1, 0).contiguous().permute(4, 3, 2, 1, 0)
+    assert not sd[stem].is_contiguous()
+    model = build_from_state(sd, "rgb", Path("x.pt"))
+    state = model.state_dict()
+    assert state.keys() == ref.state_dict().keys()  # the step counters too
+    for k, v in state.items():
+        assert v.device.type == "cpu" and v.is_contiguous(), k  # nothing left on meta
+        assert torch.equal(v, ref.state_dict()[k].to(v.dtype)), k
+    assert all(p.requires_grad for p in model.parameters())
+    sd["Mixed_5c.b0.conv3d.weight"].zero_()  # the caller's dict is not the model's memory
+    assert state["Mixed_5c.b0.conv3d.weight"].abs().sum() > 0

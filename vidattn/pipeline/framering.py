@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import queue
 import threading
 from multiprocessing import reduction
 
@@ -119,24 +120,26 @@ def _rebuild(dup, slots: int, slot_bytes: int, free) -> RingEnd:
 
 
 def pump(out, ring: RingEnd | None, depth: int):
-    """In the child: a bounded local backlog (``depth`` messages) and a thread that moves
-    each message to the queue ``out``, chunks through ``ring`` where they fit.  The
-    decoder runs ahead into the backlog while the parent holds every ring slot.  Returns
-    (send, finish): ``send(msg)`` queues a message, ``finish()`` waits until all are on
-    ``out``."""
-    import queue
+    """In the child: how messages reach the queue ``out``.  Returns (send, finish):
+    ``send(msg)`` queues a message, ``finish()`` waits until all are on ``out``.
 
+    Without a ring, ``send`` is ``out.put`` itself (``depth`` chunks wait in the queue).
+    With one, a bounded local backlog (``depth`` messages) and a thread that moves each
+    message on, chunks through the ring where they fit: the decoder runs ahead into the
+    backlog while the parent holds every slot, and the queue carries only tickets."""
+    if ring is None:
+        return out.put, lambda: None
     backlog: queue.Queue = queue.Queue(maxsize=max(1, depth))
     done = object()
-    ring_ok = [True]
 
     def move() -> None:
+        nonlocal ring
         while (msg := backlog.get()) is not done:
-            if ring is not None and ring_ok[0] and msg[0] == "chunk":
+            if ring is not None and msg[0] == "chunk":
                 try:
                     ticket = ring.put(msg[2])
                 except (OSError, ValueError):  # the ring is unusable: the queue still works
-                    ticket, ring_ok[0] = None, False
+                    ticket, ring = None, None
                 if ticket is not None:
                     msg = (msg[0], msg[1], ticket, *msg[3:])
             out.put(msg)

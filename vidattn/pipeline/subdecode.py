@@ -8,10 +8,9 @@ multiprocessing's "forkserver" method (or "spawn" where there is none; never "fo
 would copy a parent's CUDA context and locked mutexes), and their chunks come back through
 one bounded queue, so the next clip is decoding while the network finishes this one:
 
-* memory: at most ``depth`` chunks wait in the child, plus the one being decoded and
-  the two slots of its :class:`~vidattn.pipeline.framering.FrameRing` (the shared memory
-  the chunks travel through when their size is known; otherwise they are pickled
-  through the queue);
+* memory: at most ``depth`` chunks wait, plus the one being sent: in the queue, or,
+  when the frames' size is known and they travel through the shared memory of a
+  :class:`~vidattn.pipeline.framering.FrameRing`, in the child plus the ring's two slots;
 * timeout: each message (an opening, then every chunk) must arrive within ``timeout_s``,
   else the child is killed, :class:`VideoDecodeError` names the file, and the clips after
   it go to a new child;

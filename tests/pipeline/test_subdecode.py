@@ -135,22 +135,23 @@ def test_bad_arguments():
 
 
 def test_extraction_stores_the_same_maps_whichever_way_it_decodes(tiny_sample, tmp_path):
-    """Decoded in a child or a thread, maps held in memory or spilled to disk (--spill-mb
-    0): the same arrays and checksums."""
+    """Decoded in a child, two children (--decode-procs 2) or a thread, maps held in
+    memory or spilled to disk (--spill-mb 0): the same arrays and checksums."""
     from vidattn.pipeline.extract import ExtractConfig, run
     from vidattn.stores import open_store
 
     fast = {"root": str(tiny_sample), "part_size": 3, "device": "cpu", "i3d_rgb": "random",
             "short_side": 64, "limit": 5}
     stores = {}
-    for how, spill_mb in (("process", 16), ("thread", 16), ("process", 0)):
-        name = f"{how}-{spill_mb}"
+    for how, spill_mb, procs in (("process", 16, 1), ("thread", 16, 1), ("process", 0, 1),
+                                 ("process", 16, 2)):
+        name = f"{how}-{spill_mb}-{procs}"
         res = run(ExtractConfig(store=str(tmp_path / name), decode_in=how, spill_mb=spill_mb,
-                                **fast))
+                                decode_procs=procs, **fast))
         assert res.n_extracted == 5 and not res.failures
         stores[name] = open_store(str(tmp_path / name))
     assert not _children()
-    ref = stores.pop("process-16")
+    ref = stores.pop("process-16-1")
     ids = ref.video_ids("rgb")
     assert len(ids) == 5
     for other in stores.values():
@@ -162,6 +163,8 @@ def test_extraction_stores_the_same_maps_whichever_way_it_decodes(tiny_sample, t
             ref.index().sort_values("video_id")[key].reset_index(drop=True))
     with pytest.raises(ValueError, match="spill_mb must be >= 0"):
         run(ExtractConfig(store=str(tmp_path / "t"), spill_mb=-1, **fast))
+    with pytest.raises(ValueError, match="decode_procs must be an int >= 1"):
+        run(ExtractConfig(store=str(tmp_path / "t"), decode_procs=0, **fast))
     with pytest.raises(ValueError, match="needs --decode-in process"):
         run(ExtractConfig(store=str(tmp_path / "t"), decode_in="thread", decode_timeout_s=5,
                           **fast))

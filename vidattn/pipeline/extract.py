@@ -119,6 +119,9 @@ def run(cfg: ExtractConfig) -> ExtractResult:
 
     t0 = time.time()
     cfg.decode_timeout()  # refuses --decode-timeout with thread decoding before any work
+    if isinstance(cfg.decode_procs, bool) or not isinstance(cfg.decode_procs, int) \
+            or cfg.decode_procs < 1:
+        raise ValueError(f"decode_procs must be an int >= 1, got {cfg.decode_procs!r}")
     if cfg.spill_mb < 0:
         raise ValueError(f"spill_mb must be >= 0 (MiB held in memory per map), got "
                          f"{cfg.spill_mb}")
@@ -151,7 +154,8 @@ def _head_start(cfg: ExtractConfig, ds, url: str, decode):
     manifest = ds.manifest if cfg.limit is None else ds.manifest.head(cfg.limit)
     return headstart.start(url, manifest, Path(ds.root), cfg.part_size,
                            cfg.stream_names, decode,
-                           cfg.decode_timeout(), CHUNK_FRAMES, cfg.malloc, cfg.decode_priority)
+                           cfg.decode_timeout(), CHUNK_FRAMES, cfg.malloc, cfg.decode_priority,
+                           cfg.decode_procs)
 
 
 def _extract(cfg: ExtractConfig, ds, url: str, decode, sentences: bool, head,
@@ -238,7 +242,7 @@ def _extract(cfg: ExtractConfig, ds, url: str, decode, sentences: bool, head,
              for part, group in todo.groupby("part", sort=True)]
     job = PartJob(store=store.url, extractor=cfg.extractor, net=net, decode=decode,
                   decode_timeout_s=cfg.decode_timeout(), decode_in=cfg.decode_in, ref=ref,
-                  decode_priority=cfg.decode_priority,
+                  decode_priority=cfg.decode_priority, decode_procs=cfg.decode_procs,
                   min_decoded=0.0 if cfg.keep_partial else MIN_DECODED, malloc=cfg.malloc,
                   spill_bytes=cfg.spill_mb << 20)
     bar = progress(total=len(todo), desc=f"extract {','.join(extractor.streams)}", unit="video")

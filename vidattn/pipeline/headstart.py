@@ -35,12 +35,15 @@ class HeadStart:
 
     feed: Any
     stamps: dict[str, tuple]
+    procs: int = 1  # decoding children (decodepool.py)
 
-    def fits(self, clips: list[tuple], decode, chunk_frames: int, stamps: dict) -> bool:
-        """Whether the feed decodes exactly ``clips`` as the part would, from files that
-        have not changed since it started."""
+    def fits(self, clips: list[tuple], decode, chunk_frames: int, stamps: dict,
+             procs: int = 1) -> bool:
+        """Whether the feed decodes exactly ``clips`` as the part would (with as many
+        children), from files that have not changed since it started."""
         feed = self.feed
         return (feed.items == clips and feed.cfg == decode and feed.chunk_frames == chunk_frames
+                and self.procs == min(procs, len(clips))
                 and all(self.stamps.get(p) == s for p, s in stamps.items()))
 
     def close(self) -> None:
@@ -90,18 +93,19 @@ def first_segments(store_url: str, manifest, root: Path, part_size: int,
 
 def start(store_url: str, manifest, root: Path, part_size: int, streams: tuple[str, ...],
           decode, timeout_s: float | None, chunk_frames: int,
-          malloc: str = "system", priority: str = "low") -> HeadStart | None:
+          malloc: str = "system", priority: str = "low", procs: int = 1) -> HeadStart | None:
     """The guessed first part's decoding, started (see the module); None when there is
-    nothing to guess."""
+    nothing to guess.  ``procs`` children share the head start's budget."""
+    from vidattn.pipeline.decodepool import feed_for
     from vidattn.pipeline.parts import file_stamp
-    from vidattn.pipeline.subdecode import DecodeFeed
 
     clips = first_segments(store_url, manifest, root, part_size, streams)
     if not clips:
         return None
     stamps = {p: file_stamp(Path(p)) for p, _, _ in clips}
-    feed = DecodeFeed(clips, decode, chunk_frames=chunk_frames, timeout_s=timeout_s,
-                      depth=depth_for(decode, chunk_frames), malloc=malloc,
-                      priority=priority)
+    n = min(procs, len(clips))
+    feed = feed_for(clips, decode, procs=n, chunk_frames=chunk_frames, timeout_s=timeout_s,
+                    depth=max(2, depth_for(decode, chunk_frames) // n), malloc=malloc,
+                    priority=priority)
     feed.prefetch()
-    return HeadStart(feed, stamps)
+    return HeadStart(feed, stamps, n)

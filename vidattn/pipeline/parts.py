@@ -186,6 +186,7 @@ class PartJob:
     decode_timeout_s: float | None = None
     decode_in: str = "process"
     decode_priority: str = "idle"  # the decoding child's (subdecode.PRIORITIES)
+    decode_procs: int = 1  # decoding children per part (decodepool.py)
     ref: Any = None
     min_decoded: float = MIN_DECODED  # 0: keep partial videos
     malloc: str = "reuse"  # the extracting process's malloc (see vidattn/malloc.py)
@@ -262,17 +263,17 @@ def _compute_part(store, extractors: Extractors, work: PartWork, job: PartJob,
     feed = None
     if head is not None:  # decoding since start-up: only if it decodes exactly these clips
         now = {str(v["path"]): s for v, s in zip(work.videos, stamps)}
-        if i3d_needed and job.decode_in == "process" and head.fits(clips, job.decode,
-                                                                   CHUNK_FRAMES, now):
+        if i3d_needed and job.decode_in == "process" and head.fits(
+                clips, job.decode, CHUNK_FRAMES, now, job.decode_procs):
             feed = head.feed
         else:
             head.close()
     if feed is None and i3d_needed and job.decode_in == "process":
-        from vidattn.pipeline.subdecode import DecodeFeed
+        from vidattn.pipeline.decodepool import feed_for
 
-        feed = DecodeFeed(clips, job.decode, chunk_frames=CHUNK_FRAMES,
-                          timeout_s=job.decode_timeout_s, malloc=job.malloc,
-                          priority=job.decode_priority)
+        feed = feed_for(clips, job.decode, procs=job.decode_procs, chunk_frames=CHUNK_FRAMES,
+                        timeout_s=job.decode_timeout_s, malloc=job.malloc,
+                        priority=job.decode_priority)
     try:
         rows, maps = _videos(extractors, work, job, stamps, clip_of, feed,
                              i3d_needed, ref_needed, on_video)

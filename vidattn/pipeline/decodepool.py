@@ -1,0 +1,84 @@
+"""Several decoding children for one part: clip i is decoded by child i mod n.
+
+One child (:class:`~vidattn.pipeline.subdecode.DecodeFeed`) decodes the bench's 480x360
+H.264 clips at about 500 frames/s of 224² output, on about 1.7 cores (decord's decoding
+thread and PIL's resample); larger sources decode slower (1280x720: about 80 frames per
+second of CPU).  On 2 CPU cores the network is far slower than that, so one child is
+right.  A network on a GPU is several times faster, and one child would hold it back: a
+pool deals the part's clips round-robin to ``procs`` feeds.  Each feed decodes its own
+clips in order, ahead of the consumer, which still opens clips in increasing order.  A
+clip that fails, hangs or is skipped is the business of the feed that decodes it, with
+the feed's usual rules (the next clip of that feed gets a new child after a hang).
+
+Memory: each child holds what one feed holds (its ring's two slots and ``depth`` chunks
+ahead), so a pool holds ``procs`` times that.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vidattn.pipeline.subdecode import DecodeFeed, FedClip
+
+
+def feed_for(items, cfg, *, procs: int = 1, chunk_frames: int, timeout_s: float | None,
+             depth: int = 2, malloc: str = "system", priority: str = "low"):
+    """A DecodeFeed of ``items`` (procs 1, or a single clip), else a :class:`DecodePool`
+    of ``procs`` feeds (no more feeds than clips).  Arguments as DecodeFeed's."""
+    if isinstance(procs, bool) or not isinstance(procs, int) or procs < 1:
+        raise ValueError(f"procs (decoding processes per part) must be an int >= 1, "
+                         f"got {procs!r}")
+    items = list(items)
+    n = min(procs, len(items))
+    kw = {"chunk_frames": chunk_frames, "timeout_s": timeout_s, "depth": depth,
+          "malloc": malloc, "priority": priority}
+    if n <= 1:
+        return DecodeFeed(items, cfg, **kw)
+    return DecodePool(items, cfg, n, **kw)
+
+
+class DecodePool:
+    """``procs`` DecodeFeeds over one list of clips; the same interface as a DecodeFeed
+    (``items``, ``cfg``, ``chunk_frames``, :meth:`prefetch`, :meth:`open`, :meth:`close`).
+
+    items: (path, start_sec, end_sec) per clip; feed k decodes clips k, k + procs, ...
+    """
+
+    def __init__(self, items, cfg, procs: int, **feed_args: Any):
+        if procs < 2:
+            raise ValueError(f"a DecodePool needs procs >= 2, got {procs} (use DecodeFeed)")
+        self.items = [(str(p), a, b) for p, a, b in items]
+        self.cfg, self.procs = cfg, int(procs)
+        self.chunk_frames = int(feed_args["chunk_frames"])
+        self.feeds: list[DecodeFeed] = []
+        try:
+            for k in range(self.procs):
+                self.feeds.append(DecodeFeed(self.items[k :: self.procs], cfg, **feed_args))
+        except BaseException:
+            self.close()
+            raise
+        self._opened = -1
+
+    def prefetch(self) -> None:
+        """Start every child now (see DecodeFeed.prefetch)."""
+        for feed in self.feeds:
+            feed.prefetch()
+
+    def open(self, i: int) -> FedClip:
+        """Clip ``i``, opened by the feed that decodes it; clips open once, in order."""
+        if not 0 <= i < len(self.items) or i <= self._opened:
+            raise ValueError(f"DecodePool.open({i}): clips open once, in order "
+                             f"(last opened {self._opened}, {len(self.items)} clips)")
+        self._opened = i
+        return self.feeds[i % self.procs].open(i // self.procs)
+
+    def close(self) -> None:
+        """Kill every child still running; harmless twice."""
+        for feed in self.feeds:
+            feed.close()
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

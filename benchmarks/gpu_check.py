@@ -6,6 +6,7 @@ still reports what it measured):
 
 1. the CUDA tests (pytest, the tests marked as needing CUDA);
 2. bf16 RGB extraction of a real clip end to end, against the bare model's forward;
+   then decoding alone with 1, 2, 4, 8 child processes (``--decode-procs``);
 3. tvl1-torch on CUDA: pairs/s and its end-point error to OpenCV's TV-L1 on real frames;
 4. DETR-R50 keyframes/s (fp32 and bf16);
 5. ActX and RefAtomNet training steps/s.
@@ -83,6 +84,51 @@ def stage_extraction(rows: list, device: str, quick: bool) -> None:
                  f"{n / t_bare:.0f} frames/s"))
     rows.append((f"end-to-end RGB extraction of the same clip ({device} {kind})",
                  f"{t_e2e:.2f} s", f"{n / t_e2e:.0f} frames/s = {t_bare / t_e2e:.2f}x bare"))
+
+
+# Run in a fresh interpreter with no main script: a decoding child imports the parent's
+# main script (multiprocessing's rule), and this one imports torch.
+_DECODING = """
+import json, os, sys, time
+from vidattn.pipeline.decodepool import feed_for
+from vidattn.pipeline.subdecode import warm_up
+from vidattn.video import DecodeConfig
+clip, quick = sys.argv[1], sys.argv[2] == "1"
+decode = DecodeConfig(short_side=128, crop=112) if quick else DecodeConfig()
+clips = [(clip, 0.0, 2.0 if quick else None)] * (2 if quick else 16)
+warm_up()
+for procs in [p for p in (1, 2, 4, 8) if p <= (2 if quick else os.cpu_count() or 1)]:
+    t, n = time.perf_counter(), 0
+    with feed_for(clips, decode, procs=procs, chunk_frames=128, timeout_s=600,
+                  malloc="reuse", priority="low") as feed:
+        feed.prefetch()
+        for i in range(len(clips)):
+            n += sum(len(c) for c in feed.open(i).chunks())
+    print(json.dumps([procs, len(clips), n, time.perf_counter() - t]), flush=True)
+"""
+
+
+def stage_decoding(rows: list, device: str, quick: bool) -> None:
+    """Decoding alone (224² crops of the real clip), frames/s with 1, 2, 4, 8 children
+    (``--decode-procs``): how many it takes to keep up with the bare forward above."""
+    import json
+    import os
+
+    if not REAL_CLIP.is_file():
+        rows.append(("decoding", "skipped: the shared ActivityNet clip is missing", ""))
+        return
+    out = subprocess.run([sys.executable, "-c", _DECODING, str(REAL_CLIP), str(int(quick))],
+                         cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    if out.returncode:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        if "ModuleNotFoundError" in last:
+            raise ImportError(last.rsplit("'", 2)[-2] if last.count("'") >= 2 else last)
+        raise RuntimeError(last)
+    for line in out.stdout.splitlines():
+        procs, n_clips, n, sec = json.loads(line)
+        rows.append((f"decoding only, {n_clips} clips, {procs} child process(es) "
+                     f"({os.cpu_count()} cores)", f"{sec:.2f} s", f"{n / sec:.0f} frames/s"))
 
 
 def stage_flow(rows: list, device: str, quick: bool) -> None:
@@ -186,7 +232,8 @@ def stage_heads(rows: list, device: str, quick: bool) -> None:
                      f"{1 / sec:.2f} steps/s, {n / sec:.0f} samples/s"))
 
 
-STAGES = {"tests": stage_tests, "extraction": stage_extraction, "flow": stage_flow,
+STAGES = {"tests": stage_tests, "extraction": stage_extraction, "decoding": stage_decoding,
+          "flow": stage_flow,
           "detr": stage_detr, "heads": stage_heads}
 
 

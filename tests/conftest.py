@@ -73,3 +73,17 @@ def stalling_video(folder: Path) -> Path:
     playlist.write_text("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n"
                         "#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:1.0,\nstall.ts\n#EXT-X-ENDLIST\n")
     return playlist
+
+
+def same_chunks(got: list[np.ndarray], want: list[np.ndarray]) -> bool:
+    """Whether two lists of decoded chunks hold the same frames, chunk by chunk (and are
+    not both empty)."""
+    return len(got) == len(want) >= 1 and all(
+        np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+
+
+def decoding_children() -> list[str]:
+    """The decoding child processes of this process still alive."""
+    import multiprocessing as mp
+
+    return [p.name for p in mp.active_children() if p.name == "vidattn-decode"]

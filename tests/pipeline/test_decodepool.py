@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import stalling_video
+from conftest import decoding_children, same_chunks, stalling_video
 
 from vidattn.pipeline.decodepool import DecodePool, feed_for
 from vidattn.pipeline.headstart import HeadStart
@@ -24,15 +23,6 @@ def _in_process(path: Path, cfg: DecodeConfig, start=None, end=None,
         return list(clip.chunks(n))
 
 
-def _same(got: list[np.ndarray], want: list[np.ndarray]) -> bool:
-    return len(got) == len(want) >= 1 and all(
-        np.array_equal(g, w) for g, w in zip(got, want, strict=True))
-
-
-def _children() -> list[str]:
-    return [p.name for p in mp.active_children() if p.name == "vidattn-decode"]
-
-
 @pytest.mark.parametrize("cfg", [WHOLE, CROPPED], ids=["queue", "ring"])
 def test_a_pool_decodes_every_clip_in_order_and_a_bad_one_fails_alone(tiny_sample, tmp_path,
                                                                        cfg):
@@ -45,22 +35,22 @@ def test_a_pool_decodes_every_clip_in_order_and_a_bad_one_fails_alone(tiny_sampl
         assert isinstance(pool, DecodePool) and len(pool.feeds) == 2
         assert [f.items for f in pool.feeds] == [pool.items[0::2], pool.items[1::2]]
         pool.prefetch()  # both children start at once
-        assert len(_children()) == 2
+        assert len(decoding_children()) == 2
         first = pool.open(0)
-        assert _same(list(first.chunks()), _in_process(a, cfg))
+        assert same_chunks(list(first.chunks()), _in_process(a, cfg))
         with pytest.raises(VideoDecodeError) as e:
             pool.open(1)
         assert str(e.value).startswith(f"{junk}: ") and "\n" not in str(e.value)
         clip = pool.open(2)
         assert clip.process.pid == first.process.pid  # clips 0, 2, 4: the first child
-        assert _same(list(clip.chunks()), _in_process(b, cfg, 0.2, 0.5))
+        assert same_chunks(list(clip.chunks()), _in_process(b, cfg, 0.2, 0.5))
         clip = pool.open(3)
         assert clip.process.pid != first.process.pid  # the second child went on
-        assert _same(list(clip.chunks()), _in_process(c, cfg))
-        assert _same(list(pool.open(4).chunks()), _in_process(a, cfg, 0.1, None))
+        assert same_chunks(list(clip.chunks()), _in_process(c, cfg))
+        assert same_chunks(list(pool.open(4).chunks()), _in_process(a, cfg, 0.1, None))
         with pytest.raises(ValueError, match="in order"):
             pool.open(3)
-    assert not _children()
+    assert not decoding_children()
 
 
 def test_clips_left_unread_are_skipped_by_the_child_that_decodes_them(tiny_sample):
@@ -74,11 +64,11 @@ def test_clips_left_unread_are_skipped_by_the_child_that_decodes_them(tiny_sampl
         next(chunks)  # one chunk of clip 0 read, the rest abandoned
         chunks.close()
         # clips 1 and 2 never opened: one of each child's clips is skipped
-        assert _same(list(pool.open(3).chunks()), _in_process(a, CROPPED, n=2))
-        assert _same(list(pool.open(4).chunks()), _in_process(b, CROPPED, n=2))
+        assert same_chunks(list(pool.open(3).chunks()), _in_process(a, CROPPED, n=2))
+        assert same_chunks(list(pool.open(4).chunks()), _in_process(b, CROPPED, n=2))
     finally:
         pool.close()
-    assert not _children()
+    assert not decoding_children()
 
 
 def test_a_hung_clip_is_killed_and_only_its_child_is_replaced(tiny_sample, tmp_path):
@@ -89,16 +79,16 @@ def test_a_hung_clip_is_killed_and_only_its_child_is_replaced(tiny_sample, tmp_p
         pool.prefetch()
         other = pool.feeds[1].process.pid  # the child that will hang
         first = pool.open(0)
-        assert _same(list(first.chunks()), _in_process(a, CROPPED))
+        assert same_chunks(list(first.chunks()), _in_process(a, CROPPED))
         with pytest.raises(VideoDecodeError, match=r"stall\.m3u8: decoder hung.*within 2 s"):
             pool.open(1)
         clip = pool.open(2)
         assert clip.process.pid == first.process.pid  # the first child was left alone
-        assert _same(list(clip.chunks()), _in_process(b, CROPPED))
+        assert same_chunks(list(clip.chunks()), _in_process(b, CROPPED))
         clip = pool.open(3)
         assert clip.process.pid not in (other, first.process.pid)  # a new second child
-        assert _same(list(clip.chunks()), _in_process(c, CROPPED))
-    assert not _children()
+        assert same_chunks(list(clip.chunks()), _in_process(c, CROPPED))
+    assert not decoding_children()
 
 
 def test_feed_for_gives_one_feed_when_one_child_is_enough(tiny_sample):

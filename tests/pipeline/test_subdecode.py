@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import stalling_video
+from conftest import decoding_children, same_chunks, stalling_video
 
 from vidattn.pipeline.subdecode import DECODE_NICE, DecodeFeed
 from vidattn.video import DecodeConfig, VideoDecodeError, open_clip
@@ -38,15 +37,6 @@ def _in_process(path: Path, start=None, end=None, n: int = 5,
         return list(clip.chunks(n))
 
 
-def _same(got: list[np.ndarray], want: list[np.ndarray]) -> bool:
-    return len(got) == len(want) >= 1 and all(
-        np.array_equal(g, w) for g, w in zip(got, want, strict=True))
-
-
-def _children() -> list[str]:
-    return [p.name for p in mp.active_children() if p.name == "vidattn-decode"]
-
-
 def test_one_child_decodes_every_clip_in_order_and_a_bad_one_fails_alone(tiny_sample,
                                                                           tmp_path, decode):
     a, b = sorted((tiny_sample / "videos").glob("*.mp4"))[:2]
@@ -57,17 +47,17 @@ def test_one_child_decodes_every_clip_in_order_and_a_bad_one_fails_alone(tiny_sa
         first = feed.open(0)
         pid = first.process.pid
         want = _in_process(a, cfg=decode)
-        assert _same(list(first.chunks()), want)
+        assert same_chunks(list(first.chunks()), want)
         assert first.fps == 25.0 and first.n_frames == sum(len(c) for c in want)
         with pytest.raises(VideoDecodeError) as e:
             feed.open(1)
         assert str(e.value).startswith(f"{junk}: ") and "\n" not in str(e.value)
         clip = feed.open(2)
-        assert _same(list(clip.chunks()), _in_process(b, 0.2, 0.5, cfg=decode))
+        assert same_chunks(list(clip.chunks()), _in_process(b, 0.2, 0.5, cfg=decode))
         clip = feed.open(3)
         assert clip.process.pid == pid  # the same child went on after the bad file
-        assert _same(list(clip.chunks()), _in_process(a, 0.1, None, cfg=decode))
-    assert not _children()
+        assert same_chunks(list(clip.chunks()), _in_process(a, 0.1, None, cfg=decode))
+    assert not decoding_children()
 
 
 def test_a_clip_left_unread_is_skipped_and_clips_open_in_order(tiny_sample, decode):
@@ -80,12 +70,12 @@ def test_a_clip_left_unread_is_skipped_and_clips_open_in_order(tiny_sample, deco
         chunks.close()
         # clip 1 skipped; the skipped chunks' ring slots (far more than the ring has) are
         # freed as they pass, or the child would wait for a slot and this would time out
-        assert _same(list(feed.open(2).chunks()), _in_process(c, n=2, cfg=decode))
+        assert same_chunks(list(feed.open(2).chunks()), _in_process(c, n=2, cfg=decode))
         with pytest.raises(ValueError, match="in order"):
             feed.open(1)
     finally:
         feed.close()
-    assert not _children()
+    assert not decoding_children()
 
 
 @pytest.mark.skipif(not hasattr(os, "nice"), reason="no process niceness on this OS")
@@ -117,14 +107,14 @@ def test_a_hung_clip_is_killed_and_the_next_clips_get_a_new_child(tiny_sample, t
                     chunk_frames=5, timeout_s=2) as feed:
         clip = feed.open(0)
         pid = clip.process.pid
-        assert _same(list(clip.chunks()), _in_process(a, cfg=decode))
+        assert same_chunks(list(clip.chunks()), _in_process(a, cfg=decode))
         with pytest.raises(VideoDecodeError, match=r"stall\.m3u8: decoder hung.*within 2 s"):
             feed.open(1)
         assert clip.process.exitcode is not None  # killed
         clip = feed.open(2)
         assert clip.process.pid != pid
-        assert _same(list(clip.chunks()), _in_process(b, cfg=decode))  # through a new ring
-    assert not _children()
+        assert same_chunks(list(clip.chunks()), _in_process(b, cfg=decode))  # through a new ring
+    assert not decoding_children()
 
 
 def test_bad_arguments():
@@ -150,7 +140,7 @@ def test_extraction_stores_the_same_maps_whichever_way_it_decodes(tiny_sample, t
                                 decode_procs=procs, **fast))
         assert res.n_extracted == 5 and not res.failures
         stores[name] = open_store(str(tmp_path / name))
-    assert not _children()
+    assert not decoding_children()
     ref = stores.pop("process-16-1")
     ids = ref.video_ids("rgb")
     assert len(ids) == 5
@@ -202,7 +192,7 @@ def test_the_decoding_child_takes_the_run_s_malloc_mode(tiny_sample, monkeypatch
     assert applied == [mode]
     assert [m[0] for m in out.got][0] == "open" and out.got[-1][0] == "end"
     chunks = [m[2] for m in out.got if m[0] == "chunk"]
-    assert _same(chunks, _in_process(a))
+    assert same_chunks(chunks, _in_process(a))
 
 
 def test_a_feed_refuses_an_unknown_malloc_mode_or_priority(tiny_sample):

@@ -121,8 +121,8 @@ def main() -> None:
                    "niceness +10 only, for a machine other programs keep busy.")
 @click.option("--decode-procs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Decoding child processes per part, the part's videos dealt among them "
-                   "in turn. One keeps up with a CPU's network; on a GPU, where one cannot, "
-                   "use about (cores - 2) / 2.")
+                   "in turn. One keeps up with a CPU's network; on a GPU, where one may not, "
+                   "try about (cores - 2) / 2.")
 @click.option("--decode-timeout", "decode_timeout_s", type=float, default=None,
               help="Kill the decoding child process after this many seconds without a "
                    "frame, failing that video [default: no limit here, 600 on dask].")

@@ -155,6 +155,9 @@ def test_extraction_stores_the_same_maps_whichever_way_it_decodes(tiny_sample, t
         run(ExtractConfig(store=str(tmp_path / "t"), spill_mb=-1, **fast))
     with pytest.raises(ValueError, match="decode_procs must be an int >= 1"):
         run(ExtractConfig(store=str(tmp_path / "t"), decode_procs=0, **fast))
+    with pytest.raises(ValueError, match="--decode-procs .* needs --decode-in process"):
+        run(ExtractConfig(store=str(tmp_path / "t"), decode_in="thread", decode_procs=2,
+                          **fast))
     with pytest.raises(ValueError, match="needs --decode-in process"):
         run(ExtractConfig(store=str(tmp_path / "t"), decode_in="thread", decode_timeout_s=5,
                           **fast))

@@ -4,11 +4,12 @@ One child (:class:`~vidattn.pipeline.subdecode.DecodeFeed`) decodes the bench's 
 H.264 clips at about 500 frames/s of 224² output, on about 1.7 cores (decord's decoding
 thread and PIL's resample); larger sources decode slower (1280x720: about 80 frames per
 second of CPU).  On 2 CPU cores the network is far slower than that, so one child is
-right.  A network on a GPU is several times faster, and one child would hold it back: a
-pool deals the part's clips round-robin to ``procs`` feeds.  Each feed decodes its own
-clips in order, ahead of the consumer, which still opens clips in increasing order.  A
-clip that fails, hangs or is skipped is the business of the feed that decodes it, with
-the feed's usual rules (the next clip of that feed gets a new child after a hang).
+right.  A network on a GPU is likely faster than one child (``make gpu-check`` measures
+both), and there a pool deals the part's clips round-robin to ``procs`` feeds.  Each
+feed decodes its own clips in order, ahead of the consumer, which still opens clips in
+increasing order.  A clip that fails, hangs or is skipped is the business of the feed
+that decodes it, with the feed's usual rules (after a hang, that feed's next clip gets a
+new child).
 
 Memory: each child holds what one feed holds (its ring's two slots and ``depth`` chunks
 ahead), so a pool holds ``procs`` times that.

@@ -122,6 +122,9 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     if isinstance(cfg.decode_procs, bool) or not isinstance(cfg.decode_procs, int) \
             or cfg.decode_procs < 1:
         raise ValueError(f"decode_procs must be an int >= 1, got {cfg.decode_procs!r}")
+    if cfg.decode_procs > 1 and cfg.decode_in != "process":
+        raise ValueError("--decode-procs starts decoding child processes: it needs "
+                         "--decode-in process")
     if cfg.spill_mb < 0:
         raise ValueError(f"spill_mb must be >= 0 (MiB held in memory per map), got "
                          f"{cfg.spill_mb}")

@@ -64,7 +64,7 @@ class ExtractConfig:
     # low: at niceness +10 only (vidattn/pipeline/subdecode.py).
     decode_priority: str = "idle"
     # Decoding children per part, clips dealt round-robin (vidattn/pipeline/decodepool.py):
-    # one keeps up with a CPU's network; a GPU's needs several.
+    # one keeps up with a CPU's network; a GPU's may need several.
     decode_procs: int = 1
     window_steps: int | None = None  # None: I3D streams; else its window core (8-frame steps)
     trust_checkpoint: bool = False  # allow pickled checkpoints (files you trust only)

@@ -112,7 +112,7 @@ def test_a_head_start_serves_a_part_only_with_as_many_children(tiny_sample):
     a, b, c = sorted((tiny_sample / "videos").glob("*.mp4"))[:3]
     clips = [(str(a), None, None), (str(b), None, None), (str(c), None, None)]
     pool = feed_for(clips, WHOLE, procs=2, chunk_frames=8, timeout_s=None)
-    head = HeadStart(pool, {}, 2)
+    head = HeadStart(pool, {})
     assert head.fits(clips, WHOLE, 8, {}, procs=2)
     assert not head.fits(clips, WHOLE, 8, {}, procs=1)
     assert not head.fits(clips, WHOLE, 8, {}, procs=3)

@@ -22,13 +22,18 @@ from typing import Any
 from vidattn.pipeline.subdecode import DecodeFeed, FedClip
 
 
+def check_procs(procs, name: str = "procs") -> None:
+    """Refuse a count of decoding children that is not an int >= 1 (ValueError)."""
+    if isinstance(procs, bool) or not isinstance(procs, int) or procs < 1:
+        raise ValueError(f"{name} must be an int >= 1 (decoding processes per part), "
+                         f"got {procs!r}")
+
+
 def feed_for(items, cfg, *, procs: int = 1, chunk_frames: int, timeout_s: float | None,
              depth: int = 2, malloc: str = "system", priority: str = "low"):
     """A DecodeFeed of ``items`` (procs 1, or a single clip), else a :class:`DecodePool`
     of ``procs`` feeds (no more feeds than clips).  Arguments as DecodeFeed's."""
-    if isinstance(procs, bool) or not isinstance(procs, int) or procs < 1:
-        raise ValueError(f"procs (decoding processes per part) must be an int >= 1, "
-                         f"got {procs!r}")
+    check_procs(procs)
     items = list(items)
     n = min(procs, len(items))
     kw = {"chunk_frames": chunk_frames, "timeout_s": timeout_s, "depth": depth,

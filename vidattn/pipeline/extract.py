@@ -119,9 +119,9 @@ def run(cfg: ExtractConfig) -> ExtractResult:
 
     t0 = time.time()
     cfg.decode_timeout()  # refuses --decode-timeout with thread decoding before any work
-    if isinstance(cfg.decode_procs, bool) or not isinstance(cfg.decode_procs, int) \
-            or cfg.decode_procs < 1:
-        raise ValueError(f"decode_procs must be an int >= 1, got {cfg.decode_procs!r}")
+    from vidattn.pipeline.decodepool import check_procs
+
+    check_procs(cfg.decode_procs, "decode_procs")
     if cfg.decode_procs > 1 and cfg.decode_in != "process":
         raise ValueError("--decode-procs starts decoding child processes: it needs "
                          "--decode-in process")

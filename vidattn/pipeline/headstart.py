@@ -35,7 +35,6 @@ class HeadStart:
 
     feed: Any
     stamps: dict[str, tuple]
-    procs: int = 1  # decoding children (decodepool.py)
 
     def fits(self, clips: list[tuple], decode, chunk_frames: int, stamps: dict,
              procs: int = 1) -> bool:
@@ -43,7 +42,7 @@ class HeadStart:
         children), from files that have not changed since it started."""
         feed = self.feed
         return (feed.items == clips and feed.cfg == decode and feed.chunk_frames == chunk_frames
-                and self.procs == min(procs, len(clips))
+                and feed.procs == min(procs, len(clips))
                 and all(self.stamps.get(p) == s for p, s in stamps.items()))
 
     def close(self) -> None:
@@ -108,4 +107,4 @@ def start(store_url: str, manifest, root: Path, part_size: int, streams: tuple[s
                     depth=max(2, depth_for(decode, chunk_frames) // n), malloc=malloc,
                     priority=priority)
     feed.prefetch()
-    return HeadStart(feed, stamps, n)
+    return HeadStart(feed, stamps)

@@ -182,6 +182,8 @@ class DecodeFeed:
     new child from that clip on.  None waits as long as the child lives.
     """
 
+    procs = 1  # decoding children (a decodepool.DecodePool has several)
+
     def __init__(self, items, cfg: DecodeConfig, *, chunk_frames: int,
                  timeout_s: float | None, depth: int = 2, malloc: str = "system",
                  priority: str = "low"):

@@ -22,7 +22,8 @@ def test_gpu_check_quick_writes_its_section(tmp_path):
     text = out.read_text()
     assert text.index("## GPU check") < text.index("## 2026-01-01")  # newest first, kept
     section = text.split("## GPU check", 1)[1].split("\n## ", 1)[0]
-    for row in ("CUDA tests", "end-to-end RGB extraction", "decoding only", "tvl1-torch",
+    for row in ("CUDA tests", "end-to-end RGB extraction", "decoding only, 2 clips, in this "
+                "process", "decoding only, 2 clips, 2 child", "tvl1-torch",
                 "DETR-R50",
                 "ActX train step", "RefAtomNet train step"):
         assert row in section, row

@@ -268,3 +268,22 @@ def conform(table_name: str, data) -> pa.Table:
             f"(missing columns {missing}, unexpected columns {extra})"
         )
     return table.select(schema.names).cast(schema)
+
+
+# What a manifest row says about its video: a run may add videos to a store, never restate
+# one of these differently (its maps would mix two cuts of the video).
+MANIFEST_IDENTITY = ("path", "split", "start_sec", "end_sec", "role", "group", "labels")
+
+
+def manifest_conflict(old, new) -> tuple[str, str] | None:
+    """The first ``(video_id, column)`` where DataFrame ``new`` restates a row of ``old``
+    (both manifest tables) differently in a MANIFEST_IDENTITY column; None if none does."""
+    both = old.merge(new, on="video_id", suffixes=("_old", ""))
+    for col in MANIFEST_IDENTITY:
+        a, b = both[f"{col}_old"], both[col]
+        if col == "labels":  # lists: compare as tuples
+            a, b = a.map(tuple), b.map(tuple)
+        changed = ~((a == b) | (a.isna() & b.isna()))
+        if changed.any():
+            return str(both.loc[changed, "video_id"].iloc[0]), col
+    return None

@@ -33,21 +33,21 @@ Concurrency (two runs on one store, see :class:`FeatureStore` for the knobs):
 
 A changed ``extractor_version`` (nothing else) invalidates a stream's parts instead of
 refusing the run; the group attribute ``pending_invalidation`` marks one under way, so a
-crash in the middle is finished by the next claim (see FeatureStore.claim_stream).
+crash in the middle is finished by the next claim (see provenance.claim_stream).
 
 Failures while writing (disk full, or any OSError) leave nothing half-committed: the
 fragment is not written, the partial array is removed (best effort), the lock released,
 and a one-line :class:`StoreError` names the store, stream and part.
+
+Writing a part (points 2-4) is in partwrite.py, provenance and claims in provenance.py;
+:class:`FeatureStore` delegates to both.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
-import logging
-import warnings
 from functools import cached_property
 from pathlib import Path
 
@@ -57,10 +57,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
-from zarr.codecs import ZstdCodec
 
 from vidattn.errors import one_line
-from vidattn.spill import row_blocks
+from vidattn.stores import partwrite, provenance
 from vidattn.stores.files import put_atomic
 from vidattn.stores.locks import (  # noqa: F401 - LockTimeout is part of this module's API
     LOCK_TIMEOUT_S,
@@ -72,21 +71,19 @@ from vidattn.stores.locks import (  # noqa: F401 - LockTimeout is part of this m
     part_claim_name,
     part_lock_name,
 )
+from vidattn.stores.partwrite import signature
+from vidattn.stores.provenance import (  # noqa: F401 - part of this module's API
+    PROVENANCE_KEYS,
+    StoreNotice,
+)
 from vidattn.stores.schema import (
     ARRAYS,
     INDEX_SCHEMA,
     READABLE_VERSIONS,
     SCHEMA_VERSION,
     conform,
+    manifest_conflict,
 )
-
-# Provenance keys that must agree before a run may append to a stream.  vidattn's own
-# version is recorded but not compared: upgrading vidattn must not orphan a store; a change
-# to an extractor's numerics bumps that extractor's own version instead, and a store then
-# redoes that stream's parts (see FeatureStore.claim_stream).
-PROVENANCE_KEYS = ("extractor", "extractor_version", "weights_sha256", "preprocessing")
-
-_log = logging.getLogger(__name__)
 
 # What a store folder holds (schema.py); anything else means it is some other folder.
 STORE_ENTRIES = {"zarr.json", "features", "index", "locks", "manifest.parquet",
@@ -97,41 +94,8 @@ class ChecksumError(StoreError):
     """Stored bytes are corrupt: they do not match the index checksum, or do not decode."""
 
 
-class StoreNotice(UserWarning):
-    """Something a run should tell its user about a store, e.g. parts invalidated."""
-
-
 def checksum(values: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
-
-
-def _signature(info: dict) -> tuple:
-    """What identifies one version of a file: a fragment replaced by rename gets a new
-    inode (local) or ETag / generation (object stores), even with equal size and mtime."""
-    keys = ("size", "mtime", "ino", "ETag", "etag", "LastModified", "generation")
-    return tuple(str(info.get(k)) for k in keys)
-
-
-def _write_shards(arr, sources: list, n_rows: int, shard: int, dtype: str) -> None:
-    """Fill ``arr`` (n_rows, C) from ``sources`` [(row dict, map)], one whole shard per
-    write (no shard is read back), setting each row dict's ``checksum``."""
-    buf = np.empty((min(shard, n_rows), arr.shape[1]), dtype)
-    pos = fill = 0  # rows of arr written; rows of buf filled
-    for rec, m in sources:
-        digest = hashlib.sha256()
-        for block in row_blocks(m):
-            block = block.astype(dtype, copy=False)
-            digest.update(np.ascontiguousarray(block).data)
-            while len(block):
-                k = min(len(block), len(buf) - fill)
-                buf[fill : fill + k] = block[:k]
-                block, fill = block[k:], fill + k
-                if fill == len(buf) or pos + fill == n_rows:
-                    arr[pos : pos + fill] = buf[:fill]
-                    pos, fill = pos + fill, 0
-        rec["checksum"] = digest.hexdigest()
-    if pos != n_rows:
-        raise RuntimeError(f"wrote {pos} of {n_rows} rows: a map changed while written")
 
 
 class FeatureStore:
@@ -238,15 +202,6 @@ class FeatureStore:
         pq.write_table(table, buf)
         put_atomic(self.fs, self._path(rel), buf.getvalue())
 
-    def _remove_quietly(self, path: str) -> None:
-        """Best effort: the error being handled matters more than a failed cleanup."""
-        try:
-            if self.fs.exists(path):
-                self.fs.rm(path, recursive=True)
-        except Exception as e:
-            _log.warning("%s: could not remove %s (%s)", self.url, path,
-                         one_line(e, with_type=True))
-
     def _read_table(self, rel: str) -> pd.DataFrame | None:
         path = self._path(rel)
         if not self.fs.exists(path):
@@ -315,19 +270,10 @@ class FeatureStore:
         with self.lock(STORE_LOCK):
             old = self._read_table("manifest.parquet")
             if old is not None:
-                both = old.merge(new, on="video_id", suffixes=("_old", ""))
-                for col in ("path", "split", "start_sec", "end_sec", "role", "group",
-                            "labels"):
-                    a, b = both[f"{col}_old"], both[col]
-                    if col == "labels":  # lists: compare as tuples
-                        a, b = a.map(tuple), b.map(tuple)
-                    changed = ~((a == b) | (a.isna() & b.isna()))
-                    if changed.any():
-                        vid = both.loc[changed, "video_id"].iloc[0]
-                        raise StoreError(
-                            f"{self.url}: manifest row for {vid!r} differs from the stored "
-                            f"one ({col}); use a new store"
-                        )
+                conflict = manifest_conflict(old, new)
+                if conflict:
+                    raise StoreError(f"{self.url}: manifest row for {conflict[0]!r} differs "
+                                     f"from the stored one ({conflict[1]}); use a new store")
                 new = pd.concat([old, new[~new.video_id.isin(old.video_id)]],
                                 ignore_index=True)
             self.write_table("manifest", new)
@@ -357,87 +303,10 @@ class FeatureStore:
         return self.group.attrs.get("provenance", {}).get(stream)
 
     def claim_stream(self, stream: str, prov: dict) -> str | None:
-        """Record ``prov`` for ``stream``; refuse if the store holds other provenance.
-
-        When only ``extractor_version`` differs, the stream's parts are invalidated (their
-        index fragments removed: they are extracted again, their arrays overwritten) and
-        ``prov`` recorded.  Returns a one-line notice saying so (also issued as a
-        :class:`StoreNotice` warning), or None when nothing was invalidated.
-
-        Crash-safe and safe against a concurrent run of the old version: the new
-        provenance is recorded first with a ``pending_invalidation`` mark, then each
-        fragment is removed under its part lock, then the mark is cleared.  A writer
-        re-checks the stored provenance under the part lock (see write_part), so an old
-        run cannot add a fragment after its part was invalidated; a claim that finds the
-        mark (a crash mid-way) finishes the invalidation.
-        """
-        with self.lock(STORE_LOCK):
-            attrs = self._refresh_attrs()
-            allprov = dict(attrs.get("provenance", {}))
-            pending = dict(attrs.get("pending_invalidation", {}))
-            old = allprov.get(stream)
-            if old is None:
-                allprov[stream] = prov
-                self.group.attrs["provenance"] = allprov
-                self._claimed[stream] = prov
-                return None
-            diff = [k for k in PROVENANCE_KEYS if old.get(k) != prov.get(k)]
-            refused = [k for k in diff if k != "extractor_version"]
-            if refused:
-                k = refused[0]
-                raise StoreError(
-                    f"{self.url}: refusing to append {stream} features with different "
-                    f"provenance ({k}: stored {json.dumps(old.get(k))}, this run "
-                    f"{json.dumps(prov.get(k))}); use a new --store"
-                )
-            if not diff and stream not in pending:
-                self._claimed[stream] = prov
-                return None
-            was = old.get("extractor_version") if diff else pending[stream]
-            if diff:
-                allprov[stream] = prov
-                pending[stream] = was
-                self.group.attrs.update({"provenance": allprov,
-                                         "pending_invalidation": pending})
-            n = self._invalidate(stream)
-            del pending[stream]
-            self.group.attrs["pending_invalidation"] = pending
-            self._claimed[stream] = prov
-        notice = (
-            f"{self.url}: {stream} maps were made by extractor_version {json.dumps(was)}, "
-            f"this run's is {json.dumps(prov.get('extractor_version'))}: {n} part(s) "
-            f"invalidated, to be extracted again"
-        )
-        warnings.warn(notice, StoreNotice, stacklevel=2)
-        return notice
-
-    def _invalidate(self, stream: str) -> int:
-        """Remove every index fragment of ``stream``, each under its part lock; how many."""
-        n = 0
-        for path in sorted(self.fs.glob(self._path(f"index/{stream}/part-*.parquet"))):
-            part = int(Path(path).stem.split("-")[1])
-            with self.part_lock(stream, part):
-                if self.fs.exists(path):
-                    self.fs.rm(path)
-                    n += 1
-            self._seen.pop((stream, part), None)
-        self._forget_index()
-        return n
-
-    def _check_claim(self, stream: str, part: int) -> None:
-        """Refuse to write when the stream's stored provenance changed after our claim."""
-        claimed = self._claimed.get(stream)
-        if claimed is None:
-            return
-        now = self._disk_attrs().get("provenance", {}).get(stream) or {}
-        diff = [k for k in PROVENANCE_KEYS if now.get(k) != claimed.get(k)]
-        if diff:
-            k = diff[0]
-            raise StoreError(
-                f"{self.url}: {stream} provenance changed since this run claimed it ({k}: "
-                f"stored {json.dumps(now.get(k))}, this run {json.dumps(claimed.get(k))}); "
-                f"not writing part {part:05d}"
-            )
+        """Record ``prov`` for ``stream``, refusing other provenance; when only the
+        extractor's version changed, invalidate the stream's parts and return a notice
+        (see :func:`vidattn.stores.provenance.claim_stream`)."""
+        return provenance.claim_stream(self, stream, prov)
 
     # ------------------------------------------------------------------ parts
     def _fragment(self, stream: str, part: int) -> str:
@@ -449,7 +318,7 @@ class FeatureStore:
         done = set()
         for path, info in found.items():
             part = int(Path(path).stem.split("-")[1])
-            self._seen[(stream, part)] = _signature(info)
+            self._seen[(stream, part)] = signature(info)
             done.add(part)
         return done
 
@@ -470,100 +339,14 @@ class FeatureStore:
 
     def write_part(self, stream: str, part: int, rows: list[dict],
                    maps: dict[str, np.ndarray], replace: bool | None = None) -> bool:
-        """Write one part: its array (all ``maps`` concatenated), then its index fragment.
+        """Write one part, its array then its index fragment, exclusively per part across
+        processes; whether it was written (see :func:`vidattn.stores.partwrite.write_part`,
+        also for ``replace``).
 
         rows: one dict per video of the part (video_id, status, error, n_frames, fps);
         maps: video_id -> (T, H, W, D) float map for the videos that succeeded.
-
-        Exclusive per (stream, part) across processes (the part lock).  When the part's
-        fragment already exists, ``replace=None`` (default) overwrites it if this object
-        saw that very fragment (through done_parts or its own write: a deliberate redo) or
-        if it records a failed video (a --retry-failed redo, perhaps from a worker's fresh
-        store object); it skips the part when the fragment is one it never saw recording
-        these same videos, all done: another run finished the part meanwhile.
-        ``replace=True`` always overwrites, False never does.  Returns whether the part
-        was written.  Any OSError while writing (disk full...) becomes a one-line
-        StoreError, with nothing of the part committed.
         """
-        spec = ARRAYS[stream]
-        sources, offset, out_rows = [], 0, []
-        for row in rows:  # validated before any lock is taken or byte written
-            vid = row["video_id"]
-            rec = {"stream": stream, "part": part, "offset": -1, "t": 0, "h": 0, "w": 0,
-                   "checksum": None, **row}
-            if vid in maps:
-                m = maps[vid]
-                spec.check(m)
-                t, h, w = m.shape[:3]
-                rec.update(offset=offset, t=t, h=h, w=w)
-                sources.append((rec, m))
-                offset += t * h * w
-            out_rows.append(rec)
-        conform("index", pd.DataFrame(out_rows))  # refused here, before the lock
-        frag = self._fragment(stream, part)
-        try:
-            with self.part_lock(stream, part):
-                info = self._info(frag)
-                if info is not None and replace is not True:
-                    seen = self._seen.get((stream, part)) == _signature(info)
-                    if replace is False or (not seen and self._finished(frag, out_rows)):
-                        _log.info("%s: %s part %05d was written by another run; skipped",
-                                  self.url, stream, part)
-                        self._seen[(stream, part)] = _signature(info)
-                        self._forget_index()
-                        return False
-                self._check_claim(stream, part)
-                self._commit_part(stream, part, sources, offset, out_rows,
-                                  had_fragment=info is not None)
-                self._seen[(stream, part)] = _signature(self.fs.info(self._path(frag)))
-        except OSError as e:
-            why = "disk full" if e.errno == errno.ENOSPC else "write failed"
-            raise StoreError(
-                f"{self.url}: {why} while writing {stream} part {part:05d}; nothing of the "
-                f"part was committed ({one_line(e, with_type=True)})"
-            ) from e
-        finally:
-            self._forget_index()
-        return True
-
-    def _finished(self, frag: str, rows: list[dict]) -> bool:
-        """Whether fragment ``frag`` records exactly the videos of ``rows``, all done."""
-        stored = self._read_table(frag)
-        if stored is None:
-            return False
-        same = sorted(stored.video_id) == sorted(r["video_id"] for r in rows)
-        return same and bool((stored.status == "done").all())
-
-    def _commit_part(self, stream: str, part: int, sources: list, n_rows: int,
-                     out_rows: list[dict], had_fragment: bool) -> None:
-        """Array, then fragment; on an OSError the partial array goes, nothing is done.
-
-        sources: (index row, (T, H, W, C) map) in row order, the maps in memory or spilled
-        (vidattn.spill); they are copied shard by shard, so writing needs one shard's
-        memory however long the part.  Each row's checksum is of its float16 bytes.
-        """
-        frag = self._fragment(stream, part)
-        name = f"features/{stream}/part-{part:05d}"
-        if had_fragment:
-            # The part stops being done before its array changes: a fragment always
-            # describes a complete array, whenever this process dies.
-            self.fs.rm(self._path(frag))
-        try:
-            if sources:
-                spec = ARRAYS[stream]
-                c = spec.chunk_rows
-                shard = min(-(-n_rows // c), spec.shard_chunks) * c
-                arr = self.group.create_array(
-                    name, shape=(n_rows, spec.channels), dtype=spec.dtype,
-                    chunks=(c, spec.channels), shards=(shard, spec.channels),
-                    compressors=ZstdCodec(level=spec.codec_level),
-                    dimension_names=spec.dims, overwrite=True,
-                )
-                _write_shards(arr, sources, n_rows, shard, spec.dtype)
-            self._write_table(frag, conform("index", pd.DataFrame(out_rows)))
-        except OSError:
-            self._remove_quietly(self._path(name))
-            raise
+        return partwrite.write_part(self, stream, part, rows, maps, replace)
 
     # ------------------------------------------------------------------- read
     def index(self, stream: str | None = None) -> pd.DataFrame:

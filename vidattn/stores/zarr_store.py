@@ -39,8 +39,7 @@ Failures while writing (disk full, or any OSError) leave nothing half-committed:
 fragment is not written, the partial array is removed (best effort), the lock released,
 and a one-line :class:`StoreError` names the store, stream and part.
 
-Writing a part (points 2-4) is in partwrite.py, provenance and claims in provenance.py;
-:class:`FeatureStore` delegates to both.
+Writing a part (2-4): partwrite.py; provenance, claims: provenance.py (delegated to).
 """
 
 from __future__ import annotations

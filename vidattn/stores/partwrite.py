@@ -71,7 +71,7 @@ def write_part(store: Any, stream: str, part: int, rows: list[dict],
     maps: video_id -> (T, H, W, D) float map for the videos that succeeded.
 
     Exclusive per (stream, part) across processes (the part lock).  When the part's
-    fragment already exists, ``replace=None`` (default) overwrites it if this object
+    fragment already exists, ``replace=None`` (default) overwrites it if ``store``
     saw that very fragment (through done_parts or its own write: a deliberate redo) or
     if it records a failed video (a --retry-failed redo, perhaps from a worker's fresh
     store object); it skips the part when the fragment is one it never saw recording

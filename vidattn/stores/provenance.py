@@ -36,7 +36,7 @@ def claim_stream(store: Any, stream: str, prov: dict) -> str | None:
     Crash-safe and safe against a concurrent run of the old version: the new
     provenance is recorded first with a ``pending_invalidation`` mark, then each
     fragment is removed under its part lock, then the mark is cleared.  A writer
-    re-checks the stored provenance under the part lock (see write_part), so an old
+    re-checks the stored provenance under the part lock (partwrite.write_part), so an old
     run cannot add a fragment after its part was invalidated; a claim that finds the
     mark (a crash mid-way) finishes the invalidation.
     """

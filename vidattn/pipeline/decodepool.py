@@ -29,13 +29,19 @@ def check_procs(procs, name: str = "procs") -> None:
                          f"got {procs!r}")
 
 
+def children_for(procs: int, n_clips: int) -> int:
+    """How many children decode ``n_clips`` clips when ``procs`` are asked for: never more
+    than there are clips (a DecodeFeed's one, for a single clip)."""
+    return min(procs, n_clips)
+
+
 def feed_for(items, cfg, *, procs: int = 1, chunk_frames: int, timeout_s: float | None,
              depth: int = 2, malloc: str = "system", priority: str = "low"):
     """A DecodeFeed of ``items`` (procs 1, or a single clip), else a :class:`DecodePool`
     of ``procs`` feeds (no more feeds than clips).  Arguments as DecodeFeed's."""
     check_procs(procs)
     items = list(items)
-    n = min(procs, len(items))
+    n = children_for(procs, len(items))
     kw = {"chunk_frames": chunk_frames, "timeout_s": timeout_s, "depth": depth,
           "malloc": malloc, "priority": priority}
     if n <= 1:

@@ -40,9 +40,11 @@ class HeadStart:
              procs: int = 1) -> bool:
         """Whether the feed decodes exactly ``clips`` as the part would (with as many
         children), from files that have not changed since it started."""
+        from vidattn.pipeline.decodepool import children_for
+
         feed = self.feed
         return (feed.items == clips and feed.cfg == decode and feed.chunk_frames == chunk_frames
-                and feed.procs == min(procs, len(clips))
+                and feed.procs == children_for(procs, len(clips))
                 and all(self.stamps.get(p) == s for p, s in stamps.items()))
 
     def close(self) -> None:
@@ -95,14 +97,14 @@ def start(store_url: str, manifest, root: Path, part_size: int, streams: tuple[s
           malloc: str = "system", priority: str = "low", procs: int = 1) -> HeadStart | None:
     """The guessed first part's decoding, started (see the module); None when there is
     nothing to guess.  ``procs`` children share the head start's budget."""
-    from vidattn.pipeline.decodepool import feed_for
+    from vidattn.pipeline.decodepool import children_for, feed_for
     from vidattn.pipeline.parts import file_stamp
 
     clips = first_segments(store_url, manifest, root, part_size, streams)
     if not clips:
         return None
     stamps = {p: file_stamp(Path(p)) for p, _, _ in clips}
-    n = min(procs, len(clips))
+    n = children_for(procs, len(clips))
     feed = feed_for(clips, decode, procs=n, chunk_frames=chunk_frames, timeout_s=timeout_s,
                     depth=max(2, depth_for(decode, chunk_frames) // n), malloc=malloc,
                     priority=priority)

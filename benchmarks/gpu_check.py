@@ -240,8 +240,7 @@ def stage_heads(rows: list, device: str, quick: bool) -> None:
 
 
 STAGES = {"tests": stage_tests, "extraction": stage_extraction, "decoding": stage_decoding,
-          "flow": stage_flow,
-          "detr": stage_detr, "heads": stage_heads}
+          "flow": stage_flow, "detr": stage_detr, "heads": stage_heads}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,8 +108,8 @@ def write_part(store: Any, stream: str, part: int, rows: list[dict],
                     store._forget_index()
                     return False
             check_claim(store, stream, part)
-            _commit_part(store, stream, part, sources, offset, out_rows,
-                              had_fragment=info is not None)
+            _commit_part(store, stream, part, frag, sources, offset, out_rows,
+                         had_fragment=info is not None)
             store._seen[(stream, part)] = signature(store.fs.info(store._path(frag)))
     except OSError as e:
         why = "disk full" if e.errno == errno.ENOSPC else "write failed"
@@ -121,6 +121,7 @@ def write_part(store: Any, stream: str, part: int, rows: list[dict],
         store._forget_index()
     return True
 
+
 def _finished(store: Any, frag: str, rows: list[dict]) -> bool:
     """Whether fragment ``frag`` records exactly the videos of ``rows``, all done."""
     stored = store._read_table(frag)
@@ -129,15 +130,15 @@ def _finished(store: Any, frag: str, rows: list[dict]) -> bool:
     same = sorted(stored.video_id) == sorted(r["video_id"] for r in rows)
     return same and bool((stored.status == "done").all())
 
-def _commit_part(store: Any, stream: str, part: int, sources: list, n_rows: int,
+
+def _commit_part(store: Any, stream: str, part: int, frag: str, sources: list, n_rows: int,
                  out_rows: list[dict], had_fragment: bool) -> None:
-    """Array, then fragment; on an OSError the partial array goes, nothing is done.
+    """Array, then fragment ``frag``; on an OSError the partial array goes, nothing is done.
 
     sources: (index row, (T, H, W, C) map) in row order, the maps in memory or spilled
     (vidattn.spill); they are copied shard by shard, so writing needs one shard's
     memory however long the part.  Each row's checksum is of its float16 bytes.
     """
-    frag = store._fragment(stream, part)
     name = f"features/{stream}/part-{part:05d}"
     if had_fragment:
         # The part stops being done before its array changes: a fragment always

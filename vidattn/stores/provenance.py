@@ -25,6 +25,11 @@ class StoreNotice(UserWarning):
     """Something a run should tell its user about a store, e.g. parts invalidated."""
 
 
+def _differing(old: dict, new: dict) -> list[str]:
+    """The PROVENANCE_KEYS on which two provenance records disagree, in that order."""
+    return [k for k in PROVENANCE_KEYS if old.get(k) != new.get(k)]
+
+
 def claim_stream(store: Any, stream: str, prov: dict) -> str | None:
     """Record ``prov`` for ``stream``; refuse if the store holds other provenance.
 
@@ -50,7 +55,7 @@ def claim_stream(store: Any, stream: str, prov: dict) -> str | None:
             store.group.attrs["provenance"] = allprov
             store._claimed[stream] = prov
             return None
-        diff = [k for k in PROVENANCE_KEYS if old.get(k) != prov.get(k)]
+        diff = _differing(old, prov)
         refused = [k for k in diff if k != "extractor_version"]
         if refused:
             k = refused[0]
@@ -67,7 +72,7 @@ def claim_stream(store: Any, stream: str, prov: dict) -> str | None:
             allprov[stream] = prov
             pending[stream] = was
             store.group.attrs.update({"provenance": allprov,
-                                     "pending_invalidation": pending})
+                                      "pending_invalidation": pending})
         n = invalidate(store, stream)
         del pending[stream]
         store.group.attrs["pending_invalidation"] = pending
@@ -79,6 +84,7 @@ def claim_stream(store: Any, stream: str, prov: dict) -> str | None:
     )
     warnings.warn(notice, StoreNotice, stacklevel=3)
     return notice
+
 
 def invalidate(store: Any, stream: str) -> int:
     """Remove every index fragment of ``stream``, each under its part lock; how many."""
@@ -93,13 +99,14 @@ def invalidate(store: Any, stream: str) -> int:
     store._forget_index()
     return n
 
+
 def check_claim(store: Any, stream: str, part: int) -> None:
     """Refuse to write when the stream's stored provenance changed after our claim."""
     claimed = store._claimed.get(stream)
     if claimed is None:
         return
     now = store._disk_attrs().get("provenance", {}).get(stream) or {}
-    diff = [k for k in PROVENANCE_KEYS if now.get(k) != claimed.get(k)]
+    diff = _differing(now, claimed)
     if diff:
         k = diff[0]
         raise StoreError(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 from typing import Any
 
 from vidattn.stores.locks import STORE_LOCK, StoreError
@@ -89,8 +88,7 @@ def claim_stream(store: Any, stream: str, prov: dict) -> str | None:
 def invalidate(store: Any, stream: str) -> int:
     """Remove every index fragment of ``stream``, each under its part lock; how many."""
     n = 0
-    for path in sorted(store.fs.glob(store._path(f"index/{stream}/part-*.parquet"))):
-        part = int(Path(path).stem.split("-")[1])
+    for part, (path, _) in sorted(store._fragments(stream).items()):
         with store.part_lock(stream, part):
             if store.fs.exists(path):
                 store.fs.rm(path)

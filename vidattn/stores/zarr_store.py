@@ -311,15 +311,18 @@ class FeatureStore:
     def _fragment(self, stream: str, part: int) -> str:
         return f"index/{stream}/part-{part:05d}.parquet"
 
+    def _fragments(self, stream: str) -> dict[int, tuple[str, dict]]:
+        """The index fragments of ``stream`` on storage now: part -> (path, file info)."""
+        found = self.fs.glob(self._path(f"index/{stream}/part-*.parquet"), detail=True)
+        return {int(Path(path).stem.split("-")[1]): (path, info)
+                for path, info in found.items()}
+
     def done_parts(self, stream: str) -> set[int]:
         """Parts of ``stream`` whose index fragment exists (remembered, see write_part)."""
-        found = self.fs.glob(self._path(f"index/{stream}/part-*.parquet"), detail=True)
-        done = set()
-        for path, info in found.items():
-            part = int(Path(path).stem.split("-")[1])
+        found = self._fragments(stream)
+        for part, (_, info) in found.items():
             self._seen[(stream, part)] = signature(info)
-            done.add(part)
-        return done
+        return set(found)
 
     def part_done(self, stream: str, part: int) -> bool:
         """Whether ``part`` of ``stream`` has its index fragment now (one cheap check; unlike

@@ -10,6 +10,9 @@ it, and the rounds alternate so that a busy machine slows all of them alike:
   fp32 and in bf16 autocast (bf16 only on a CPU with native bf16: elsewhere oneDNN
   emulates it, slower than fp32); each command is compared with the bare forward in its
   own precision;
+* the stream: the extractor's exact ``StreamingMaps`` in the bare process, after the bare
+  rounds, on the same frames pushed 128 at a time (model input made from them included):
+  what exact single-pass maps cost over the bare forward, before any decoding or start-up;
 * the command: ``vidattn extract --dataset folder`` timed from outside, so interpreter
   start-up, imports, model load, decoding, the network and the store writes all count;
   decoding in a child process (the default), in a thread, with PyAV only (no decord first),
@@ -59,8 +62,8 @@ precisions, paths = sys.argv[1].split(","), sys.argv[2:]
 model = load_i3d(None, "rgb", "cpu")
 out = {"start": time.perf_counter() - t_start}
 c = time.process_time()
-clips = [torch.from_numpy(to_model_input(load_clip(p, DecodeConfig(), None, None).frames))[None]
-         for p in paths]
+frames = [load_clip(p, DecodeConfig(), None, None).frames for p in paths]
+clips = [torch.from_numpy(to_model_input(f))[None] for f in frames]
 out["decode_cpu"] = time.process_time() - c
 def run(chunk, bf16):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -77,6 +80,17 @@ for bf16 in [p == "bf16" for p in precisions]:
         key = ("bf16 " if bf16 else "fp32 ") + str(chunk or "clip")
         out[key] = time.perf_counter() - t
         out["cpu " + key] = time.process_time() - c
+# The extractor's exact stream on the same frames, pushed as the command pushes them.
+from vidattn.extractors.stream_i3d import StreamingMaps
+to_tensor = lambda f: torch.from_numpy(to_model_input(f))[None]
+t, c = time.perf_counter(), time.process_time()
+for f in frames:
+    maps = StreamingMaps(model, to_tensor, ("Mixed_5c",))
+    for a in range(0, len(f), 128):
+        maps.push(f[a : a + 128])
+    maps.finish()
+out["stream fp32"] = time.perf_counter() - t
+out["cpu stream fp32"] = time.process_time() - c
 print(json.dumps(out))
 """
 
@@ -217,6 +231,17 @@ def _rows(rows: list, n: int, n_clips: int, bare: dict, extra: dict,
     # On a host the forward keeps busy, the command's other work comes on top of it.
     chunk, _ = fastest["fp32"]
     fwd = statistics.median(bare[f"fp32 {chunk}"])
+    if "stream fp32" in extra:  # what exactness costs, before any decoding or start-up
+        stream = extra["stream fp32"]
+        over = [s / b - 1 for s, b in zip(stream, bare[f"fp32 {chunk}"])]
+        rows.append(("the extractor's exact streamed forward (`StreamingMaps`, Mixed_5c as "
+                     "one pass over each padded clip) on the same decoded frames, pushed 128 "
+                     "at a time, model input made from them included",
+                     f"{min(stream):.2f} s",
+                     f"median {statistics.median(over):+.1%} against the bare forward at its "
+                     f"best chunking, round by round, same process "
+                     f"({', '.join(f'{x:+.1%}' for x in over)}); CPU "
+                     f"{statistics.median(extra['cpu stream fp32']):.1f} s"))
     fwd_cpu = statistics.median(extra[f"cpu fp32 {chunk}"])
     start, dec = statistics.median(extra["start"]), statistics.median(extra["decode_cpu"])
     cores = fwd_cpu / fwd

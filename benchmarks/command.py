@@ -62,8 +62,9 @@ precisions, paths = sys.argv[1].split(","), sys.argv[2:]
 model = load_i3d(None, "rgb", "cpu")
 out = {"start": time.perf_counter() - t_start}
 c = time.process_time()
+to_tensor = lambda f: torch.from_numpy(to_model_input(f))[None]
 frames = [load_clip(p, DecodeConfig(), None, None).frames for p in paths]
-clips = [torch.from_numpy(to_model_input(f))[None] for f in frames]
+clips = [to_tensor(f) for f in frames]
 out["decode_cpu"] = time.process_time() - c
 def run(chunk, bf16):
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -82,7 +83,6 @@ for bf16 in [p == "bf16" for p in precisions]:
         out["cpu " + key] = time.process_time() - c
 # The extractor's exact stream on the same frames, pushed as the command pushes them.
 from vidattn.extractors.stream_i3d import StreamingMaps
-to_tensor = lambda f: torch.from_numpy(to_model_input(f))[None]
 t, c = time.perf_counter(), time.process_time()
 for f in frames:
     maps = StreamingMaps(model, to_tensor, ("Mixed_5c",))

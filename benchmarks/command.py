@@ -86,8 +86,8 @@ for bf16 in [p == "bf16" for p in precisions]:
 # Warmed up on the first clip, as the bare forward is: its own blocks would otherwise
 # grow the heap during the timed pass (page faults a fresh command pays once).
 from vidattn.extractors.stream_i3d import StreamingMaps
-def stream(clips):
-    for f in clips:
+def stream(videos):
+    for f in videos:
         maps = StreamingMaps(model, to_tensor, ("Mixed_5c",))
         for a in range(0, len(f), 128):
             maps.push(f[a : a + 128])

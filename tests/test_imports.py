@@ -152,3 +152,11 @@ def test_rgb_extraction_does_not_load_opencv():
                "vidattn.pipeline.extract; from vidattn.extractors.flow import default_method; "
                "default_method()")
     assert _loaded(imports, ("cv2",)) == []
+
+
+def test_the_extract_command_starts_decoding_before_pandas_and_zarr_load():
+    # run() starts the decoders' forkserver first: it preloads them on the core that the
+    # command's own imports (pandas, zarr, then torch) leave idle.
+    imports = ("import vidattn.pipeline.extract, vidattn.pipeline.subdecode, "
+               "vidattn.pipeline.decodepool")
+    assert _loaded(imports, ("torch", "zarr", "pandas")) == []

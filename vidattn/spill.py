@@ -22,6 +22,12 @@ import numpy as np
 # C = 1024, small beside a network's activations, big enough to amortise each read.
 BLOCK_BYTES = 16 << 20
 
+# The extractors' default limit: a video's map larger than this waits for its part's
+# write in a temporary file rather than in memory.  16 MiB is 53 s of video at 224²
+# (Mixed_5c, float16), so a part of short clips never touches the disk, and a long
+# video's memory stops growing.
+SPILL_BYTES = 16 << 20
+
 
 class SpilledMap:
     """A read-only (T, H, W, C) map in a temporary file, C order.

@@ -30,19 +30,8 @@ from vidattn.pipeline.extract_config import (
     extractor_config,
     referring_config,
 )
-from vidattn.pipeline.parts import (
-    CHUNK_FRAMES,
-    MIN_DECODED,
-    PartJob,
-    PartWork,
-    build_extractors,
-    extract_part,
-    extract_part_task,
-    file_stamp,
-)
 from vidattn.progress import bar as progress
 from vidattn.rows import has_descriptions, part_videos, video_path
-from vidattn.stores import open_store
 
 
 @dataclass
@@ -78,6 +67,8 @@ def _changed_files(store, streams: tuple[str, ...], rows_by_id, root: Path) -> d
     """Videos stored done whose file now differs in size or mtime from when it was
     extracted: video_id -> part.  Rows without a recorded stamp (older stores) and files
     that are gone (their maps are kept) do not count."""
+    from vidattn.pipeline.parts import file_stamp
+
     changed: dict[str, int] = {}
     stamps: dict[Path, tuple] = {}  # one stat per file: streams and segments share files
     for s in streams:
@@ -115,8 +106,8 @@ def _tally(result: ExtractResult, wrote: list[dict], idx, plan) -> None:
 
 
 def run(cfg: ExtractConfig) -> ExtractResult:
-    from vidattn.datasets import load_dataset
-
+    # This module imports neither pandas nor zarr at its top: the forkserver (below) then
+    # starts while they load, on the core the command's first second leaves idle.
     t0 = time.time()
     cfg.decode_timeout()  # refuses --decode-timeout with thread decoding before any work
     from vidattn.pipeline.decodepool import check_procs
@@ -133,6 +124,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
 
         require_child_processes()
         warm_up()
+    from vidattn.datasets import load_dataset
+
     ds = load_dataset(cfg.dataset, cfg.root, cfg.options or None)
     sentences = has_descriptions(ds.manifest)
     # the referring sample must not land in the plain sample's default store
@@ -153,6 +146,7 @@ def _head_start(cfg: ExtractConfig, ds, url: str, decode):
     if cfg.decode_in != "process" or cfg.distributed or cfg.no_i3d:
         return None
     from vidattn.pipeline import headstart
+    from vidattn.pipeline.parts import CHUNK_FRAMES
 
     manifest = ds.manifest if cfg.limit is None else ds.manifest.head(cfg.limit)
     return headstart.start(url, manifest, Path(ds.root), cfg.part_size,
@@ -164,6 +158,15 @@ def _head_start(cfg: ExtractConfig, ds, url: str, decode):
 def _extract(cfg: ExtractConfig, ds, url: str, decode, sentences: bool, head,
              t0: float) -> ExtractResult:
     from vidattn.pipeline import referring
+    from vidattn.pipeline.parts import (
+        MIN_DECODED,
+        PartJob,
+        PartWork,
+        build_extractors,
+        extract_part,
+        extract_part_task,
+    )
+    from vidattn.stores import open_store
     from vidattn.tasks.rundir import pick_device
 
     # Distributed: an explicit device is the workers' (checked there), not this machine's.

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vidattn.extractors import is_hub
-from vidattn.pipeline.parts import SPILL_BYTES
+from vidattn.spill import SPILL_BYTES
 
 # Preprocessing a dataset is best extracted with, unless the user says otherwise.  The
 # sample's frames are 128 px: upsampling them to 256 would only quadruple I3D's compute.

@@ -18,6 +18,7 @@ from typing import Any
 from vidattn.errors import one_line
 from vidattn.registry import EXTRACTORS, resolve
 from vidattn.rows import bound, segments
+from vidattn.spill import SPILL_BYTES
 from vidattn.stores import open_store
 from vidattn.stores.schema import ARRAYS
 
@@ -55,10 +56,6 @@ CHUNK_FRAMES = 128
 # first 40 KB of a 14 s clip).
 MIN_DECODED = 0.9
 
-# A video's map larger than this waits for its part's write in a temporary file rather
-# than in memory: 16 MiB is 53 s of video at 224² (Mixed_5c, float16), so a part of short
-# clips never touches the disk, and a long video's memory stops growing.
-SPILL_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)

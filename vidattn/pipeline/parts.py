@@ -57,7 +57,6 @@ CHUNK_FRAMES = 128
 MIN_DECODED = 0.9
 
 
-
 @dataclass(frozen=True)
 class Decoded:
     """What decoding gave the extractor: ``n_frames`` frames at ``fps`` (after

@@ -443,6 +443,30 @@ def test_stream_decodes_on_demand(long_video, backend, monkeypatch):
     assert stream.n_frames in (N_LONG, None)
 
 
+def test_decord_batches_are_bounded_in_bytes(counter, monkeypatch):
+    """Large frames come a few per decord call (``_DECORD_BATCH_BYTES``), and the frames
+    selected across those batch edges are the ones one batch per chunk gives."""
+    pytest.importorskip("decord")
+    import decord
+
+    import vidattn.decoders as D
+
+    cfg = _cfg("decord", fps=30.0)  # resampled: repeats fall on and across batch edges
+    whole = load_clip(counter, cfg).frames
+    sizes: list[int] = []
+    get_batch = decord.VideoReader.get_batch
+
+    def recording(self, indices):
+        sizes.append(len(indices))
+        return get_batch(self, indices)
+
+    monkeypatch.setattr(decord.VideoReader, "get_batch", recording)
+    monkeypatch.setattr(D, "_DECORD_BATCH_BYTES", 3 * 64 * 96 * 3 - 1)  # under 3 frames
+    bounded = load_clip(counter, cfg).frames
+    np.testing.assert_array_equal(bounded, whole)
+    assert sizes[0] == 1 and max(sizes) == 2 and sum(sizes) == len(whole)
+
+
 def test_stream_memory_is_bounded(long_video, backend):
     cfg = _cfg(backend, fps=None)
     frame_bytes = 64 * 96 * 3

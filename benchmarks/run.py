@@ -34,6 +34,7 @@ import referring
 import torch
 from timing import timed
 
+from vidattn.extractors.two_stream import native_cpu_bf16
 from vidattn.malloc import malloc_mode, set_malloc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,8 +56,12 @@ def machine() -> str:
         mem = f", {kb / 2**20:.0f} GiB RAM"
     except (OSError, ValueError, IndexError):
         pass
+    # The same model name has come with AVX2 only and with AVX512-BF16: say which.
+    isa = torch.backends.cpu.get_cpu_capability()
+    if native_cpu_bf16():
+        isa += ", native bf16"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu}, {torch.get_num_threads()} torch threads{mem}, {gpu}; "
+    return (f"{cpu} ({isa}), {torch.get_num_threads()} torch threads{mem}, {gpu}; "
             f"Python {platform.python_version()}, torch {torch.__version__}; "
             f"malloc {malloc_mode()}")
 

@@ -188,9 +188,11 @@ def test_max_pool_valid_equals_max_pool3d_bit_for_bit(kernel, stride, shape):
             max_pool_valid(x, kernel, stride)
         return
     want = F.max_pool3d(x, kernel, stride)
+    before = x.clone()
     got = max_pool_valid(x, kernel, stride)
     assert got.shape == want.shape and got.is_contiguous()
     assert torch.equal(got, want)
+    assert torch.equal(x, before)  # the maxima accumulate in place, never in x
     # a non-contiguous input (as a slice of a held buffer would be) gives the same
     wide = torch.cat([x, x], dim=2)[:, :, : shape[2]]
     assert torch.equal(max_pool_valid(wide, kernel, stride), want)

@@ -131,7 +131,7 @@ def _unit(u: Unit3D) -> _Temporal:
         x = F.conv3d(x, u.conv3d.weight, u.conv3d.bias, (st, sh, sw), padding)
         if u.bn is not None:
             x = u.bn(x)
-        return F.relu(x) if u.relu else x
+        return F.relu(x, inplace=True) if u.relu else x  # x is new here, as in Unit3D
 
     return _Temporal(op, kt, st, 0.0, None if inner else ((kh, kw), (sh, sw)))
 

@@ -53,10 +53,10 @@ _DECORD_BATCH = 32
 # ... and at most this many bytes of source frames per batch: 32 frames of 4K are ~800 MB,
 # which under a memory cap makes decord abort the process (std::bad_alloc, uncatchable).
 # Small batches also cost less CPU: a fresh process page-faults every byte its batches
-# ever hold (decord's array, its numpy copy, the batch read ahead), and glibc serves
-# blocks over 32 MiB from fresh pages each time.  Decoding the bench's six clips in a new
-# process took 3.3-3.6 s of CPU with 16 MiB, 3.5-4.6 s with 64 MiB (a 1280x720 clip: 5
-# frames per batch, against 23); the frames are the same.
+# ever hold (decord's array, its numpy copy, the batch read ahead), and under `--malloc
+# system` glibc serves blocks over 32 MiB from fresh pages each time.  Decoding the
+# bench's six clips in a new process took 3.3-3.6 s of CPU with 16 MiB, 3.5-4.6 s with
+# 64 MiB (a 1280x720 clip: 5 frames per batch, against 23); the frames are the same.
 _DECORD_BATCH_BYTES = 16 << 20
 _BACKENDS = ("auto", "decord", "pyav")
 _RESIZES = ("crop", "frame")

@@ -91,10 +91,13 @@ class Unit3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.static_pad:
             x = same_pad(x, self.kernel, self.stride)
-        x = self.conv3d(x)
+        return self.activate(self.conv3d(x))
+
+    def activate(self, x: torch.Tensor) -> torch.Tensor:
+        """BatchNorm and ReLU of this unit's convolution output ``x`` (a new block, so the
+        ReLU runs in place: about 2% off the forward, same values)."""
         if self.bn is not None:
             x = self.bn(x)
-        # in place: x is this unit's own new block (about 2% off the forward, same values)
         return F.relu(x, inplace=True) if self.relu else x
 
 

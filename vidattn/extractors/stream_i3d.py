@@ -128,10 +128,7 @@ def _unit(u: Unit3D) -> _Temporal:
     padding = (0, kh // 2, kw // 2) if inner else 0
 
     def op(x: torch.Tensor) -> torch.Tensor:
-        x = F.conv3d(x, u.conv3d.weight, u.conv3d.bias, (st, sh, sw), padding)
-        if u.bn is not None:
-            x = u.bn(x)
-        return F.relu(x, inplace=True) if u.relu else x  # x is new here, as in Unit3D
+        return u.activate(F.conv3d(x, u.conv3d.weight, u.conv3d.bias, (st, sh, sw), padding))
 
     return _Temporal(op, kt, st, 0.0, None if inner else ((kh, kw), (sh, sw)))
 

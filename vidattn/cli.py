@@ -32,6 +32,19 @@ def _options(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _procs(ctx, param, value):
+    """``--decode-procs``: ``auto`` or a whole number >= 1."""
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a whole number >= 1")
+    return n
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vidattn")
 def main() -> None:
@@ -119,10 +132,11 @@ def main() -> None:
               help="What the decoding child yields to the network: idle runs it only on cores "
                    "the network leaves idle (Linux SCHED_IDLE, and niceness +10); low at "
                    "niceness +10 only, for a machine other programs keep busy.")
-@click.option("--decode-procs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Decoding child processes per part, the part's videos dealt among them "
-                   "in turn. One keeps up with a CPU's network; on a GPU, where one may not, "
-                   "try about (cores - 2) / 2.")
+@click.option("--decode-procs", default="auto", show_default=True, callback=_procs,
+              metavar="N|auto",
+              help="Decoding child processes per part (N or auto), the part's videos dealt "
+                   "among them in turn. auto: 1 when the network runs on the CPU (one keeps "
+                   "up with it), (cores - 2) // 2 on a GPU, which one child cannot feed.")
 @click.option("--decode-timeout", "decode_timeout_s", type=float, default=None,
               help="Kill the decoding child process after this many seconds without a "
                    "frame, failing that video [default: no limit here, 600 on dask].")

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import decoding_children, same_chunks, stalling_video
 
-from vidattn.pipeline.decodepool import DecodePool, feed_for
+from vidattn.pipeline.decodepool import (
+    DecodePool,
+    feed_for,
+    gpu_build,
+    likely_device,
+    procs_for,
+    usable_cores,
+)
 from vidattn.pipeline.headstart import HeadStart
 from vidattn.pipeline.subdecode import DecodeFeed
 from vidattn.video import DecodeConfig, VideoDecodeError, open_clip
@@ -121,3 +129,33 @@ def test_a_head_start_serves_a_part_only_with_as_many_children(tiny_sample):
     assert one.fits(clips[:1], WHOLE, 8, {}, procs=4)  # one clip: one child either way
     head.close()
     one.close()
+
+
+def test_auto_is_one_child_on_a_cpu_and_fills_a_gpu_machines_cores():
+    assert procs_for("auto", "cpu", cores=64) == 1  # the network needs the cores
+    assert procs_for("auto", "cuda", cores=16) == 7
+    assert procs_for("auto", "cuda:1", cores=9) == 3
+    assert procs_for("auto", "cuda", cores=2) == 1  # never none
+    assert procs_for(5, "cpu") == 5 and procs_for(1, "cuda") == 1  # a number is kept
+    assert 1 <= procs_for("auto", "cuda") <= max(1, ((os.cpu_count() or 1) - 2) // 2)
+    assert 1 <= usable_cores() <= (os.cpu_count() or 1)
+    for bad in (0, "two", 1.5, True, None):
+        with pytest.raises(ValueError, match="decode_procs must be an int >= 1 or 'auto'"):
+            procs_for(bad, "cpu")
+
+
+def test_the_guess_of_auto_device_reads_torchs_build_and_the_driver(tmp_path, monkeypatch):
+    assert likely_device("cpu") == "cpu" and likely_device("cuda:1") == "cuda:1"
+    assert gpu_build("cuda: Optional[str] = '12.8'\nhip: Optional[str] = None\n")
+    assert gpu_build("cuda = None\nhip: Optional[str] = '6.2.41133'\n")
+    assert not gpu_build("__version__ = '2.13.0+cpu'\ncuda: Optional[str] = None\n"
+                         "hip: Optional[str] = None\n")
+    (tmp_path / "nvidiactl").touch()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    import torch
+
+    built = torch.version.cuda is not None or torch.version.hip is not None
+    assert likely_device("auto", dev=tmp_path) == ("cuda" if built else "cpu")
+    assert likely_device("auto", dev=tmp_path / "none") == "cpu"  # no driver
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")  # every GPU hidden
+    assert likely_device("auto", dev=tmp_path) == "cpu"

@@ -131,3 +131,12 @@ def test_a_store_refuses_frames_resized_by_the_other_rule(tiny_sample, tmp_path)
     assert "different provenance (preprocessing" in result.output
     assert '"resize": "crop region"' in result.output
     assert open_store(store).index().equals(before)
+
+
+@pytest.mark.parametrize("bad", ["0", "two", "-3"])
+def test_decode_procs_takes_auto_or_a_count(tiny_sample, tmp_path, bad):
+    r = CliRunner().invoke(main, ["extract", "--root", str(tiny_sample), "--store",
+                                  str(tmp_path / "s"), "--decode-procs", bad])
+    assert r.exit_code == 2
+    assert f"{bad!r} is neither 'auto' nor a whole number >= 1" in r.output
+    assert not (tmp_path / "s").exists()  # refused before anything is written

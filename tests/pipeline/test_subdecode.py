@@ -125,15 +125,15 @@ def test_bad_arguments():
 
 
 def test_extraction_stores_the_same_maps_whichever_way_it_decodes(tiny_sample, tmp_path):
-    """Decoded in a child, two children (--decode-procs 2) or a thread, maps held in
-    memory or spilled to disk (--spill-mb 0): the same arrays and checksums."""
+    """Decoded in a child (--decode-procs auto: one on a CPU), two children or a thread,
+    maps held in memory or spilled to disk (--spill-mb 0): the same arrays and checksums."""
     from vidattn.pipeline.extract import ExtractConfig, run
     from vidattn.stores import open_store
 
     fast = {"root": str(tiny_sample), "part_size": 3, "device": "cpu", "i3d_rgb": "random",
             "short_side": 64, "limit": 5}
     stores = {}
-    for how, spill_mb, procs in (("process", 16, 1), ("thread", 16, 1), ("process", 0, 1),
+    for how, spill_mb, procs in (("process", 16, "auto"), ("thread", 16, 1), ("process", 0, 1),
                                  ("process", 16, 2)):
         name = f"{how}-{spill_mb}-{procs}"
         res = run(ExtractConfig(store=str(tmp_path / name), decode_in=how, spill_mb=spill_mb,
@@ -141,7 +141,7 @@ def test_extraction_stores_the_same_maps_whichever_way_it_decodes(tiny_sample, t
         assert res.n_extracted == 5 and not res.failures
         stores[name] = open_store(str(tmp_path / name))
     assert not decoding_children()
-    ref = stores.pop("process-16-1")
+    ref = stores.pop("process-16-auto")
     ids = ref.video_ids("rgb")
     assert len(ids) == 5
     for other in stores.values():
@@ -204,3 +204,32 @@ def test_a_feed_refuses_an_unknown_malloc_mode_or_priority(tiny_sample):
         DecodeFeed([(a, None, None)], DECODE, chunk_frames=5, timeout_s=5, malloc="jemalloc")
     with pytest.raises(ValueError, match="priority must be one of"):
         DecodeFeed([(a, None, None)], DECODE, chunk_frames=5, timeout_s=5, priority="high")
+
+
+def test_auto_decode_procs_give_the_head_start_and_the_part_as_many_children(
+        tiny_sample, tmp_path, monkeypatch):
+    """--decode-procs auto is resolved for the head start (its device guessed before torch
+    loads) and again for the part (the device known): alike, the head start's children
+    serve the part.  Here as on a 6-core GPU machine: 2 children."""
+    from vidattn.pipeline import decodepool
+    from vidattn.pipeline.extract import ExtractConfig, run
+
+    asked, made = [], []
+    real_procs, real_feed = decodepool.procs_for, decodepool.feed_for
+
+    def procs_for(procs, device, cores=None):
+        asked.append((procs, device))
+        return real_procs(procs, "cuda", cores=6)
+
+    def feed_for(items, cfg, **kw):
+        made.append(kw["procs"])
+        return real_feed(items, cfg, **kw)
+
+    monkeypatch.setattr(decodepool, "procs_for", procs_for)
+    monkeypatch.setattr(decodepool, "feed_for", feed_for)
+    res = run(ExtractConfig(store=str(tmp_path / "s"), root=str(tiny_sample), part_size=3,
+                            limit=3, device="cpu", i3d_rgb="random", short_side=64))
+    assert res.n_extracted == 3 and not res.failures
+    assert asked == [("auto", "cpu"), ("auto", "cpu")]
+    assert made == [2]  # the head start's pool, taken by the part
+    assert not decoding_children()

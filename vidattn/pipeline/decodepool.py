@@ -13,20 +13,95 @@ new child).
 
 Memory: each child holds what one feed holds (its ring's two slots and ``depth`` chunks
 ahead), so a pool holds ``procs`` times that.
+
+``auto`` (:func:`procs_for`): one child on a CPU, ``(cores - 2) // 2`` on a GPU, so that
+the children (about 1.7 cores each) fill the cores that the network's process (one or two
+cores feeding the GPU) leaves.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+from pathlib import Path
 from typing import Any
 
 from vidattn.pipeline.subdecode import DecodeFeed, FedClip
 
+AUTO = "auto"
 
-def check_procs(procs, name: str = "procs") -> None:
-    """Refuse a count of decoding children that is not an int >= 1 (ValueError)."""
+
+def check_procs(procs, name: str = "procs", auto: bool = False) -> None:
+    """Refuse a count of decoding children that is not an int >= 1, or ``"auto"`` where
+    ``auto`` allows it (ValueError)."""
+    if auto and procs == AUTO:
+        return
     if isinstance(procs, bool) or not isinstance(procs, int) or procs < 1:
-        raise ValueError(f"{name} must be an int >= 1 (decoding processes per part), "
+        also = " or 'auto'" if auto else ""
+        raise ValueError(f"{name} must be an int >= 1{also} (decoding processes per part), "
                          f"got {procs!r}")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a batch system's allocation),
+    less where a cgroup's CPU quota (``cpu.max``, a container's limit) allows fewer."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def procs_for(procs, device: str, cores: int | None = None) -> int:
+    """The decoding children per part that ``procs`` (an int, or ``"auto"``) means for a
+    network on ``device``: ``auto`` is 1 on a CPU, whose network needs every core and runs
+    at 45 frames/s on 2 of them, a tenth of what one child decodes; on a GPU, whose
+    network outruns one child, ``(cores - 2) // 2`` (at least 1) of the ``cores``
+    (default :func:`usable_cores`)."""
+    check_procs(procs, "decode_procs", auto=True)
+    if procs != AUTO:
+        return procs
+    if not str(device).startswith("cuda"):
+        return 1
+    return max(1, ((usable_cores() if cores is None else cores) - 2) // 2)
+
+
+def likely_device(device: str, dev: Path = Path("/dev")) -> str:
+    """``device`` as :func:`vidattn.tasks.rundir.pick_device` will resolve it, judged
+    without importing torch (which takes a second): ``auto`` is ``cuda`` when the torch
+    installed was built for CUDA (or ROCm) and ``dev`` shows a GPU's driver that
+    ``CUDA_VISIBLE_DEVICES`` does not hide.  Only for the head start's guess, which costs
+    nothing when wrong (headstart.py)."""
+    if device != "auto":
+        return device
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return "cpu"
+    if not ((dev / "nvidiactl").exists() or (dev / "kfd").exists()):
+        return "cpu"
+    spec = importlib.util.find_spec("torch")
+    try:
+        version = Path(spec.submodule_search_locations[0], "version.py").read_text()
+    except (AttributeError, TypeError, IndexError, OSError):
+        return "cpu"
+    return "cuda" if gpu_build(version) else "cpu"
+
+
+def gpu_build(version_py: str) -> bool:
+    """Whether torch's ``version.py`` (its text) is that of a CUDA or ROCm build: its
+    ``cuda`` or ``hip`` is a version, not None."""
+    for line in version_py.splitlines():
+        name, eq, value = line.partition("=")
+        if eq and name.split(":")[0].strip() in ("cuda", "hip"):
+            if value.strip() not in ("None", ""):
+                return True
+    return False
 
 
 def children_for(procs: int, n_clips: int) -> int:

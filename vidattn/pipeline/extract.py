@@ -110,10 +110,10 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     # starts while they load, on the core the command's first second leaves idle.
     t0 = time.time()
     cfg.decode_timeout()  # refuses --decode-timeout with thread decoding before any work
-    from vidattn.pipeline.decodepool import check_procs
+    from vidattn.pipeline.decodepool import AUTO, check_procs
 
-    check_procs(cfg.decode_procs, "decode_procs")
-    if cfg.decode_procs > 1 and cfg.decode_in != "process":
+    check_procs(cfg.decode_procs, "decode_procs", auto=True)
+    if cfg.decode_procs not in (1, AUTO) and cfg.decode_in != "process":
         raise ValueError("--decode-procs starts decoding child processes: it needs "
                          "--decode-in process")
     if cfg.spill_mb < 0:
@@ -146,13 +146,14 @@ def _head_start(cfg: ExtractConfig, ds, url: str, decode):
     if cfg.decode_in != "process" or cfg.distributed or cfg.no_i3d:
         return None
     from vidattn.pipeline import headstart
+    from vidattn.pipeline.decodepool import likely_device, procs_for
     from vidattn.pipeline.parts import CHUNK_FRAMES
 
     manifest = ds.manifest if cfg.limit is None else ds.manifest.head(cfg.limit)
     return headstart.start(url, manifest, Path(ds.root), cfg.part_size,
                            cfg.stream_names, decode,
                            cfg.decode_timeout(), CHUNK_FRAMES, cfg.malloc, cfg.decode_priority,
-                           cfg.decode_procs)
+                           procs_for(cfg.decode_procs, likely_device(cfg.device)))
 
 
 def _extract(cfg: ExtractConfig, ds, url: str, decode, sentences: bool, head,

@@ -182,7 +182,7 @@ class PartJob:
     decode_timeout_s: float | None = None
     decode_in: str = "process"
     decode_priority: str = "idle"  # the decoding child's (subdecode.PRIORITIES)
-    decode_procs: int = 1  # decoding children per part (decodepool.py)
+    decode_procs: int | str = 1  # decoding children per part, or "auto" (decodepool.py)
     ref: Any = None
     min_decoded: float = MIN_DECODED  # 0: keep partial videos
     malloc: str = "reuse"  # the extracting process's malloc (see vidattn/malloc.py)
@@ -257,17 +257,22 @@ def _compute_part(store, extractors: Extractors, work: PartWork, job: PartJob,
     # before decoding starts: a file that changes during it shows in a later run
     stamps = [file_stamp(Path(v["path"])) for v in work.videos]
     feed = None
+    procs = 1
+    if i3d_needed and job.decode_in == "process":
+        from vidattn.pipeline.decodepool import procs_for
+
+        procs = procs_for(job.decode_procs, job.net.device)  # this machine's cores
     if head is not None:  # decoding since start-up: only if it decodes exactly these clips
         now = {str(v["path"]): s for v, s in zip(work.videos, stamps)}
         if i3d_needed and job.decode_in == "process" and head.fits(
-                clips, job.decode, CHUNK_FRAMES, now, job.decode_procs):
+                clips, job.decode, CHUNK_FRAMES, now, procs):
             feed = head.feed
         else:
             head.close()
     if feed is None and i3d_needed and job.decode_in == "process":
         from vidattn.pipeline.decodepool import feed_for
 
-        feed = feed_for(clips, job.decode, procs=job.decode_procs, chunk_frames=CHUNK_FRAMES,
+        feed = feed_for(clips, job.decode, procs=procs, chunk_frames=CHUNK_FRAMES,
                         timeout_s=job.decode_timeout_s, malloc=job.malloc,
                         priority=job.decode_priority)
     try:

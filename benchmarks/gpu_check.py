@@ -6,7 +6,7 @@ still reports what it measured):
 
 1. the CUDA tests (pytest, the tests marked as needing CUDA);
 2. bf16 RGB extraction of a real clip end to end, against the bare model's forward;
-   then decoding alone with 1, 2, 4, 8 child processes (``--decode-procs``);
+   then decoding alone with 1, 2, 4, 8 child processes (``--decode-procs``) and auto's count;
 3. tvl1-torch on CUDA: pairs/s and its end-point error to OpenCV's TV-L1 on real frames;
 4. DETR-R50 keyframes/s (fp32 and bf16);
 5. ActX and RefAtomNet training steps/s.
@@ -90,40 +90,44 @@ def stage_extraction(rows: list, device: str, quick: bool) -> None:
 # main script (multiprocessing's rule), and this one imports torch.
 _DECODING = """
 import json, os, sys, time
-from vidattn.pipeline.decodepool import feed_for
+from vidattn.pipeline.decodepool import feed_for, procs_for
 from vidattn.pipeline.subdecode import warm_up
 from vidattn.video import DecodeConfig, open_clip
-clip, quick = sys.argv[1], sys.argv[2] == "1"
+clip, quick, auto = sys.argv[1], sys.argv[2] == "1", procs_for("auto", sys.argv[3])
 decode = DecodeConfig(short_side=128, crop=112) if quick else DecodeConfig()
 clips = [(clip, 0.0, 2.0 if quick else None)] * (2 if quick else 16)
 t, n = time.perf_counter(), 0  # the plain way: in this process, no child
 for path, start, end in clips:
     with open_clip(path, decode, start, end) as c:
         n += sum(len(x) for x in c.chunks(128))
-print(json.dumps([0, len(clips), n, time.perf_counter() - t]), flush=True)
+print(json.dumps([0, len(clips), n, time.perf_counter() - t, False]), flush=True)
 warm_up()
-for procs in [p for p in (1, 2, 4, 8) if p <= (2 if quick else os.cpu_count() or 1)]:
+tried = {p for p in (1, 2, 4, 8) if p <= (2 if quick else os.cpu_count() or 1)}
+for procs in sorted(tried if quick else tried | {auto}):
     t, n = time.perf_counter(), 0
     with feed_for(clips, decode, procs=procs, chunk_frames=128, timeout_s=600,
                   malloc="reuse", priority="low") as feed:
         feed.prefetch()
         for i in range(len(clips)):
             n += sum(len(c) for c in feed.open(i).chunks())
-    print(json.dumps([procs, len(clips), n, time.perf_counter() - t]), flush=True)
+    print(json.dumps([procs, len(clips), n, time.perf_counter() - t, procs == auto]),
+          flush=True)
 """
 
 
 def stage_decoding(rows: list, device: str, quick: bool) -> None:
     """Decoding alone (224² crops of the real clip), frames/s in this process (the plain
     baseline) and with 1, 2, 4, 8 children (``--decode-procs``): how many it takes to
-    keep up with the bare forward above."""
+    keep up with the bare forward above, and the count ``--decode-procs auto`` takes on
+    this machine for ``device``."""
     import json
     import os
 
     if not REAL_CLIP.is_file():
         rows.append(("decoding", "skipped: the shared ActivityNet clip is missing", ""))
         return
-    out = subprocess.run([sys.executable, "-c", _DECODING, str(REAL_CLIP), str(int(quick))],
+    out = subprocess.run([sys.executable, "-c", _DECODING, str(REAL_CLIP), str(int(quick)),
+                          device],
                          cwd=REPO, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
     if out.returncode:
@@ -132,8 +136,9 @@ def stage_decoding(rows: list, device: str, quick: bool) -> None:
             raise ImportError(last.rsplit("'", 2)[-2] if last.count("'") >= 2 else last)
         raise RuntimeError(last)
     for line in out.stdout.splitlines():
-        procs, n_clips, n, sec = json.loads(line)
+        procs, n_clips, n, sec, auto = json.loads(line)
         how = f"{procs} child process(es)" if procs else "in this process (no child)"
+        how += ", --decode-procs auto here" if auto else ""
         rows.append((f"decoding only, {n_clips} clips, {how} ({os.cpu_count()} cores)",
                      f"{sec:.2f} s", f"{n / sec:.0f} frames/s"))
 

@@ -34,7 +34,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 REAL_CLIP = REPO.parent / "shared" / "data" / "activitynet_walking_the_dog.mp4"
-CUDA_TESTS = ["tests/extractors/test_tvl1_torch.py", "tests/extractors/test_windowed.py"]
+CUDA_TESTS = ["tests/extractors/test_tvl1_torch.py", "tests/extractors/test_windowed.py",
+              "tests/extractors/test_device_input.py"]
 
 
 def stage_tests(rows: list, device: str, quick: bool) -> None:

@@ -127,8 +127,15 @@ class _Net:
     """One frozen network and how to window it."""
 
     def __init__(self, model, to_input, backbone: str, endpoints: tuple[str, ...],
-                 device: str, precision: str):
+                 device: str, precision: str, rgb: bool = False):
+        """rgb: the frames are uint8 RGB, so on CUDA the input is made there from them
+        (device_input.py); flow fields are made into input on the host."""
         self.model, self.to_input, self.device = model, to_input, device
+        self.on_device = None
+        if rgb and torch.device(device).type == "cuda":
+            from vidattn.extractors.device_input import DeviceInput
+
+            self.on_device = DeviceInput(to_input, device)
         self.endpoints = endpoints
         main, strides, _ = backbone_facts(backbone)
         self.strides = {e: strides[e] for e in endpoints}
@@ -145,7 +152,10 @@ class _Net:
 
     def input(self, frames: np.ndarray) -> torch.Tensor:
         """(n, ...) frames -> (1, C, n, H, W) model input on the device (through pinned
-        host memory on CUDA, so the copy can overlap work already queued)."""
+        host memory on CUDA, so the copy can overlap work already queued; RGB on CUDA is
+        made there from the uint8 frames, see device_input.py)."""
+        if self.on_device is not None:
+            return self.on_device(frames)
         x = torch.from_numpy(self.to_input(frames))[None]
         if str(self.device).startswith("cuda"):
             x = x.pin_memory()
@@ -211,12 +221,14 @@ class I3DExtractor:
             from vidattn.extractors.i3d_r50 import to_model_input
 
             model = load_hub(c.backbone, weights, c.device, c.trust_checkpoint)
-            return _Net(model, to_model_input, c.backbone, endpoints, c.device, c.precision)
+            return _Net(model, to_model_input, c.backbone, endpoints, c.device, c.precision,
+                        rgb=True)
         if c.backbone == "r50":
             from vidattn.extractors.i3d_r50 import load_r50, to_model_input
 
             model = load_r50(weights, c.device, c.trust_checkpoint)
-            return _Net(model, to_model_input, "r50", endpoints, c.device, c.precision)
+            return _Net(model, to_model_input, "r50", endpoints, c.device, c.precision,
+                        rgb=True)
         from vidattn.extractors.flow import flow_to_input
         from vidattn.extractors.i3d_weights import load_i3d
         from vidattn.video import to_model_input
@@ -224,7 +236,8 @@ class I3DExtractor:
         to_input = to_model_input if stream == "rgb" else (
             lambda f: flow_to_input(f, c.flow_bound))
         model = load_i3d(weights, stream, c.device, c.trust_checkpoint)
-        return _Net(model, to_input, "inception", endpoints, c.device, c.precision)
+        return _Net(model, to_input, "inception", endpoints, c.device, c.precision,
+                    rgb=stream == "rgb")
 
     def provenance(self, preprocessing: dict, array: str) -> dict:
         """What made ``array``'s maps; a store refuses to mix maps of other provenance."""

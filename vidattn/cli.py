@@ -136,7 +136,8 @@ def main() -> None:
               metavar="N|auto",
               help="Decoding child processes per part (N or auto), the part's videos dealt "
                    "among them in turn. auto: 1 when the network runs on the CPU (one keeps "
-                   "up with it), (cores - 2) // 2 on a GPU, which one child cannot feed.")
+                   "up with it), (cores - 2) // 2 on a GPU (at most 8), which one child "
+                   "cannot feed.")
 @click.option("--decode-timeout", "decode_timeout_s", type=float, default=None,
               help="Kill the decoding child process after this many seconds without a "
                    "frame, failing that video [default: no limit here, 600 on dask].")

@@ -10,6 +10,7 @@ import pytest
 from conftest import decoding_children, same_chunks, stalling_video
 
 from vidattn.pipeline.decodepool import (
+    AUTO_MAX,
     DecodePool,
     feed_for,
     gpu_build,
@@ -136,8 +137,9 @@ def test_auto_is_one_child_on_a_cpu_and_fills_a_gpu_machines_cores():
     assert procs_for("auto", "cuda", cores=16) == 7
     assert procs_for("auto", "cuda:1", cores=9) == 3
     assert procs_for("auto", "cuda", cores=2) == 1  # never none
+    assert procs_for("auto", "cuda", cores=128) == AUTO_MAX == 8  # nor a node's worth
     assert procs_for(5, "cpu") == 5 and procs_for(1, "cuda") == 1  # a number is kept
-    assert 1 <= procs_for("auto", "cuda") <= max(1, ((os.cpu_count() or 1) - 2) // 2)
+    assert 1 <= procs_for("auto", "cuda") <= max(1, min(8, ((os.cpu_count() or 1) - 2) // 2))
     assert 1 <= usable_cores() <= (os.cpu_count() or 1)
     for bad in (0, "two", 1.5, True, None):
         with pytest.raises(ValueError, match="decode_procs must be an int >= 1 or 'auto'"):

@@ -16,7 +16,8 @@ ahead), so a pool holds ``procs`` times that.
 
 ``auto`` (:func:`procs_for`): one child on a CPU, ``(cores - 2) // 2`` on a GPU, so that
 the children (about 1.7 cores each) fill the cores that the network's process (one or two
-cores feeding the GPU) leaves.
+cores feeding the GPU) leaves; at most ``AUTO_MAX``, since a node with several GPUs may
+run one extracting process per GPU, each counting the node's cores as its own.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 from vidattn.pipeline.subdecode import DecodeFeed, FedClip
 
 AUTO = "auto"
+AUTO_MAX = 8  # children per part that auto takes at most (make gpu-check measures 1-8)
 
 
 def check_procs(procs, name: str = "procs", auto: bool = False) -> None:
@@ -62,14 +64,15 @@ def procs_for(procs, device: str, cores: int | None = None) -> int:
     """The decoding children per part that ``procs`` (an int, or ``"auto"``) means for a
     network on ``device``: ``auto`` is 1 on a CPU, whose network needs every core and runs
     at 45 frames/s on 2 of them, a tenth of what one child decodes; on a GPU, whose
-    network outruns one child, ``(cores - 2) // 2`` (at least 1) of the ``cores``
-    (default :func:`usable_cores`)."""
+    network outruns one child, ``(cores - 2) // 2`` of the ``cores`` (default
+    :func:`usable_cores`), at least 1 and at most ``AUTO_MAX``."""
     check_procs(procs, "decode_procs", auto=True)
     if procs != AUTO:
         return procs
     if not str(device).startswith("cuda"):
         return 1
-    return max(1, ((usable_cores() if cores is None else cores) - 2) // 2)
+    n = ((usable_cores() if cores is None else cores) - 2) // 2
+    return min(AUTO_MAX, max(1, n))
 
 
 def likely_device(device: str, dev: Path = Path("/dev")) -> str:

@@ -44,15 +44,16 @@ def check_procs(procs, name: str = "procs", auto: bool = False) -> None:
                          f"got {procs!r}")
 
 
-def usable_cores() -> int:
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     """The cores this process may run on: its CPU affinity (a batch system's allocation),
-    less where a cgroup's CPU quota (``cpu.max``, a container's limit) allows fewer."""
+    less where its cgroup's CPU quota (``cpu_max``: "quota period" in microseconds, or
+    "max"; a container's limit) allows fewer."""
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         n = os.cpu_count() or 1
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        quota, period = cpu_max.read_text().split()[:2]
         if quota != "max":
             n = min(n, max(1, int(quota) // int(period)))
     except (OSError, ValueError):

@@ -169,7 +169,7 @@ def test_usable_cores_are_the_affinity_less_a_containers_quota(tmp_path):
     assert usable_cores(cpu_max) == mine  # no such file: no cgroup v2 quota
     for text, want in (("max 100000\n", mine), ("50000 100000\n", 1),
                        ("100000 100000\n", 1), (f"{400000 * mine} 100000\n", mine),
-                       ("garbled\n", mine)):
+                       ("garbled\n", mine), ("100000 0\n", mine)):
         cpu_max.write_text(text)
         assert usable_cores(cpu_max) == want, text
     if mine >= 2:

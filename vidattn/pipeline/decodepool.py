@@ -56,7 +56,7 @@ def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
         quota, period = cpu_max.read_text().split()[:2]
         if quota != "max":
             n = min(n, max(1, int(quota) // int(period)))
-    except (OSError, ValueError):
+    except (OSError, ValueError, ZeroDivisionError):
         pass
     return max(1, n)
 

@@ -65,7 +65,7 @@ class ExtractConfig:
     decode_priority: str = "idle"
     # Decoding children per part, clips dealt round-robin (vidattn/pipeline/decodepool.py):
     # one keeps up with a CPU's network; a GPU's needs several.  auto: 1 on a CPU,
-    # (cores - 2) // 2 on a GPU (decodepool.procs_for).
+    # (cores - 2) // 2 on a GPU, at most 8 (decodepool.procs_for).
     decode_procs: int | str = "auto"
     window_steps: int | None = None  # None: I3D streams; else its window core (8-frame steps)
     trust_checkpoint: bool = False  # allow pickled checkpoints (files you trust only)

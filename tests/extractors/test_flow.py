@@ -7,7 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vidattn.extractors.flow import AVAILABLE_METHODS, compute_flow, flow_to_input
+from vidattn.extractors.flow import (
+    AVAILABLE_METHODS,
+    compute_flow,
+    flow_to_input,
+    shutdown_workers,
+)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 VIDEO = SHARED_DATA / "activitynet_walking_the_dog.mp4"
@@ -85,7 +90,8 @@ def test_multiprocess_equals_in_process() -> None:
 def test_pool_gets_tvl1_one_pair_at_a_time(monkeypatch) -> None:
     """TV-L1 pairs are separate tasks, so the next free process takes the next pair and a
     slow pair (a scene cut costs ~6x) does not leave the other process idle; DIS, cheap per
-    pair, goes in a few chunks per process.  Run here by an inline stand-in for the pool."""
+    pair, goes in a few chunks per process.  Run here by an inline stand-in for the pool,
+    which is kept for the next call with the same count."""
     from concurrent.futures import Future
 
     import vidattn.extractors.flow as flow_mod
@@ -96,28 +102,69 @@ def test_pool_gets_tvl1_one_pair_at_a_time(monkeypatch) -> None:
         def __init__(self, max_workers: int, **_) -> None:
             sent.append(("workers", max_workers))
 
-        def __enter__(self) -> Inline:
-            return self
-
-        def __exit__(self, *_) -> None:
-            return None
-
         def submit(self, fn, gray: np.ndarray, method: str) -> Future:
             sent.append(len(gray) - 1)
             done: Future = Future()
             done.set_result(fn(gray, method))
             return done
 
+        def shutdown(self, wait: bool = True) -> None:
+            sent.append(("shutdown", wait))
+
     clip = np.repeat(np.stack([np.roll(_texture(32, 32, seed=4), k, axis=1)
                                for k in range(5)])[..., None], 3, axis=-1)
     serial = compute_flow(clip, method="tvl1", workers=1)
+    shutdown_workers()  # a real pool kept by an earlier test
     monkeypatch.setattr(flow_mod, "ProcessPoolExecutor", Inline)
-    assert np.array_equal(compute_flow(clip, method="tvl1", workers=2), serial)
-    assert sent == [("workers", 2), 1, 1, 1, 1]
-    sent.clear()
-    long_clip = np.concatenate([clip] * 5)  # 24 pairs
-    assert compute_flow(long_clip, method="dis", workers=2).shape[0] == 24
-    assert sent[0] == ("workers", 2) and len(sent) == 9 and sum(sent[1:]) == 24
+    try:
+        assert np.array_equal(compute_flow(clip, method="tvl1", workers=2), serial)
+        assert sent == [("workers", 2), 1, 1, 1, 1]
+        sent.clear()
+        long_clip = np.concatenate([clip] * 5)  # 24 pairs
+        assert compute_flow(long_clip, method="dis", workers=2).shape[0] == 24
+        assert len(sent) == 8 and sum(sent) == 24  # the same pool: no new one
+        sent.clear()
+        compute_flow(clip[:3], method="tvl1", workers=3)  # another count: a new pool
+        assert sent == [("shutdown", False), ("workers", 3), 1, 1]
+    finally:
+        shutdown_workers()
+
+
+def _worker_pids() -> set[int]:
+    import vidattn.extractors.flow as flow_mod
+
+    assert flow_mod._POOL is not None
+    return set(flow_mod._POOL[2]._processes)
+
+
+def test_workers_are_kept_between_calls_and_replaced_when_one_dies() -> None:
+    """The second call reuses the first call's processes (a new worker re-runs the
+    caller's main module first, ~1 s for a script that imports torch); a worker killed
+    between calls costs the next call a new pool, not its result; shutdown_workers ends
+    them."""
+    import os
+    import signal
+    import time
+
+    clip = np.repeat(np.stack([np.roll(_texture(32, 32, seed=5), k, axis=0)
+                               for k in range(4)])[..., None], 3, axis=-1)
+    serial = compute_flow(clip, method="tvl1", workers=1)
+    shutdown_workers()
+    try:
+        assert np.array_equal(compute_flow(clip, method="tvl1", workers=2), serial)
+        first = _worker_pids()
+        assert np.array_equal(compute_flow(clip, method="tvl1", workers=2), serial)
+        assert _worker_pids() == first and len(first) == 2
+        os.kill(next(iter(first)), signal.SIGKILL)
+        time.sleep(0.2)  # the pool may or may not have noticed: the call copes either way
+        assert np.array_equal(compute_flow(clip, method="tvl1", workers=2), serial)
+        assert not _worker_pids() & first
+    finally:
+        kept = _worker_pids()
+        shutdown_workers()
+    for pid in kept:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_real_video_tvl1_vs_dis() -> None:

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,10 +32,18 @@ import numpy as np
 if TYPE_CHECKING:
     import cv2
 
-__all__ = ["AVAILABLE_METHODS", "compute_flow", "flow_to_input"]
+__all__ = ["AVAILABLE_METHODS", "compute_flow", "flow_to_input", "shutdown_workers"]
 
 #: Methods ``compute_flow`` accepts.
 AVAILABLE_METHODS: tuple[str, ...] = ("tvl1", "tvl1-torch", "dis")
+
+# The worker processes, kept from one call to the next (an extraction calls once per chunk
+# of a clip): (owner pid, workers, pool).  A new worker first re-runs the caller's main
+# module: CPython 3.11's forkserver never preloads it (it looks for a "main_path" key that
+# spawn's preparation data does not have), so a script that imports torch at its top paid
+# about 0.9 s per worker on every call: on 8 TV-L1 pairs, 1.66x on 2 cores instead of 1.90x.
+_POOL: tuple[int, int, ProcessPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
 
 
 def default_method(device: str = "cpu") -> str:
@@ -128,15 +138,16 @@ def _task_bounds(n_pairs: int, n_workers: int, method: str) -> list[tuple[int, i
     return _chunk_bounds(n_pairs, min(n_pairs, 4 * n_workers))
 
 
-def _resolve_workers(workers: int | None, method: str, n_pairs: int) -> int:
-    """How many processes to use: never more than there are pairs to share out."""
+def _resolve_workers(workers: int | None, method: str) -> int:
+    """How many processes to use (a call with fewer pairs starts fewer: they start on
+    demand)."""
     if workers is None:
         # DIS costs milliseconds a pair, far less than starting a Python process, so it
         # only goes parallel when asked; TV-L1 is slow enough to use every core.
         workers = (os.cpu_count() or 1) if method == "tvl1" else 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int or None, got {workers!r}")
-    return min(workers, n_pairs)
+    return workers
 
 
 def _check_method_device(method: str, device: str) -> None:
@@ -172,7 +183,8 @@ def compute_flow(
         ``os.cpu_count()`` for tvl1 and 1 for dis; 1 runs in this process. The result does
         not depend on ``workers``. Workers are started with forkserver/spawn, so a script
         that asks for more than one must guard its entry point with
-        ``if __name__ == "__main__":`` (the children re-import the main module).
+        ``if __name__ == "__main__":`` (the children re-import the main module).  They
+        are kept for the next call (the same count); :func:`shutdown_workers` stops them.
 
     Returns (N - 1, H, W, 2) float32 flow in pixels, channel 0 = x (right), 1 = y (down):
     flow[i] maps frame i to frame i + 1, i.e. frames[i] at p moves to p + flow[i][p] in
@@ -189,26 +201,74 @@ def compute_flow(
         return flow_clip(frames, device=device, batch_size=batch_size)
     gray = _to_gray(frames)
     n_pairs = gray.shape[0] - 1
-    n_workers = _resolve_workers(workers, method, n_pairs)
-    if n_workers == 1:
+    n_workers = _resolve_workers(workers, method)
+    if min(n_workers, n_pairs) == 1:
         return _flow_chunk(gray, method)
 
-    bounds = _task_bounds(n_pairs, n_workers, method)
-    # "spawn"/"forkserver", never "fork": OpenCV keeps a thread pool alive once it has run a
-    # parallel loop, and a forked child inherits the pool's locks but none of its threads,
-    # so the child's first parallel call can wait forever on a lock no thread will release.
-    # forkserver forks from a clean single-threaded server (cheap); spawn is the portable
-    # fallback where forkserver does not exist (Windows, macOS defaults).
-    method_names = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in method_names else "spawn")
-    with ProcessPoolExecutor(
-        max_workers=n_workers, mp_context=ctx, initializer=_worker_init
-    ) as pool:
-        # Task [a, b) of pairs needs frames a .. b inclusive: neighbours share one frame.
-        # Views, not copies: each is pickled only when the pool sends it.
-        futures = [pool.submit(_flow_chunk, gray[a : b + 1], method) for a, b in bounds]
-        parts = [f.result() for f in futures]
-    return np.concatenate(parts, axis=0)
+    bounds = _task_bounds(n_pairs, min(n_workers, n_pairs), method)
+    # Task [a, b) of pairs needs frames a .. b inclusive: neighbours share one frame.
+    # Views, not copies: each is pickled only when the pool sends it.
+    tasks = [(_flow_chunk, gray[a : b + 1], method) for a, b in bounds]
+    try:
+        return _run(n_workers, tasks)
+    except BrokenProcessPool:  # a worker died, maybe while the kept pool waited: afresh, once
+        return _run(n_workers, tasks)
+
+
+def _run(n_workers: int, tasks: list[tuple]) -> np.ndarray:
+    """``tasks`` (fn, *args) run on the kept pool, results joined in order.  The pool has
+    the same count every call, whatever its pairs, so a short last chunk does not restart
+    it."""
+    futures = []
+    try:
+        pool = _pool(n_workers)
+        futures = [pool.submit(*task) for task in tasks]
+        return np.concatenate([f.result() for f in futures], axis=0)
+    except BaseException as e:
+        for f in futures:  # this call's tasks not started yet are not wanted any more
+            f.cancel()
+        if isinstance(e, BrokenProcessPool):  # its workers are gone: the next use starts anew
+            shutdown_workers(wait=False)
+        raise
+
+
+def _pool(n_workers: int) -> ProcessPoolExecutor:
+    """The kept pool of ``n_workers`` processes, started on first use (or again after a
+    different count, a broken pool, :func:`shutdown_workers`, or in a forked child, which
+    cannot use its parent's)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is not None:
+            pid, n, pool = _POOL
+            if pid == os.getpid() and n == n_workers:
+                return pool
+            if pid == os.getpid():
+                pool.shutdown(wait=False)  # work already queued by another thread finishes
+            _POOL = None
+        # "spawn"/"forkserver", never "fork": OpenCV keeps a thread pool alive once it has
+        # run a parallel loop, and a forked child inherits the pool's locks but none of its
+        # threads, so the child's first parallel call can wait forever on a lock no thread
+        # will release.  forkserver forks from a clean single-threaded server (cheap); spawn
+        # is the portable fallback where forkserver does not exist (Windows, macOS).
+        names = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("forkserver" if "forkserver" in names else "spawn")
+        pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx,
+                                   initializer=_worker_init)
+        _POOL = (os.getpid(), n_workers, pool)
+        return pool
+
+
+def shutdown_workers(wait: bool = True) -> None:
+    """Stop the processes ``compute_flow`` keeps for TV-L1, e.g. before a long phase
+    without flow; the next call that needs them starts them again.  They also stop when
+    this process exits.  Each holds about 50 MB, more where the caller's main module
+    imports big packages (it re-runs it: 250 MB with torch).  wait: return only once they
+    have exited."""
+    global _POOL
+    with _POOL_LOCK:
+        kept, _POOL = _POOL, None
+    if kept is not None and kept[0] == os.getpid():
+        kept[2].shutdown(wait=wait)
 
 
 def flow_to_input(flow: np.ndarray, bound: float = 20.0, quantize: bool = False) -> np.ndarray:

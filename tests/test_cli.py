@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 
 def _entry(body: str, *argv: str) -> subprocess.CompletedProcess:
@@ -64,3 +65,38 @@ def test_an_exit_message_is_printed():
     """)
     assert out.returncode == 1
     assert "stopped: reason" in out.stderr
+
+
+def test_kept_flow_workers_do_not_hold_the_exit(tmp_path):
+    # compute_flow keeps its TV-L1 processes between calls; started from a daemon thread
+    # (as the extraction's flow thread does), nothing but its own exit handler stops them
+    # before multiprocessing's handler joins them: without it, this exit never came.
+    pids = tmp_path / "pids"
+    out = _entry(f"""
+        import threading
+        import numpy as np
+        import vidattn.extractors.flow as flow
+        rng = np.random.default_rng(0)
+        clip = rng.integers(0, 255, size=(3, 24, 24, 3), dtype=np.uint8)
+        t = threading.Thread(target=flow.compute_flow, args=(clip,),
+                             kwargs=dict(method="tvl1", workers=2), daemon=True)
+        t.start()
+        t.join()
+        open({str(pids)!r}, "w").write(" ".join(map(str, flow._POOL[2]._processes)))
+    """, "--version")
+    assert out.returncode == 0, out.stderr
+    workers = [int(p) for p in pids.read_text().split()]
+    assert len(workers) == 2
+    deadline = time.monotonic() + 10
+    while workers and time.monotonic() < deadline:
+        workers = [p for p in workers if _alive(p)]
+        time.sleep(0.05)
+    assert not workers, f"flow workers {workers} outlived the command"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -20,6 +20,7 @@ optionally through the uint8 (JPEG-era) quantisation of the original pipeline.
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import threading
@@ -255,6 +256,12 @@ def _pool(n_workers: int) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx,
                                    initializer=_worker_init)
         _POOL = (os.getpid(), n_workers, pool)
+        # Stopped before multiprocessing's exit handler (registered earlier, so run later)
+        # joins them: that join waits forever on an idle worker that was never told to stop,
+        # which is what an exit without threading's shutdown (cli.entry) or a pool started
+        # from a daemon thread (the extraction's flow thread) would leave it.
+        atexit.unregister(shutdown_workers)
+        atexit.register(shutdown_workers)
         return pool
 
 

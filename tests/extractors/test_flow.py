@@ -247,3 +247,24 @@ def test_compute_flow_rejects_bad_method_and_device(shifted_pair: np.ndarray) ->
         compute_flow(shifted_pair, method="tvl1", device="cuda")
     with pytest.raises(ValueError, match="workers"):
         compute_flow(shifted_pair, method="tvl1", workers=0)
+
+
+def _flow_in_child() -> None:
+    clip = np.repeat(np.stack([np.roll(_texture(24, 24, seed=6), k, axis=1)
+                               for k in range(3)])[..., None], 3, axis=-1)
+    compute_flow(clip, method="tvl1", workers=2)
+
+
+def test_a_child_process_with_kept_workers_exits() -> None:
+    """A process started by multiprocessing (a dask worker, say) ends by joining its own
+    children without running atexit handlers: the kept workers must be stopped first, or
+    the join waits forever."""
+    import multiprocessing as mp
+
+    child = mp.get_context("spawn").Process(target=_flow_in_child)
+    child.start()
+    child.join(timeout=60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and child.exitcode == 0

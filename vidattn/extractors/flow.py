@@ -20,8 +20,8 @@ optionally through the uint8 (JPEG-era) quantisation of the original pipeline.
 
 from __future__ import annotations
 
-import atexit
 import multiprocessing
+import multiprocessing.util
 import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
@@ -45,6 +45,7 @@ AVAILABLE_METHODS: tuple[str, ...] = ("tvl1", "tvl1-torch", "dis")
 # about 0.9 s per worker on every call: on 8 TV-L1 pairs, 1.66x on 2 cores instead of 1.90x.
 _POOL: tuple[int, int, ProcessPoolExecutor] | None = None
 _POOL_LOCK = threading.Lock()
+_STOP_AT_EXIT: int | None = None  # the pid that registered shutdown_workers for its exit
 
 
 def default_method(device: str = "cpu") -> str:
@@ -256,12 +257,16 @@ def _pool(n_workers: int) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx,
                                    initializer=_worker_init)
         _POOL = (os.getpid(), n_workers, pool)
-        # Stopped before multiprocessing's exit handler (registered earlier, so run later)
-        # joins them: that join waits forever on an idle worker that was never told to stop,
-        # which is what an exit without threading's shutdown (cli.entry) or a pool started
-        # from a daemon thread (the extraction's flow thread) would leave it.
-        atexit.unregister(shutdown_workers)
-        atexit.register(shutdown_workers)
+        global _STOP_AT_EXIT
+        if _STOP_AT_EXIT != os.getpid():
+            # multiprocessing's exit (at interpreter exit, or at the end of a child process,
+            # such as a dask worker, where atexit handlers never run) joins every child
+            # process, and an idle worker never told to stop waits forever; finalizers run
+            # before that join.  concurrent.futures' own stop runs only at threading's
+            # shutdown, which cli.entry's fast exit and a child's exit skip.  Priority
+            # above the pool's queues' (10): once closed they would not carry the stop.
+            multiprocessing.util.Finalize(None, shutdown_workers, exitpriority=100)
+            _STOP_AT_EXIT = os.getpid()
         return pool
 
 

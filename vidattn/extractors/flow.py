@@ -238,7 +238,7 @@ def _pool(n_workers: int) -> ProcessPoolExecutor:
     """The kept pool of ``n_workers`` processes, started on first use (or again after a
     different count, a broken pool, :func:`shutdown_workers`, or in a forked child, which
     cannot use its parent's)."""
-    global _POOL
+    global _POOL, _STOP_AT_EXIT
     with _POOL_LOCK:
         if _POOL is not None:
             pid, n, pool = _POOL
@@ -257,7 +257,6 @@ def _pool(n_workers: int) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx,
                                    initializer=_worker_init)
         _POOL = (os.getpid(), n_workers, pool)
-        global _STOP_AT_EXIT
         if _STOP_AT_EXIT != os.getpid():
             # multiprocessing's exit (at interpreter exit, or at the end of a child process,
             # such as a dask worker, where atexit handlers never run) joins every child

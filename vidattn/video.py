@@ -408,15 +408,19 @@ def _gather(stream: ClipStream) -> np.ndarray:
     return out[:k] if out is not None else np.concatenate(parts)
 
 
+def check_rgb_frames(frames: np.ndarray, who: str) -> None:
+    """Refuse anything but (N, h, w, 3) uint8 RGB frames: ValueError naming ``who``, the
+    function that wanted them."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"{who} expects (N, h, w, 3) uint8, got {frames.shape} {frames.dtype}")
+
+
 def to_model_input(frames: np.ndarray) -> np.ndarray:
     """Turn (N, h, w, 3) uint8 RGB into (3, N, h, w) float32 in [-1, 1] (``x / 127.5 - 1``).
 
     This is the input I3D expects: channels first, then time.
     """
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(
-            f"to_model_input expects (N, h, w, 3) uint8, got {frames.shape} {frames.dtype}"
-        )
+    check_rgb_frames(frames, "to_model_input")
     # C-contiguous in the new layout, so torch.from_numpy gets a dense tensor.
     x = np.ascontiguousarray(frames.transpose(3, 0, 1, 2), dtype=np.float32)
     x /= 127.5

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from vidattn.video import check_rgb_frames
+
 LEVELS = 256
 
 
@@ -47,9 +49,7 @@ class DeviceInput:
         self.table = torch.from_numpy(level_table(to_input)).to(self.device)
 
     def __call__(self, frames: np.ndarray) -> torch.Tensor:
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"DeviceInput expects (N, h, w, 3) uint8, got {frames.shape} "
-                             f"{frames.dtype}")
+        check_rgb_frames(frames, "DeviceInput")
         u8 = torch.from_numpy(np.ascontiguousarray(frames))
         if self.device.type == "cuda":  # pinned: the copy overlaps work already queued
             u8 = u8.pin_memory().to(self.device, non_blocking=True)

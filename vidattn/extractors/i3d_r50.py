@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidattn.video import check_rgb_frames
+
 ENDPOINTS = ("res2", "res3", "res4", "res5")
 CHANNELS = {"res2": 256, "res3": 512, "res4": 1024, "res5": 2048}
 # endpoint -> index in ``blocks`` (blocks.2 is the parameter-free temporal pool)
@@ -255,10 +257,7 @@ def random_init(model: I3DR50, seed: int = 0) -> I3DR50:
 
 def to_model_input(frames: np.ndarray) -> np.ndarray:
     """(N, h, w, 3) uint8 RGB -> (3, N, h, w) float32 ``(x / 255 - MEAN) / STD``, C-contiguous."""
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(
-            f"to_model_input expects (N, h, w, 3) uint8, got {frames.shape} {frames.dtype}"
-        )
+    check_rgb_frames(frames, "to_model_input")
     x = np.ascontiguousarray(frames.transpose(3, 0, 1, 2), dtype=np.float32)
     x /= 255.0
     x -= np.asarray(MEAN, np.float32)[:, None, None, None]

@@ -258,18 +258,18 @@ def _compute_part(store, extractors: Extractors, work: PartWork, job: PartJob,
     stamps = [file_stamp(Path(v["path"])) for v in work.videos]
     feed = None
     procs = 1
-    if i3d_needed and job.decode_in == "process":
+    in_children = bool(i3d_needed) and job.decode_in == "process"  # decoding children
+    if in_children:
         from vidattn.pipeline.decodepool import procs_for
 
         procs = procs_for(job.decode_procs, job.net.device)  # this machine's cores
     if head is not None:  # decoding since start-up: only if it decodes exactly these clips
         now = {str(v["path"]): s for v, s in zip(work.videos, stamps)}
-        if i3d_needed and job.decode_in == "process" and head.fits(
-                clips, job.decode, CHUNK_FRAMES, now, procs):
+        if in_children and head.fits(clips, job.decode, CHUNK_FRAMES, now, procs):
             feed = head.feed
         else:
             head.close()
-    if feed is None and i3d_needed and job.decode_in == "process":
+    if feed is None and in_children:
         from vidattn.pipeline.decodepool import feed_for
 
         feed = feed_for(clips, job.decode, procs=procs, chunk_frames=CHUNK_FRAMES,

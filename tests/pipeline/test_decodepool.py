@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ from vidattn.pipeline.decodepool import (
     gpu_build,
     likely_device,
     procs_for,
-    usable_cores,
 )
 from vidattn.pipeline.headstart import HeadStart
 from vidattn.pipeline.subdecode import DecodeFeed
@@ -164,23 +162,3 @@ def test_the_guess_of_auto_device_reads_torchs_build_and_the_driver(tmp_path, mo
     assert likely_device("auto", dev=tmp_path / "none") == "cpu"  # no driver
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")  # every GPU hidden
     assert likely_device("auto", dev=tmp_path) == "cpu"
-
-
-def test_usable_cores_are_the_affinity_less_a_containers_quota(tmp_path):
-    mine = len(os.sched_getaffinity(0))
-    cpu_max = tmp_path / "cpu.max"
-    assert usable_cores(cpu_max) == mine  # no such file: no cgroup v2 quota
-    for text, want in (("max 100000\n", mine), ("50000 100000\n", 1),
-                       ("100000 100000\n", 1), (f"{400000 * mine} 100000\n", mine),
-                       ("garbled\n", mine), ("100000 0\n", mine)):
-        cpu_max.write_text(text)
-        assert usable_cores(cpu_max) == want, text
-    if mine >= 2:
-        cpu_max.write_text("200000 100000\n")
-        assert usable_cores(cpu_max) == 2
-        everywhere = os.sched_getaffinity(0)
-        try:  # a batch system's allocation: the affinity, not the machine's cores
-            os.sched_setaffinity(0, {min(everywhere)})
-            assert usable_cores(tmp_path / "none") == 1
-        finally:
-            os.sched_setaffinity(0, everywhere)

@@ -27,6 +27,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vidattn.cpus import usable_cores
 from vidattn.pipeline.subdecode import DecodeFeed, FedClip
 
 AUTO = "auto"
@@ -42,23 +43,6 @@ def check_procs(procs, name: str = "procs", auto: bool = False) -> None:
         also = " or 'auto'" if auto else ""
         raise ValueError(f"{name} must be an int >= 1{also} (decoding processes per part), "
                          f"got {procs!r}")
-
-
-def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
-    """The cores this process may run on: its CPU affinity (a batch system's allocation),
-    less where its cgroup's CPU quota (``cpu_max``: "quota period" in microseconds, or
-    "max"; a container's limit) allows fewer."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    try:
-        quota, period = cpu_max.read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, int(quota) // int(period)))
-    except (OSError, ValueError, ZeroDivisionError):
-        pass
-    return max(1, n)
 
 
 def procs_for(procs, device: str, cores: int | None = None) -> int:

@@ -79,6 +79,10 @@ def main() -> None:
               help="Optical flow: tvl1 (OpenCV TV-L1, the I3D recipe) | tvl1-torch (the same "
                    "TV-L1 in PyTorch, batched; runs on GPUs) | dis (fast approximation) "
                    "[default: tvl1 on CPU, tvl1-torch on CUDA].")
+@click.option("--flow-workers", type=click.IntRange(min=1), default=None,
+              help="Processes for OpenCV's flow (tvl1: a pair each) [default: the cores "
+                   "this process may use: its CPU affinity and container quota, at most "
+                   "OMP_NUM_THREADS, which is 1 in a --workers dask worker].")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--fps", type=float, default=None, help="Resample rate [default: 25].")
 @click.option("--short-side", type=int, default=None, help="Resize short side [default: 256].")

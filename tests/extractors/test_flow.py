@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,56 @@ def test_pool_gets_tvl1_one_pair_at_a_time(monkeypatch) -> None:
         sent.clear()
         compute_flow(clip[:3], method="tvl1", workers=3)  # another count: a new pool
         assert sent == [("shutdown", False), ("workers", 3), 1, 1]
+    finally:
+        shutdown_workers()
+
+
+def test_tvl1_takes_as_many_processes_as_this_process_has_cores(monkeypatch) -> None:
+    """Without ``workers``, TV-L1 uses the process's CPU budget, not the machine's cores: a
+    dask worker of vidattn's cluster (OMP_NUM_THREADS=1) computes in its own process, and
+    a container's 3-core quota on a 16-core machine gives 3 processes."""
+    import vidattn.cpus as cpus
+    import vidattn.extractors.flow as flow_mod
+
+    started: list[int] = []
+
+    class Counted:
+        def __init__(self, max_workers: int, **_) -> None:
+            started.append(max_workers)
+
+        def submit(self, fn, gray: np.ndarray, method: str):
+            from concurrent.futures import Future
+
+            done: Future = Future()
+            done.set_result(fn(gray, method))
+            return done
+
+        def shutdown(self, wait: bool = True) -> None:
+            pass
+
+    clip = np.repeat(np.stack([np.roll(_texture(32, 32, seed=5), k, axis=1)
+                               for k in range(6)])[..., None], 3, axis=-1)
+    serial = compute_flow(clip, method="tvl1", workers=1)
+    shutdown_workers()
+    monkeypatch.setattr(flow_mod, "ProcessPoolExecutor", Counted)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    import cv2
+
+    threads, chunk = [], flow_mod._flow_chunk
+    monkeypatch.setattr(flow_mod, "_flow_chunk",
+                        lambda *a: threads.append(cv2.getNumThreads()) or chunk(*a))
+    before = cv2.getNumThreads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert np.array_equal(compute_flow(clip, method="tvl1"), serial)
+        assert started == []  # in this process: no pool
+        assert threads == [1] and cv2.getNumThreads() == before  # one OpenCV thread
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setattr(cpus, "usable_cores", lambda cpu_max=None: 3)  # a quota
+        assert np.array_equal(compute_flow(clip, method="tvl1"), serial)
+        assert started == [3]
+        assert flow_mod._resolve_workers(None, "dis") == 1  # DIS: parallel only when asked
     finally:
         shutdown_workers()
 

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from vidattn.cli import main
@@ -100,3 +101,38 @@ def test_extra_endpoint_and_r50_arrays_fill_the_store_and_train(tiny_sample, tmp
     s = open_store(store)
     assert s.read(s.video_ids("rgb_r50")[0], "rgb_r50").shape == (8, 2, 2, 2048)
     assert s.provenance("rgb_r50")["extractor"] == "i3d-r50"
+
+
+def test_flow_workers_reach_the_flow_and_leave_the_maps_alone(tiny_sample, tmp_path,
+                                                             monkeypatch):
+    """--flow-workers is how many processes OpenCV's flow takes, passed to every
+    compute_flow call; it is not a setting of the maps, so a store extracted with one
+    count is resumed with another."""
+    import vidattn.extractors.flow as flow_mod
+    from vidattn.extractors.two_stream import I3DExtractor, I3DExtractorConfig
+
+    asked = []
+    real = flow_mod.compute_flow
+
+    def recorded(frames, method=None, device="cpu", workers=None, batch_size=32):
+        asked.append(workers)
+        return real(frames, method, device, workers=1, batch_size=batch_size)
+
+    monkeypatch.setattr(flow_mod, "compute_flow", recorded)
+    store = str(tmp_path / "store")
+    args = ["extract", "--root", str(tiny_sample), "--store", store, "--streams", "flow",
+            "--flow-method", "dis", "--i3d-flow", "random", "--device", "cpu",
+            "--short-side", "64", "--part-size", "1"]
+    r = CliRunner().invoke(main, [*args, "--limit", "1", "--flow-workers", "3"])
+    assert r.exit_code == 0, r.output
+    assert asked and set(asked) == {3}
+    asked.clear()
+    r = CliRunner().invoke(main, [*args, "--limit", "2"])  # default: None, the budget
+    assert r.exit_code == 0, r.output
+    assert asked and set(asked) == {None}
+    assert len(open_store(store).video_ids("flow")) == 2
+    r = CliRunner().invoke(main, [*args, "--flow-workers", "0"])
+    assert r.exit_code == 2 and "--flow-workers" in r.output
+    with pytest.raises(ValueError, match="flow_workers must be an int >= 1"):
+        I3DExtractor(I3DExtractorConfig(streams=("flow",), flow_weights="random",
+                                        flow_method="dis", flow_workers=True))

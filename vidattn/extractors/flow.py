@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from vidattn.cpus import cpu_budget
+
 if TYPE_CHECKING:
     import cv2
 
@@ -111,6 +113,22 @@ def _make_flow(estimator: cv2.DenseOpticalFlow, prev: np.ndarray, nxt: np.ndarra
     return estimator.calc(prev, nxt, None)
 
 
+def _flow_here(gray: np.ndarray, method: str, cores: int) -> np.ndarray:
+    """:func:`_flow_chunk` in this process.  TV-L1 gets ``cores`` OpenCV threads for the
+    call (OpenCV's own default is every core of the machine, which in a dask worker of one
+    core's budget oversubscribes the node); DIS keeps OpenCV's setting."""
+    if method != "tvl1":
+        return _flow_chunk(gray, method)
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(cores)
+    try:
+        return _flow_chunk(gray, method)
+    finally:
+        cv2.setNumThreads(before)
+
+
 def _worker_init() -> None:
     """Per-process setup: one OpenCV thread, since the processes are the parallelism.
 
@@ -145,8 +163,9 @@ def _resolve_workers(workers: int | None, method: str) -> int:
     demand)."""
     if workers is None:
         # DIS costs milliseconds a pair, far less than starting a Python process, so it
-        # only goes parallel when asked; TV-L1 is slow enough to use every core.
-        workers = (os.cpu_count() or 1) if method == "tvl1" else 1
+        # only goes parallel when asked; TV-L1 is slow enough to use every core this
+        # process is given (its allocation, its container's quota, a dask worker's one).
+        workers = cpu_budget() if method == "tvl1" else 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int or None, got {workers!r}")
     return workers
@@ -182,11 +201,14 @@ def compute_flow(
         CPU-only).
     batch_size: frame pairs per batch for ``"tvl1-torch"``.
     workers: OpenCV methods only: processes to spread frame pairs over. None means
-        ``os.cpu_count()`` for tvl1 and 1 for dis; 1 runs in this process. The result does
-        not depend on ``workers``. Workers are started with forkserver/spawn, so a script
-        that asks for more than one must guard its entry point with
-        ``if __name__ == "__main__":`` (the children re-import the main module).  They
-        are kept for the next call (the same count); :func:`shutdown_workers` stops them.
+        :func:`vidattn.cpus.cpu_budget` for tvl1 (the cores of this process's affinity and
+        container quota, at most ``OMP_NUM_THREADS``: 1 in a vidattn dask worker) and 1
+        for dis; 1 runs in this process (tvl1 there on ``workers`` OpenCV threads, as when
+        the clip has one pair). The result does not depend on ``workers``.  Workers are
+        started with forkserver/spawn, so a script that asks for more than one must guard
+        its entry point with ``if __name__ == "__main__":`` (the children re-import the
+        main module).  They are kept for the next call (the same count);
+        :func:`shutdown_workers` stops them.
 
     Returns (N - 1, H, W, 2) float32 flow in pixels, channel 0 = x (right), 1 = y (down):
     flow[i] maps frame i to frame i + 1, i.e. frames[i] at p moves to p + flow[i][p] in
@@ -205,7 +227,7 @@ def compute_flow(
     n_pairs = gray.shape[0] - 1
     n_workers = _resolve_workers(workers, method)
     if min(n_workers, n_pairs) == 1:
-        return _flow_chunk(gray, method)
+        return _flow_here(gray, method, n_workers)
 
     bounds = _task_bounds(n_pairs, min(n_workers, n_pairs), method)
     # Task [a, b) of pairs needs frames a .. b inclusive: neighbours share one frame.

@@ -82,12 +82,13 @@ class I3DExtractorConfig:
     main map (inception: Mixed_3c, Mixed_4f; r50: res3, res4; hub models: none, but
     SlowFast always stores both pathways).
     flow_method: tvl1 | tvl1-torch | dis, None = TV-L1 as the device runs it best (OpenCV
-    on CPU, tvl1-torch on CUDA).  device: cpu | cuda.  precision: fp32 | bf16 (autocast; on
-    the CPU 1.8x faster where it has AVX512-BF16, maps at cosine 0.9999 to fp32) | auto
-    (bf16 on CUDA, fp32 on the CPU).  window_steps / margin_steps: window core and context
-    in output steps (None = the backbone's default, see WINDOWS); Inception I3D streams
-    instead, each frame once, unless window_steps is given (the same maps, with context
-    recomputed).
+    on CPU, tvl1-torch on CUDA).  flow_workers: processes for OpenCV's flow (None: the
+    cores this process may use, :func:`vidattn.cpus.cpu_budget`).  device: cpu | cuda.
+    precision: fp32 | bf16 (autocast; on the CPU 1.8x faster where it has AVX512-BF16,
+    maps at cosine 0.9999 to fp32) | auto (bf16 on CUDA, fp32 on the CPU).
+    window_steps / margin_steps: window core and context in output steps (None = the
+    backbone's default, see WINDOWS); Inception I3D streams instead, each frame once,
+    unless window_steps is given (the same maps, with context recomputed).
     trust_checkpoint: load weight files that are pickles of arbitrary objects with
     ``torch.load(weights_only=False)`` (runs their code: only for files you trust; see
     vidattn/safeload.py)."""
@@ -98,6 +99,7 @@ class I3DExtractorConfig:
     backbone: str = "inception"
     endpoints: tuple[str, ...] = ()
     flow_method: str | None = None
+    flow_workers: int | None = None  # OpenCV flow's processes (None: this process's cores)
     flow_bound: float = 20.0  # pixels; I3D's flow stream saw TV-L1 clipped to +-20
     device: str = "cpu"
     precision: str = "auto"
@@ -205,6 +207,10 @@ class I3DExtractor:
         if self.flow_method not in AVAILABLE_METHODS:
             raise ValueError(f"unknown flow method {self.flow_method!r}; "
                              f"available: {', '.join(AVAILABLE_METHODS)}")
+        if cfg.flow_workers is not None and (type(cfg.flow_workers) is not int
+                                             or cfg.flow_workers < 1):
+            raise ValueError(f"flow_workers must be an int >= 1 or None, "
+                             f"got {cfg.flow_workers!r}")
         # a hub model stores all it has (SlowFast: slow, then fast)
         wanted = tuple(strides) if is_hub(cfg.backbone) else cfg.endpoints
         endpoints = (main, *[e for e in dict.fromkeys(wanted) if e != main])
@@ -332,6 +338,7 @@ class _FlowFeed:
 
     def __init__(self, extractor: I3DExtractor):
         self.method = extractor.flow_method
+        self.workers = extractor.cfg.flow_workers
         self.device = extractor.cfg.device if self.method == "tvl1-torch" else "cpu"
         self.last_frame: np.ndarray | None = None
         self.last_field: np.ndarray | None = None
@@ -345,7 +352,8 @@ class _FlowFeed:
         self.last_frame = chunk[-1:]
         if len(seq) < 2:
             return None
-        fields = compute_flow(seq, method=self.method, device=self.device)
+        fields = compute_flow(seq, method=self.method, device=self.device,
+                              workers=self.workers)
         self.last_field = fields[-1:]
         return fields
 

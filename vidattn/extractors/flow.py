@@ -166,9 +166,16 @@ def _resolve_workers(workers: int | None, method: str) -> int:
         # only goes parallel when asked; TV-L1 is slow enough to use every core this
         # process is given (its allocation, its container's quota, a dask worker's one).
         workers = cpu_budget() if method == "tvl1" else 1
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive int or None, got {workers!r}")
+    check_workers(workers)
     return workers
+
+
+def check_workers(workers, name: str = "workers") -> None:
+    """Refuse a process count for the OpenCV methods that is not None or an int >= 1
+    (ValueError naming ``name``)."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise ValueError(f"{name} must be an int >= 1 or None, got {workers!r}")
 
 
 def _check_method_device(method: str, device: str) -> None:

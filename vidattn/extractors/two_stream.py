@@ -186,7 +186,7 @@ class I3DExtractor:
     """Frozen two-stream I3D; ``streams`` lists the store arrays it writes."""
 
     def __init__(self, cfg: I3DExtractorConfig):
-        from vidattn.extractors.flow import AVAILABLE_METHODS, default_method
+        from vidattn.extractors.flow import AVAILABLE_METHODS, check_workers, default_method
 
         unknown = [s for s in cfg.streams if s not in STREAMS]
         if unknown or not cfg.streams:
@@ -207,10 +207,7 @@ class I3DExtractor:
         if self.flow_method not in AVAILABLE_METHODS:
             raise ValueError(f"unknown flow method {self.flow_method!r}; "
                              f"available: {', '.join(AVAILABLE_METHODS)}")
-        if cfg.flow_workers is not None and (type(cfg.flow_workers) is not int
-                                             or cfg.flow_workers < 1):
-            raise ValueError(f"flow_workers must be an int >= 1 or None, "
-                             f"got {cfg.flow_workers!r}")
+        check_workers(cfg.flow_workers, "flow_workers")
         # a hub model stores all it has (SlowFast: slow, then fast)
         wanted = tuple(strides) if is_hub(cfg.backbone) else cfg.endpoints
         endpoints = (main, *[e for e in dict.fromkeys(wanted) if e != main])

@@ -51,6 +51,8 @@ from pathlib import Path
 import numpy as np
 from extraction import SKVIDEO, _skvideo
 
+from vidattn.cpus import usable_cores
+
 _BARE = """
 import json, sys, time
 t_start = time.perf_counter()
@@ -264,8 +266,7 @@ def _rows(rows: list, n: int, n_clips: int, bare: dict, extra: dict,
     if all(r.cpu is not None for r in runs):
         cpu = statistics.median(r.cpu for r in runs)
         main = statistics.median(r.cpu_main for r in runs)
-        n_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
+        n_cores = usable_cores()
         floor = max(cpu / n_cores, fwd)
         rows.append(("CPU of the default command, all its processes (median of the rounds)",
                      f"{cpu:.1f} s (main process {main:.1f} s, decoding child and "

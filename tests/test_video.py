@@ -214,13 +214,6 @@ def test_auto_falls_back_to_pyav(tmp_path):
     assert info["n_frames"] == 20 and (info["width"], info["height"]) == (64, 48)
 
 
-def test_probe(counter):
-    info = probe(counter)
-    assert info["fps"] == pytest.approx(25.0) and info["n_frames"] == 40
-    assert (info["width"], info["height"]) == (96, 64)
-    assert info["duration"] == pytest.approx(1.6, abs=0.05)
-
-
 def test_to_model_input():
     frames = np.zeros((5, 8, 6, 3), np.uint8)
     frames[1] = 255
@@ -295,13 +288,6 @@ def real_video() -> Path:
     if not REAL_VIDEO.is_file():
         pytest.skip(f"real sample video not present at {REAL_VIDEO.resolve()}")
     return REAL_VIDEO
-
-
-def test_real_video_probe(real_video):
-    info = probe(real_video)
-    assert (info["width"], info["height"]) == (480, 360)
-    assert info["fps"] == pytest.approx(30.0, abs=0.1)
-    assert info["n_frames"] > 0 and info["duration"] > 2.0
 
 
 def test_real_video_segment(real_video):

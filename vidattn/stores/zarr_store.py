@@ -25,19 +25,17 @@ Concurrency (two runs on one store, see :class:`FeatureStore` for the knobs):
    token.  A lock whose holder is dead (same host, pid gone) or older than
    ``stale_lock_s`` is broken; a live one is waited for, at most ``lock_timeout_s``.
 
-   Limit: fsspec stores (object stores) have no atomic create.  There a lock is written,
-   read back and kept only if it still holds our token: that narrows the race to writers
-   starting within one round trip of each other but cannot close it.  Such writers write
-   identical bytes (one object per shard, fragments by rename), so the store stays
-   consistent; only the work is done twice.
+   Limit: fsspec (object) stores have no atomic create: a lock is written, read back and
+   kept if it still holds our token.  Writers starting within one round trip of each other
+   may both write; they write identical bytes, so only the work is done twice.
 
 A changed ``extractor_version`` (nothing else) invalidates a stream's parts instead of
 refusing the run; the group attribute ``pending_invalidation`` marks one under way, so a
 crash in the middle is finished by the next claim (see provenance.claim_stream).
 
-Failures while writing (disk full, or any OSError) leave nothing half-committed: the
-fragment is not written, the partial array is removed (best effort), the lock released,
-and a one-line :class:`StoreError` names the store, stream and part.
+A failed write (disk full, any OSError) commits nothing: no fragment, the partial array
+removed (best effort), the lock released; a one-line :class:`StoreError` names store,
+stream and part.
 
 Writing a part (2-4): partwrite.py; provenance, claims: provenance.py (delegated to).
 """
@@ -291,9 +289,8 @@ class FeatureStore:
             if todo:
                 first = int(plan.part.max()) + 1 if len(plan) else 0
                 parts = [first + i // part_size for i in range(len(todo))]
-                plan = pd.concat(
-                    [plan, pd.DataFrame({"video_id": todo, "part": parts})], ignore_index=True
-                )
+                new = pd.DataFrame({"video_id": todo, "part": parts})
+                plan = pd.concat([plan, new], ignore_index=True)
                 self.write_table("plan", plan)
         return plan
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from made_videos import BACKENDS, BASE, N_COUNTER, STEP, encode_video
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -87,3 +88,28 @@ def decoding_children() -> list[str]:
     import multiprocessing as mp
 
     return [p.name for p in mp.active_children() if p.name == "vidattn-decode"]
+
+
+# ---- the decoding tests' videos (tests/made_videos.py)
+@pytest.fixture(scope="module")
+def counter(tmp_path_factory) -> Path:
+    """A 25 fps, 64x96 (h x w) video whose frame k is uniformly grey at a level coding k."""
+    levels = BASE + STEP * np.arange(N_COUNTER, dtype=np.uint8)
+    frames = np.broadcast_to(levels[:, None, None, None], (N_COUNTER, 64, 96, 3)).copy()
+    return encode_video(tmp_path_factory.mktemp("video") / "counter.mp4", frames, 25.0)
+
+
+@pytest.fixture(scope="module")
+def textured(tmp_path_factory) -> Path:
+    """A 25 fps 72x128 video of a moving texture, to compare real pixels across backends."""
+    rng = np.random.default_rng(1)
+    tex = rng.integers(0, 256, (72, 256, 3), dtype=np.uint8)
+    frames = np.stack([np.roll(tex, 3 * i, axis=1)[:, :128] for i in range(30)])
+    return encode_video(tmp_path_factory.mktemp("video") / "textured.mp4", frames, 25.0)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    if request.param == "decord":
+        pytest.importorskip("decord")
+    return request.param

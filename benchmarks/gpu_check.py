@@ -90,7 +90,8 @@ def stage_extraction(rows: list, device: str, quick: bool) -> None:
 # Run in a fresh interpreter with no main script: a decoding child imports the parent's
 # main script (multiprocessing's rule), and this one imports torch.
 _DECODING = """
-import json, os, sys, time
+import json, sys, time
+from vidattn.cpus import usable_cores
 from vidattn.pipeline.decodepool import feed_for, procs_for
 from vidattn.pipeline.subdecode import warm_up
 from vidattn.video import DecodeConfig, open_clip
@@ -103,7 +104,7 @@ for path, start, end in clips:
         n += sum(len(x) for x in c.chunks(128))
 print(json.dumps([0, len(clips), n, time.perf_counter() - t, False]), flush=True)
 warm_up()
-tried = {p for p in (1, 2, 4, 8) if p <= (2 if quick else os.cpu_count() or 1)}
+tried = {p for p in (1, 2, 4, 8) if p <= (2 if quick else usable_cores())}
 for procs in sorted(tried if quick else tried | {auto}):
     t, n = time.perf_counter(), 0
     with feed_for(clips, decode, procs=procs, chunk_frames=128, timeout_s=600,
@@ -124,6 +125,8 @@ def stage_decoding(rows: list, device: str, quick: bool) -> None:
     import json
     import os
 
+    from vidattn.cpus import usable_cores
+
     if not REAL_CLIP.is_file():
         rows.append(("decoding", "skipped: the shared ActivityNet clip is missing", ""))
         return
@@ -140,7 +143,7 @@ def stage_decoding(rows: list, device: str, quick: bool) -> None:
         procs, n_clips, n, sec, auto = json.loads(line)
         how = f"{procs} child process(es)" if procs else "in this process (no child)"
         how += ", --decode-procs auto here" if auto else ""
-        rows.append((f"decoding only, {n_clips} clips, {how} ({os.cpu_count()} cores)",
+        rows.append((f"decoding only, {n_clips} clips, {how} ({usable_cores()} cores)",
                      f"{sec:.2f} s", f"{n / sec:.0f} frames/s"))
 
 
